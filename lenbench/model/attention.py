@@ -1,0 +1,153 @@
+"""Multi-head self-attention that picks, per PE, the fastest backend exact for it (DESIGN.md).
+
+Backends:
+
+- ``sdpa``: no bias, default scores -> ``scaled_dot_product_attention`` (flash on GPU).
+- ``sdpa_bias``: a static bias -> SDPA with the materialized fp32 ``[H, N, N]`` bias as float
+  mask (exact gradients; CPU training).
+- ``flex``: a static bias with a ``score_mod`` -> compiled FlexAttention, used on CUDA and for
+  CPU evaluation under ``no_grad`` (torch 2.13 has no CPU backward, pe_zoo.md §16.2).
+- ``explicit``: a ``scores`` hook (DAPE, CoPE, Transformer-XL) -> logits computed per block of
+  queries so memory stays ``O(B * H * block * N)``; causal blocks skip future keys.
+
+All backends agree to float tolerance (tests/test_attention.py).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenbench.pe.base import PositionalEncoding
+
+BACKENDS = ("auto", "sdpa", "sdpa_bias", "flex", "explicit")
+
+# Elements allowed in one block's widest intermediate (fp32: 4 bytes each), ~512 MiB.
+BLOCK_BUDGET = 1 << 27
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_available(device: torch.device) -> bool:
+    """FlexAttention needs torch >= 2.5; on CPU the compiled kernel also needs a C++ compiler."""
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    if device.type == "cuda":
+        return True
+    import shutil
+
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+class Attention(nn.Module):
+    """``softmax(q k^T / sqrt(d) + PE terms) v`` with q, k, v, out projections (no bias)."""
+
+    def __init__(self, dim: int, heads: int, pe: PositionalEncoding, causal: bool, backend: str = "auto") -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.causal = causal
+        self.pe = pe
+        self.backend = backend
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.last_backend = ""
+
+    def choose_backend(self, device: torch.device) -> str:
+        """The backend this forward will use (see module docstring)."""
+        pe = type(self.pe)
+        if pe.has_hook("scores"):
+            return "explicit"
+        if not pe.has_hook("bias"):
+            return "sdpa"
+        if self.backend != "auto":
+            return self.backend
+        exact_positions = not pe.has_hook("positions")
+        if device.type == "cuda" and exact_positions and self.pe.score_mod() is not None and flex_available(device):
+            return "flex"
+        return "sdpa_bias"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        pos = self.pe.positions(n, x.device)
+        q, k = self.pe.rotate(q, k, pos, pos)
+        backend = self.backend if self.backend in ("explicit",) else self.choose_backend(x.device)
+        self.last_backend = backend
+        if backend == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        elif backend == "sdpa_bias":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.materialized_mask(pos, q.dtype))
+        elif backend == "flex":
+            y = self.flex(q, k, v)
+        else:
+            y = self.explicit(q, k, v, pos)
+        return self.out(y.transpose(1, 2).reshape(b, n, self.dim))
+
+    def materialized_mask(self, pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[1, H, N, N]`` float mask: the PE bias plus -inf on future keys when causal."""
+        mask = self.pe.bias(pos, pos)
+        if self.causal:
+            n = pos.shape[0]
+            future = torch.ones(n, n, dtype=torch.bool, device=pos.device).triu(1)
+            mask = mask.masked_fill(future, float("-inf"))
+        return mask.to(dtype)[None]
+
+    def flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        n = q.shape[-2]
+        block_mask = None
+        if self.causal:
+            block_mask = create_block_mask(
+                lambda b, h, qi, ki: qi >= ki, None, None, n, n, device=q.device.type
+            )
+        fn = _compiled_flex() if q.device.type == "cuda" or not torch.is_grad_enabled() else None
+        if fn is None:
+            from torch.nn.attention.flex_attention import flex_attention as fn
+        return fn(q, k, v, score_mod=self.pe.score_mod(), block_mask=block_mask)
+
+    def block_size(self, batch: int, n_keys: int) -> int:
+        """Queries per block so that the widest per-block tensor fits :data:`BLOCK_BUDGET`."""
+        width = max(self.heads, int(getattr(self.pe, "hidden", 0)) + 2 * self.heads)
+        return max(1, min(n_keys, BLOCK_BUDGET // max(1, batch * n_keys * width)))
+
+    def explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Reference attention over query blocks; the PE's ``scores`` (or ``bias``) hook applies."""
+        b, _, n, _ = q.shape
+        scale = 1.0 / math.sqrt(self.head_dim)
+        has_scores = type(self.pe).has_hook("scores")
+        has_bias = type(self.pe).has_hook("bias")
+        step = self.block_size(b, n)
+        outs = []
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            kv_end = stop if self.causal else n
+            qb = q[:, :, start:stop]
+            s = torch.matmul(qb, k[:, :, :kv_end].transpose(-1, -2)) * scale
+            q_pos, k_pos = pos[start:stop], pos[:kv_end]
+            if has_scores:
+                s = self.pe.scores(s, qb, k[:, :, :kv_end], q_pos, k_pos)
+            elif has_bias:
+                s = s + self.pe.bias(q_pos, k_pos).to(s.dtype)
+            if self.causal:
+                rows = torch.arange(start, stop, device=q.device)[:, None]
+                cols = torch.arange(kv_end, device=q.device)[None, :]
+                s = s.masked_fill(cols > rows, float("-inf"))
+            outs.append(torch.matmul(torch.softmax(s, dim=-1), v[:, :, :kv_end]))
+        return torch.cat(outs, dim=2)

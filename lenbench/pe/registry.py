@@ -1,0 +1,147 @@
+"""The PE registry and the ``--pe`` spec syntax.
+
+A spec is ``name[:key=value,key=value]``; a list is comma-separated, and a ``key=value`` item
+without a colon belongs to the PE before it, so ``dape-kerple:variant=concat,hidden=64,alibi``
+is two PEs. ``path/to/file.py:ClassName`` loads a user's PE class from a file; installed
+packages register through the ``lenbench.pe`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lenbench.errors import LenbenchError
+from lenbench.registry import Registry
+
+if TYPE_CHECKING:
+    from lenbench.pe.base import PositionalEncoding
+
+PES: Registry[type[PositionalEncoding]] = Registry("positional encoding", entry_point_group="lenbench.pe")
+
+
+@dataclass(frozen=True)
+class PESpec:
+    """A PE name (or ``file.py:Class``) plus its options, as written on the command line or in YAML."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}:{opts}"
+
+    @property
+    def label(self) -> str:
+        """Short display name: the registry name, or the class name of a file plugin."""
+        return self.name.rsplit(":", 1)[-1] if _is_path_spec(self.name) else str(self)
+
+
+def _coerce(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _is_path_spec(text: str) -> bool:
+    head = text.split(":", 1)[0]
+    return head.endswith(".py")
+
+
+def parse_pe_spec(text: str) -> PESpec:
+    """Parse one ``name[:k=v,...]`` or ``file.py:Class[:k=v,...]`` spec."""
+    text = text.strip()
+    if not text:
+        raise LenbenchError("empty positional-encoding name")
+    if _is_path_spec(text):
+        parts = text.split(":")
+        if len(parts) < 2 or not parts[1]:
+            raise LenbenchError(f"PE plugin {text!r} must be written path/to/file.py:ClassName")
+        name, rest = f"{parts[0]}:{parts[1]}", ":".join(parts[2:])
+    else:
+        name, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise LenbenchError(f"PE option {item!r} in {text!r} must be key=value")
+        options[key.strip().replace("-", "_")] = _coerce(value.strip())
+    return PESpec(name.strip().lower() if not _is_path_spec(name) else name.strip(), options)
+
+
+def parse_pe_list(text: str) -> list[PESpec]:
+    """Split a comma-separated list of specs; ``k=v`` items attach to the preceding PE."""
+    groups: list[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if "=" in item and ":" not in item.split("=", 1)[0] and groups and ":" not in item:
+            groups[-1] += ("," if ":" in groups[-1] else ":") + item
+        elif item:
+            groups.append(item)
+    if not groups:
+        raise LenbenchError("no positional encoding given")
+    return [parse_pe_spec(g) for g in groups]
+
+
+def _load_from_file(spec_name: str) -> type[PositionalEncoding]:
+    from lenbench.pe.base import PositionalEncoding
+
+    path_text, _, class_name = spec_name.partition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise LenbenchError(f"PE plugin file not found: {path}")
+    module_name = f"lenbench_user_pe_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise LenbenchError(f"cannot load PE plugin file {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise LenbenchError(f"PE plugin {path} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
+    except Exception as exc:
+        raise LenbenchError(f"PE plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise LenbenchError(f"PE plugin {path} defines no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, PositionalEncoding)):
+        raise LenbenchError(f"{class_name} in {path} is not a lenbench.pe.PositionalEncoding subclass")
+    return cls
+
+
+def pe_class(spec: PESpec) -> type[PositionalEncoding]:
+    """The class a spec names: a registered name or a ``file.py:Class`` plugin."""
+    if _is_path_spec(spec.name):
+        return _load_from_file(spec.name)
+    return PES.get(spec.name)
+
+
+def validate_spec(spec: PESpec) -> None:
+    """Fail early, with one line, on an unknown name or option (before any training starts)."""
+    import inspect
+
+    cls = pe_class(spec)
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None and klass is not object and klass.__module__ != "torch.nn.modules.module":
+            params = inspect.signature(init).parameters
+            accepted |= {p for p in params if p not in ("self", "ctx", "options", "args", "kwargs")}
+    unknown = sorted(set(spec.options) - accepted)
+    if unknown:
+        raise LenbenchError(
+            f"unknown option(s) {', '.join(unknown)} for PE {spec.name!r} "
+            f"(accepted: {', '.join(sorted(accepted)) or 'none'})"
+        )

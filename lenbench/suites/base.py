@@ -1,0 +1,67 @@
+"""What every suite shares: the cell, the progress-reporter protocol, the suite registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lenbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The unit of work: one resolved config (hashed into its folder name) and a readable label."""
+
+    suite: str
+    label: str
+    config: dict[str, Any]
+
+
+class Reporter(Protocol):
+    """Progress callbacks a suite calls while running one cell (rich in the CLI, silent in tests)."""
+
+    def train_start(self, label: str, total_steps: int, resumed_from: int) -> None: ...
+
+    def train_step(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def eval_start(self, label: str, total: int) -> None: ...
+
+    def eval_step(self, done: int, what: str, value: float) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    """A reporter that records messages and ignores progress."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def train_start(self, label: str, total_steps: int, resumed_from: int) -> None:
+        if resumed_from:
+            self.messages.append(f"{label}: resumed from step {resumed_from}")
+
+    def train_step(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def eval_start(self, label: str, total: int) -> None:
+        pass
+
+    def eval_step(self, done: int, what: str, value: float) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+class Suite(Protocol):
+    """A suite module: expand its YAML into cells and run one cell into its folder."""
+
+    name: str
+
+    def expand(self, suite_file: Any, profile: str, overrides: dict[str, Any]) -> list[Cell]: ...
+
+    def run_cell(self, cell: Cell, cell_dir: Any, reporter: Reporter) -> dict[str, Any]: ...
+
+
+SUITES: Registry[Suite] = Registry("suite")

@@ -1,0 +1,1 @@
+"""Benchmark tasks. ``lenbench.tasks.che`` holds the 15 Chomsky Hierarchy tasks."""

@@ -1,0 +1,146 @@
+"""One training loop for every suite: Adam(W), grad clipping, schedules, exact resume.
+
+The loop knows nothing about suites or files: the caller passes a ``step_fn`` that draws a batch
+from a numpy ``Generator`` and returns the loss and metrics, plus an optional checkpointer.
+A checkpoint holds model, optimizer, scheduler, step and every RNG (torch, numpy generator,
+python ``random``), so a resumed run is bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from lenbench.errors import LenbenchError
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and schedule. Defaults: CHE's Adam, clip 1.0, constant LR (che.md §2.5)."""
+
+    steps: int
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "constant"  # or "cosine" (warmup then cosine to min_lr_ratio * lr)
+    warmup_frac: float = 0.0
+    min_lr_ratio: float = 0.1
+
+
+class NonFiniteLoss(LenbenchError):
+    """The loss became NaN or inf; carries the step at which it happened."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss is {value} at step {step}")
+        self.step = step
+
+
+class Checkpointer(Protocol):
+    def save_checkpoint(self, state: dict[str, Any]) -> None: ...
+
+    def load_checkpoint(self) -> dict[str, Any] | None: ...
+
+
+StepFn = Callable[[nn.Module, np.random.Generator, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+def lr_lambda(cfg: OptimConfig) -> Callable[[int], float]:
+    """Multiplier of the base LR at a step: constant, or linear warmup then cosine decay."""
+    warmup = int(cfg.warmup_frac * cfg.steps)
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam (CHE) or AdamW with decay on weights only, not biases or norms (dape.md §1.4)."""
+    if cfg.weight_decay == 0:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if name.endswith(".bias") or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def train(
+    model: nn.Module,
+    step_fn: StepFn,
+    cfg: OptimConfig,
+    seed: int,
+    checkpointer: Checkpointer | None = None,
+    checkpoint_every: int = 0,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> int:
+    """Train for ``cfg.steps`` steps (resuming from the checkpointer if it has state).
+
+    ``step_fn(model, rng, step)`` returns ``(loss, metrics)``; ``on_step(step, metrics)`` sees every
+    completed step (1-based); ``on_start(step)`` is called once with the step training starts
+    from (non-zero when resuming). Returns the step it resumed from (0 for a fresh run).
+    """
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    rng = np.random.default_rng(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    start = 0
+    state = checkpointer.load_checkpoint() if checkpointer is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy"]
+        random.setstate(state["python"])
+        torch.set_rng_state(state["torch"])
+        start = int(state["step"])
+    if on_start is not None:
+        on_start(start)
+
+    def snapshot(step: int) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "numpy": rng.bit_generator.state,
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "step": step,
+        }
+
+    model.train()
+    for step in range(start, cfg.steps):
+        loss, metrics = step_fn(model, rng, step)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(step + 1, value)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        metrics = {"loss": value, **metrics, "lr": scheduler.get_last_lr()[0]}
+        if on_step is not None:
+            on_step(step + 1, metrics)
+        done = step + 1
+        if checkpointer is not None and checkpoint_every > 0 and (done % checkpoint_every == 0 or done == cfg.steps):
+            checkpointer.save_checkpoint(snapshot(done))
+    return start
