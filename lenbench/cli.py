@@ -41,6 +41,11 @@ def run(
     layers: Annotated[int | None, typer.Option(help="Encoder layers.")] = None,
     dim: Annotated[int | None, typer.Option(help="Model width.")] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="ppl: catalogue name, hf:<id>[:<config>][@<split>], local files, or 'default'.")] = None,
+    model: Annotated[str | None, typer.Option(help="ppl: model size preset (tiny, 125m, 350m).")] = None,
+    train_length: Annotated[int | None, typer.Option(help="ppl: training sequence length.")] = None,
+    eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths, e.g. 128,256,512.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="ppl: 'bytes' (default) or hf:<name>.")] = None,
     out_dir: Annotated[str, typer.Option("--out", help="Results root folder.")] = "results",
 ) -> None:
     """Train and evaluate every (task, PE, seed) cell of a suite; finished cells are skipped."""
@@ -69,6 +74,11 @@ def run(
         ("profile.model.layers", layers),
         ("profile.model.dim", dim),
         ("profile.model.heads", heads),
+        ("grid.datasets", dataset),
+        ("profile.model.size", model),
+        ("profile.train.length", train_length),
+        ("profile.eval.lengths", eval_lengths),
+        ("profile.data.tokenizer", tokenizer),
     ):
         if value is not None:
             _set(overrides, path, value)

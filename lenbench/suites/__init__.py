@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from lenbench.suites.base import SUITES, Cell, Reporter, SilentReporter
 
 __all__ = ["SUITES", "Cell", "Reporter", "SilentReporter", "load_suite_module"]
 
+# Suite name -> module implementing the Suite protocol (imported lazily: they pull in torch).
+SUITE_MODULES = {
+    "che": "lenbench.suites.che",
+    "ppl": "lenbench.suites.ppl",
+    "timing": "lenbench.suites.timing",
+}
 
-def load_suite_module(name: str):  # noqa: ANN201 - returns a module implementing the Suite protocol
-    """Import the suite implementations lazily (they pull in torch and the task zoo)."""
-    if name not in SUITES:
-        from lenbench.suites import che
 
-        SUITES.add("che", che)  # type: ignore[arg-type]
+def load_suite_module(name: str) -> Any:
+    """The module that runs suite ``name`` (one of :data:`SUITE_MODULES`)."""
+    if name not in SUITES and name in SUITE_MODULES:
+        SUITES.add(name, importlib.import_module(SUITE_MODULES[name]))
     return SUITES.get(name)
