@@ -51,4 +51,14 @@ class CheTask(abc.ABC):
         return torch.ones_like(targets, dtype=torch.bool)
 
 
+def mask_through_terminator(targets: torch.Tensor, terminator: int = 2) -> torch.Tensor:
+    """Bool mask [B, T]: positions 0..(first ``terminator`` in the row), inclusive (che.md §1.5, §1.12).
+
+    Valid targets always hold a terminator; a row without one is masked in full.
+    """
+    hit = targets == terminator
+    first = torch.where(hit.any(dim=1), hit.int().argmax(dim=1), targets.shape[1] - 1)
+    return torch.arange(targets.shape[1], device=targets.device)[None, :] <= first[:, None]
+
+
 TASKS: Registry[type[CheTask]] = Registry("task", entry_point_group="lenbench.tasks")
