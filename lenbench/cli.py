@@ -14,7 +14,9 @@ from rich.table import Table
 
 from lenbench.errors import LenbenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Length-generalization benchmarks for positional encodings.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Length-generalization benchmarks for positional encodings."
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -29,7 +31,9 @@ def _set(target: dict[str, Any], path: str, value: Any) -> None:
 @app.command()
 def run(
     suite: Annotated[str, typer.Option(help="Suite name (che) or path to a suite YAML.")] = "che",
-    pe: Annotated[str | None, typer.Option(help="PEs, comma-separated, e.g. dape,alibi or 'all'; options as name:k=v.")] = None,
+    pe: Annotated[
+        str | None, typer.Option(help="PEs, comma-separated, e.g. dape,alibi or 'all'; options as name:k=v.")
+    ] = None,
     task: Annotated[str | None, typer.Option(help="CHE tasks, comma-separated, or 'all'.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Seeds: 0,1,2 or 0-4.")] = None,
     profile: Annotated[str, typer.Option(help="paper, quick, or auto (paper on CUDA, quick on CPU).")] = "auto",
@@ -41,7 +45,10 @@ def run(
     layers: Annotated[int | None, typer.Option(help="Encoder layers.")] = None,
     dim: Annotated[int | None, typer.Option(help="Model width.")] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="ppl: catalogue name, hf:<id>[:<config>][@<split>], local files, or 'default'.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="ppl: catalogue name, hf:<id>[:<config>][@<split>], local files, or 'default'."),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="ppl: model size preset (tiny, 125m, 350m).")] = None,
     train_length: Annotated[int | None, typer.Option(help="ppl: training sequence length.")] = None,
     eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths, e.g. 128,256,512.")] = None,
@@ -60,7 +67,6 @@ def run(
     suite_file = load_suite(suite)
     module = load_suite_module(suite_file.name)
     chosen, reason = choose_profile(suite_file, profile, torch.cuda.is_available())
-    err.print(f"[dim]{reason}[/dim]")
     overrides: dict[str, Any] = {}
     for path, value in (
         ("grid.pes", pe),
@@ -85,6 +91,7 @@ def run(
     cells = module.expand(suite_file, chosen, overrides)
     store = ResultStore(out_dir)
     store.check_writable()
+    err.print(f"[dim]{reason}[/dim]")
     err.print(f"{len(cells)} cell(s) of suite {suite_file.name!r} -> {store.root}/{suite_file.name}/")
     with RichReporter(err) as reporter:
         outcomes = run_in_process(cells, store, module, reporter)
@@ -159,6 +166,146 @@ def list_things() -> None:
     for name, size in SIZES.items():
         t.add_row(name, str(size.layers), str(size.dim), str(size.heads), size.description)
     out.print(t)
+
+
+@app.command()
+def timing(
+    sizes: Annotated[str | None, typer.Option(help="Model sizes, e.g. 350m,2.7b,6.7b (see `lenbench list`).")] = None,
+    lengths: Annotated[str | None, typer.Option(help="Sequence lengths, e.g. 512,1024,2048,4096,8192.")] = None,
+    pe: Annotated[str | None, typer.Option(help="PEs, comma-separated (default: DAPE Table 1's), or 'all'.")] = None,
+    mode: Annotated[str | None, typer.Option(help="fwd (inference), train (forward+backward) or both.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Blocks to time (default: 1 on CPU, all on CUDA).")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed repeats per cell (median and IQR over them).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell.")] = None,
+    profile: Annotated[str, typer.Option(help="paper, quick, or auto (paper on CUDA, quick on CPU).")] = "auto",
+    out_dir: Annotated[str, typer.Option("--out", help="Results root folder.")] = "results",
+) -> None:
+    """Time each PE per forward and forward+backward at batch 1 (DAPE Table 1 layout); cells are stored."""
+    import torch
+
+    from lenbench.config import choose_profile, load_suite
+    from lenbench.executors import run_in_process
+    from lenbench.progress import RichReporter
+    from lenbench.results import ResultStore
+    from lenbench.suites import load_suite_module
+
+    suite_file = load_suite("timing")
+    module = load_suite_module("timing")
+    chosen, reason = choose_profile(suite_file, profile, torch.cuda.is_available())
+    overrides: dict[str, Any] = {}
+    for path, value in (
+        ("profile.sizes", sizes),
+        ("profile.lengths", lengths),
+        ("grid.pes", pe),
+        ("profile.modes", mode),
+        ("profile.layers", layers),
+        ("profile.repeats", repeats),
+        ("profile.warmup", warmup),
+    ):
+        if value is not None:
+            _set(overrides, path, value)
+    cells = module.expand(suite_file, chosen, overrides)
+    err.print(f"[dim]{reason}[/dim]")
+    store = ResultStore(out_dir)
+    store.check_writable()
+    err.print(f"[dim]{reason}[/dim]")
+    err.print(f"{len(cells)} cell(s) of suite 'timing' -> {store.root}/timing/")
+    with RichReporter(err) as reporter:
+        outcomes = run_in_process(cells, store, module, reporter)
+    records = [r for o in outcomes if o.status in ("done", "skipped") for r in o.cell_dir.read_metrics()]
+    print_timing(records)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def print_timing(records: list[dict[str, Any]]) -> None:
+    """DAPE Table 1 layout per mode (PE rows, a column group per size, ms per length, Ratio), then
+    peak memory; built from the stored records alone."""
+    from lenbench.suites.timing import memory_table, timing_tables
+
+    titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
+    tables = timing_tables(records)
+    for t in tables:
+        ref = t.reference or "dape-kerple (not in this run)"
+        notes = [f"Ratio = PE time / {ref} time at the same size and length (full-model times)."]
+        for size in t.sizes:
+            timed, total = t.layers[size]
+            if timed < total:
+                notes.append(
+                    f"{size}: {timed}L ms = {timed} of {total} blocks, measured; est. = {timed}L time x "
+                    f"{total}/{timed} + embedding and head time (an estimate, not a measurement)."
+                )
+        notes.append("OOM: did not fit in memory. Median over repeats; IQR in the stored records.")
+        table = Table(
+            title=f"ms per sequence, {titles.get(t.mode, t.mode)}, batch 1, {'/'.join(t.devices)}",
+            caption="\n".join(notes),
+            caption_justify="left",
+        )
+        table.add_column("PE", no_wrap=True)
+        table.add_column("backend", no_wrap=True)
+        for size in t.sizes:
+            timed, _ = t.layers[size]
+            for n in t.lengths[size]:
+                head = f"{size}\nN={n}"
+                kinds = [f"{timed}L ms", "est. ms"] if t.sliced(size) else ["ms"]
+                for kind in [*kinds, "Ratio"]:
+                    table.add_column(f"{head}\n{kind}", justify="right", no_wrap=True)
+        for p in t.pes:
+            row = [p, t.backends.get(p, "-")]
+            for size in t.sizes:
+                for n in t.lengths[size]:
+                    e = t.entries.get((p, size, n))
+                    cols = 3 if t.sliced(size) else 2
+                    if e is None:
+                        row += ["-"] * cols
+                    elif e.oom:
+                        row += ["OOM"] * (cols - 1) + ["-"]
+                    else:
+                        row += [_fmt_ms(e.ms)] + ([_fmt_ms(e.est_ms)] if cols == 3 else [])
+                        row.append("-" if e.ratio is None else f"{e.ratio:.2f}")
+            table.add_row(*row)
+        _print_wide(table)
+    memory = memory_table(records)
+    if memory and tables:
+        t = tables[0]
+        modes = [x.mode for x in tables]
+        table = Table(
+            title=f"peak memory of the timed call above the model (MiB), {' / '.join(modes)}",
+            caption="CUDA: max allocated; CPU: peak RSS delta. For K-layer slices: of the K timed blocks.",
+        )
+        table.add_column("PE", no_wrap=True)
+        for size in t.sizes:
+            for n in t.lengths[size]:
+                table.add_column(f"{size}\nN={n}", justify="right", no_wrap=True)
+        for p in t.pes:
+            row = [p]
+            for size in t.sizes:
+                for n in t.lengths[size]:
+                    vals = []
+                    for m in modes:
+                        key = (p, size, n, m)
+                        v = memory.get(key)
+                        vals.append("-" if key not in memory else "OOM" if v is None else f"{v:.0f}")
+                    row.append(" / ".join(vals))
+            table.add_row(*row)
+        _print_wide(table)
+
+
+def _print_wide(table: Table) -> None:
+    """Print a table; when output is not a terminal (a file, a pipe), wide enough not to squeeze it."""
+    from rich.measure import Measurement
+
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = Measurement.get(out, out.options.update_width(100_000), table).maximum
+    Console(width=max(out.width, width)).print(table)
 
 
 def _click_exceptions() -> Any:

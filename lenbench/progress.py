@@ -43,7 +43,9 @@ class RichReporter:
 
     def train_start(self, label: str, total_steps: int, resumed_from: int) -> None:
         note = f" (resumed at {resumed_from})" if resumed_from else ""
-        self.train_task = self.progress.add_task(f"train {label}{note}", total=total_steps, completed=resumed_from, info="")
+        self.train_task = self.progress.add_task(
+            f"train {label}{note}", total=total_steps, completed=resumed_from, info=""
+        )
 
     def train_step(self, step: int, metrics: dict[str, float]) -> None:
         if self.train_task is None:

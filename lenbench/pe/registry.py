@@ -145,3 +145,13 @@ def validate_spec(spec: PESpec) -> None:
             f"unknown option(s) {', '.join(unknown)} for PE {spec.name!r} "
             f"(accepted: {', '.join(sorted(accepted)) or 'none'})"
         )
+    # Option values are checked by the constructor: build once on a small model shape.
+    from lenbench.pe.base import PEContext
+
+    probe = PEContext(dim=32, heads=4, causal=False, train_length=8, max_length=16)
+    try:
+        cls(probe, **spec.options)
+    except LenbenchError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise LenbenchError(f"PE {spec.name!r}: bad option value ({exc})") from exc
