@@ -95,7 +95,10 @@ def run(
     err.print(f"{len(cells)} cell(s) of suite {suite_file.name!r} -> {store.root}/{suite_file.name}/")
     with RichReporter(err) as reporter:
         outcomes = run_in_process(cells, store, module, reporter)
-    print_scores(outcomes)
+    if suite_file.name == "ppl":
+        print_perplexities(outcomes)
+    else:
+        print_scores(outcomes)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
@@ -130,6 +133,38 @@ def print_scores(outcomes: list[Any]) -> None:
                 row.append("FAILED" if (t, p) in failed else "-")
         table.add_row(t, *row)
     out.print(table)
+
+
+def print_perplexities(outcomes: list[Any]) -> None:
+    """One table per (dataset, training length): PE rows x evaluation-length columns of ppl_last256."""
+    import numpy as np
+
+    values: dict[tuple[str, int], dict[str, dict[int, list[float]]]] = {}
+    failed: set[tuple[str, int, str]] = set()
+    for o in outcomes:
+        cfg = o.cell.config
+        key = (cfg["dataset"], int(cfg["train"]["length"]))
+        rows = values.setdefault(key, {}).setdefault(cfg["pe"], {})
+        if o.status == "failed":
+            failed.add((*key, cfg["pe"]))
+        for length, ppl in o.summary.get("ppl_last256", {}).items():
+            rows.setdefault(int(length), []).append(float(ppl))
+    for (dataset, train_len), rows in values.items():
+        lengths = sorted({n for per_pe in rows.values() for n in per_pe})
+        table = Table(title=f"{dataset}, trained at {train_len}: perplexity (last 256 tokens), mean ± std over seeds")
+        table.add_column("PE")
+        for n in lengths:
+            table.add_column(str(n), justify="right")
+        for pe, per_length in rows.items():
+            cells = []
+            for n in lengths:
+                vals = per_length.get(n)
+                if vals:
+                    cells.append(f"{np.mean(vals):.2f}" + (f" ± {np.std(vals):.2f}" if len(vals) > 1 else ""))
+                else:
+                    cells.append("FAILED" if (dataset, train_len, pe) in failed else "-")
+            table.add_row(pe, *cells)
+        out.print(table)
 
 
 @app.command("list")

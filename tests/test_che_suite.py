@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import StopAt
 
 from lenbench.config import load_suite
 from lenbench.executors import run_in_process
@@ -62,16 +63,6 @@ def test_cells_records_and_skip(tmp_path: Path) -> None:
     # a changed config is a new cell, not a reuse of the old one
     changed = cells("parity_check", "alibi", train={**TINY["train"], "steps": 12})
     assert run(changed, tmp_path)[0].cell_dir.path != first[0].cell_dir.path
-
-
-class StopAt(SilentReporter):
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.stop = step
-
-    def train_step(self, step: int, metrics: dict[str, float]) -> None:
-        if step == self.stop:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("pe", ["dape", "sinusoidal"])

@@ -130,15 +130,8 @@ def pe_class(spec: PESpec) -> type[PositionalEncoding]:
 
 def validate_spec(spec: PESpec) -> None:
     """Fail early, with one line, on an unknown name or option (before any training starts)."""
-    import inspect
-
     cls = pe_class(spec)
-    accepted: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None and klass is not object and klass.__module__ != "torch.nn.modules.module":
-            params = inspect.signature(init).parameters
-            accepted |= {p for p in params if p not in ("self", "ctx", "options", "args", "kwargs")}
+    accepted = accepted_options(cls)
     unknown = sorted(set(spec.options) - accepted)
     if unknown:
         raise LenbenchError(
@@ -155,3 +148,34 @@ def validate_spec(spec: PESpec) -> None:
         raise
     except (TypeError, ValueError) as exc:
         raise LenbenchError(f"PE {spec.name!r}: bad option value ({exc})") from exc
+
+
+def accepted_options(cls: type[PositionalEncoding]) -> set[str]:
+    """Keyword options a PE class's constructors accept (its own and its bases')."""
+    import inspect
+
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None and klass is not object and klass.__module__ != "torch.nn.modules.module":
+            params = inspect.signature(init).parameters
+            accepted |= {p for p in params if p not in ("self", "ctx", "options", "args", "kwargs")}
+    return accepted
+
+
+def resolve_pes(value: str | list[Any], defaults: dict[str, Any] | None = None) -> list[PESpec]:
+    """A suite's ``pes`` (comma text, YAML list or ``all``) -> validated specs.
+
+    ``defaults`` (a profile's ``pe_defaults``, e.g. DAPE's ``hidden: 64``) fill options a PE
+    accepts and the spec does not set; other PEs ignore them.
+    """
+    text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+    specs = [parse_pe_spec(n) for n in PES.names()] if text.strip() == "all" else parse_pe_list(text)
+    out = []
+    for spec in specs:
+        accepted = accepted_options(pe_class(spec))
+        extra = {k: v for k, v in (defaults or {}).items() if k in accepted and k not in spec.options}
+        full = PESpec(spec.name, {**extra, **spec.options})
+        validate_spec(full)
+        out.append(full)
+    return out

@@ -19,7 +19,7 @@ import torch
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.errors import LenbenchError
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
-from lenbench.pe.registry import PESpec, parse_pe_list, parse_pe_spec, pe_class, validate_spec
+from lenbench.pe.registry import parse_pe_spec, resolve_pes
 from lenbench.results import CellDir, atomic_write_json
 from lenbench.suites.base import Cell, Reporter
 from lenbench.tasks.che import TASKS, CheTask
@@ -84,28 +84,6 @@ def resolve_tasks(value: str | list[str]) -> list[str]:
     return names
 
 
-def resolve_pes(value: str | list[str]) -> list[PESpec]:
-    text = ",".join(_as_list(value))
-    if text.strip() == "all":
-        from lenbench.pe.registry import PES
-
-        return [parse_pe_spec(n) for n in PES.names()]
-    return parse_pe_list(text)
-
-
-def with_defaults(spec: PESpec, defaults: dict[str, Any]) -> PESpec:
-    """Apply profile ``pe_defaults`` (e.g. DAPE's ``hidden: 64``) where the PE accepts them."""
-    import inspect
-
-    accepted: set[str] = set()
-    for klass in pe_class(spec).__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None and klass.__module__.startswith("lenbench"):
-            accepted |= set(inspect.signature(init).parameters)
-    extra = {k: v for k, v in defaults.items() if k in accepted and k not in spec.options}
-    return PESpec(spec.name, {**extra, **spec.options})
-
-
 def check_lengths(train_cfg: CheTrain, lengths: list[int]) -> None:
     if train_cfg.min_length < 1 or train_cfg.max_length < train_cfg.min_length:
         raise LenbenchError(
@@ -129,9 +107,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
     prof = from_dict(CheProfile, merge(suite_file.profiles[profile], overrides.get("profile", {})), where)
     grid = from_dict(CheGrid, merge(suite_file.grid, overrides.get("grid", {})), f"{suite_file.path} grid")
     tasks = resolve_tasks(grid.tasks)
-    pes = [with_defaults(s, prof.pe_defaults) for s in resolve_pes(grid.pes)]
-    for spec in pes:
-        validate_spec(spec)
+    pes = resolve_pes(grid.pes, prof.pe_defaults)
     seeds = parse_int_list(grid.seeds, "seeds")
     lengths = parse_int_list(prof.eval.lengths, "test lengths")
     check_lengths(prof.train, lengths)

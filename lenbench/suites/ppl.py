@@ -1,0 +1,519 @@
+"""The perplexity-extrapolation suite: train a causal LM at one length, report perplexity at many.
+
+Protocol (dape.md §4.2, §3(d); DESIGN.md): a pre-LN GPT decoder (``model/`` blocks, causal
+attention, GELU, final LN, N(0, 0.02) init) trained with AdamW (betas 0.9/0.95, weight decay 0.1
+on weights only), warmup then cosine decay to 0.1 x lr, gradient clipping 1.0, on windows of
+``train_length + 1`` tokens drawn uniformly from the contiguous token stream of the training split
+with the cell's numpy ``Generator`` (so a resumed run draws the same batches).
+
+Evaluation at each length L uses sequences of L + 1 tokens from the validation split: the first
+L + 1 tokens of every validation document that long (at most ``samples`` of them, a fixed subset
+shared by all cells); when fewer than ``min_sequences`` such documents exist, consecutive
+non-overlapping windows of the validation stream (documents joined by the separator token) and
+the records say ``concatenated: true``. Two perplexities are stored, pooled over all sequences:
+
+    ppl_last256 = exp(mean CE over the last K = min(256, L) predicted tokens)   (DAPE's protocol)
+    ppl_all     = exp(mean CE over all L predicted tokens)
+
+Logits and labels are sliced alike (position t predicts token t + 1), fixing the released DAPE
+eval step (dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
+evaluated with the query-blocked explicit attention (memory O(block * L), not O(H * L^2)), so
+L = 8192 fits a 24 GB machine for every PE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
+from lenbench.data.corpora import (
+    DatasetSpec,
+    TokenizedCorpus,
+    TokenSplit,
+    load_corpus,
+    parse_dataset,
+    python_version,
+    tokenize_corpus,
+)
+from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer
+from lenbench.errors import LenbenchError
+from lenbench.model.attention import Attention
+from lenbench.model.sizes import SIZES
+from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
+from lenbench.pe.registry import parse_pe_spec, resolve_pes
+from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json
+from lenbench.suites.base import Cell, Reporter
+from lenbench.train import OptimConfig, train
+
+name = "ppl"
+EVAL_SEED = 0  # the evaluation documents are the same for every cell
+LOGIT_BUDGET = 1 << 28  # fp32 logits elements per evaluation batch (1 GiB)
+PRECISIONS = ("auto", "fp32", "bf16")
+EVAL_FIELDS = ("n_sequences", "concatenated", "long_documents", "unigram_ppl_all")
+
+
+@dataclass(frozen=True)
+class PplModel:
+    """A preset from ``model/sizes.py``; ``layers``/``dim``/``heads`` override its shape."""
+
+    size: str = "tiny"
+    layers: int | None = None
+    dim: int | None = None
+    heads: int | None = None
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class PplTrain:
+    length: int | list[int] = 128  # a list makes one cell per training length
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 6e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    warmup_frac: float = 0.01
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    checkpoint_every: int = 500
+    log_every: int = 25
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+
+
+@dataclass(frozen=True)
+class PplEval:
+    lengths: str | list[int] = "128,256,512,1024,2048,4096,8192"
+    samples: int = 64  # at most this many sequences per length
+    min_sequences: int = 8  # fewer long-enough documents -> concatenate documents
+    last_tokens: int = 256  # ppl_last256 counts the last min(last_tokens, L) tokens
+    tokens_per_batch: int = 16384  # evaluation batch = tokens_per_batch // L (at least 1)
+
+
+@dataclass(frozen=True)
+class PplData:
+    tokenizer: str = "bytes"  # or hf:<name>
+    field: str | None = None  # text field; None: the catalogue entry's, else "text"
+    validation_fraction: float = 0.05  # hash split, when the dataset has no validation split
+
+
+@dataclass(frozen=True)
+class PplProfile:
+    model: PplModel = field(default_factory=PplModel)
+    train: PplTrain = field(default_factory=PplTrain)
+    eval: PplEval = field(default_factory=PplEval)
+    data: PplData = field(default_factory=PplData)
+    pe_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PplGrid:
+    datasets: str | list[str] = "default"
+    pes: str | list[str] = "rope,alibi,kerple,dape"
+    seeds: str | int | list[int] = 0
+    catalogue: dict[str, Any] = field(default_factory=dict)  # name -> {source, field, note}
+
+
+def resolve_model(m: PplModel) -> dict[str, Any]:
+    """The preset's shape with explicit overrides applied and checked."""
+    size = SIZES.get(m.size)
+    shape = {
+        "size": m.size,
+        "layers": m.layers or size.layers,
+        "dim": m.dim or size.dim,
+        "heads": m.heads or size.heads,
+        "dropout": m.dropout,
+    }
+    for key in ("layers", "dim", "heads"):
+        if shape[key] < 1:
+            raise LenbenchError(f"model {key} must be >= 1, got {shape[key]}")
+    if shape["dim"] % shape["heads"]:
+        raise LenbenchError(f"model width {shape['dim']} is not divisible by {shape['heads']} heads")
+    if not 0.0 <= m.dropout < 1.0:
+        raise LenbenchError(f"dropout must be in [0, 1), got {m.dropout}")
+    return shape
+
+
+def check_profile(prof: PplProfile, train_lengths: list[int], eval_lengths: list[int]) -> None:
+    t, e = prof.train, prof.eval
+    if min(train_lengths) < 1 or min(eval_lengths) < 1:
+        raise LenbenchError("training and evaluation lengths must be >= 1")
+    for what, value in (
+        ("steps", t.steps),
+        ("batch size", t.batch_size),
+        ("evaluation samples", e.samples),
+        ("eval.min_sequences", e.min_sequences),
+        ("eval.last_tokens", e.last_tokens),
+        ("eval.tokens_per_batch", e.tokens_per_batch),
+    ):
+        if value < 1:
+            raise LenbenchError(f"{what} must be >= 1, got {value}")
+    if t.lr <= 0:
+        raise LenbenchError(f"learning rate must be > 0, got {t.lr}")
+    if t.precision not in PRECISIONS:
+        raise LenbenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if not 0.0 < prof.data.validation_fraction < 1.0:
+        raise LenbenchError(f"data.validation_fraction must be in (0, 1), got {prof.data.validation_fraction}")
+    check_tokenizer_spec(prof.data.tokenizer)
+
+
+def _names(value: str | list[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [v.strip() for v in items if v.strip()]
+
+
+def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
+    """Suite YAML + profile + CLI overrides -> one cell per (dataset, PE, training length, seed)."""
+    where = f"{suite_file.path} profiles.{profile}"
+    prof = from_dict(PplProfile, merge(suite_file.profiles[profile], overrides.get("profile", {})), where)
+    grid = from_dict(PplGrid, merge(suite_file.grid, overrides.get("grid", {})), f"{suite_file.path} grid")
+    train_lengths = parse_int_list(prof.train.length, "training lengths")
+    eval_lengths = parse_int_list(prof.eval.lengths, "evaluation lengths")
+    check_profile(prof, train_lengths, eval_lengths)
+    model = resolve_model(prof.model)
+    specs = [parse_dataset(n, grid.catalogue, prof.data.field) for n in _names(grid.datasets)]
+    if not specs:
+        raise LenbenchError("no dataset given")
+    pes = resolve_pes(grid.pes, prof.pe_defaults)
+    seeds = parse_int_list(grid.seeds, "seeds")
+    data = {"tokenizer": prof.data.tokenizer, "validation_fraction": prof.data.validation_fraction}
+    cells = []
+    for ds in specs:
+        # the embedded corpus is this interpreter's stdlib: another Python version is another corpus
+        version = {"python": python_version()} if ds.kind == "default" else {}
+        for pe in pes:
+            for length in train_lengths:
+                for seed in seeds:
+                    config = {
+                        "suite": name,
+                        "dataset": ds.name,
+                        "data": {**ds.to_dict(), **data, **version},
+                        "pe": str(pe),
+                        "seed": seed,
+                        "model": model,
+                        "train": {**asdict(prof.train), "length": length},
+                        "eval": {**asdict(prof.eval), "lengths": eval_lengths},
+                    }
+                    cells.append(Cell(name, f"{ds.label}-{pe.label}-T{length}-s{seed}", config))
+    return cells
+
+
+def model_config(cfg: dict[str, Any], vocab_size: int) -> ModelConfig:
+    """The GPT-style decoder of the LM protocol (dape.md §3(d)) for a cell config."""
+    m = cfg["model"]
+    length = cfg["train"]["length"]
+    return ModelConfig(
+        vocab_size=vocab_size,
+        out_size=vocab_size,
+        dim=m["dim"],
+        layers=m["layers"],
+        heads=m["heads"],
+        dropout=m["dropout"],
+        causal=True,
+        prenorm=True,
+        activation="gelu",
+        embed_scale=False,
+        final_norm=True,
+        init="gpt2",
+        train_length=length,
+        max_length=max([length, *cfg["eval"]["lengths"]]),
+    )
+
+
+def device_and_autocast(precision: str) -> tuple[torch.device, Any]:
+    """CUDA when available; autocast bf16 on CUDA for ``auto``/``bf16``, fp32 on CPU unless ``bf16``."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+    def autocast() -> Any:
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    return device, autocast
+
+
+def sample_windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, length: int) -> torch.Tensor:
+    """``[batch, length + 1]`` windows at uniform start offsets in ``[0, len(tokens) - length - 1]``."""
+    starts = rng.integers(0, len(tokens) - length, size=batch)
+    index = starts[:, None] + np.arange(length + 1)[None, :]
+    return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
+
+
+def eval_windows(
+    split: TokenSplit, length: int, samples: int, min_sequences: int
+) -> tuple[np.ndarray, bool, int]:
+    """Evaluation sequences of ``length + 1`` tokens -> (windows, concatenated, long documents).
+
+    The first ``length + 1`` tokens of each validation document at least that long (a fixed random
+    subset of ``samples`` of them); with fewer than ``min(min_sequences, samples)`` such documents,
+    consecutive windows of the whole validation stream (documents joined by the separator).
+    """
+    need = length + 1
+    long_docs = np.flatnonzero(split.lengths() >= need)
+    if len(long_docs) >= min(min_sequences, samples):
+        rng = np.random.default_rng(EVAL_SEED)
+        chosen = np.sort(rng.permutation(long_docs)[:samples])
+        windows = np.stack([np.asarray(split.tokens[split.offsets[i] : split.offsets[i] + need]) for i in chosen])
+        return windows.astype(np.int64), False, len(long_docs)
+    count = min(samples, len(split.tokens) // need)
+    if count == 0:
+        raise LenbenchError(
+            f"the validation split has {len(split.tokens)} tokens, fewer than one sequence of {need}; "
+            "use shorter evaluation lengths or a larger corpus"
+        )
+    windows = np.asarray(split.tokens[: count * need]).reshape(count, need)
+    return windows.astype(np.int64), True, len(long_docs)
+
+
+def eval_batch_size(length: int, vocab_size: int, tokens_per_batch: int, samples: int) -> int:
+    """Sequences per evaluation batch: ``tokens_per_batch // L``, capped so logits stay under 1 GiB."""
+    by_tokens = tokens_per_batch // length
+    by_logits = LOGIT_BUDGET // max(1, length * vocab_size)
+    return max(1, min(samples, by_tokens, by_logits))
+
+
+def perplexity(
+    model: nn.Module,
+    windows: np.ndarray,
+    batch_size: int,
+    last_tokens: int = 256,
+    device: torch.device | None = None,
+    autocast: Any = contextlib.nullcontext,
+) -> tuple[float, float]:
+    """``(ppl_last, ppl_all)`` of ``model`` (ids ``[B, L]`` -> logits ``[B, L, V]``) on ``windows`` ``[n, L+1]``.
+
+    Position t's logits are scored against token t + 1; ``ppl_last = exp(mean CE)`` over the last
+    ``K = min(last_tokens, L)`` positions of every sequence, ``ppl_all`` over all L positions.
+    """
+    device = device or torch.device("cpu")
+    n, width = windows.shape
+    length = width - 1
+    k = min(last_tokens, length)
+    total_all = total_last = 0.0
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch_size])).to(device)
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            with autocast():
+                logits = model(inputs)
+            nll = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+            ).view(targets.shape)
+            total_all += float(nll.double().sum())
+            total_last += float(nll[:, -k:].double().sum())
+    return math.exp(total_last / (n * k)), math.exp(total_all / (n * length))
+
+
+@contextlib.contextmanager
+def blocked_attention(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """On CPU, route static-bias PEs to the query-blocked explicit attention while evaluating.
+
+    The default CPU path for a bias materializes an ``[H, L, L]`` mask (about 3 GiB per layer at
+    L = 8192 for 12 heads); the explicit path keeps ``O(B * H * block * L)`` and is exact.
+    """
+    changed = []
+    if device.type == "cpu":
+        for module in model.modules():
+            if isinstance(module, Attention) and type(module.pe).has_hook("bias"):
+                changed.append((module, module.backend))
+                module.backend = "explicit"
+    try:
+        yield
+    finally:
+        for module, backend in changed:
+            module.backend = backend
+
+
+def unigram_logprobs(train: TokenSplit, vocab_size: int) -> np.ndarray:
+    """``log p(token)`` from add-one-smoothed token frequencies of the training split."""
+    counts = np.bincount(np.asarray(train.tokens), minlength=vocab_size).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum())
+
+
+def unigram_perplexity(logp: np.ndarray, tokens: np.ndarray) -> float:
+    """``exp(-mean log p(token))`` of ``tokens`` under the unigram model ``logp`` (a baseline)."""
+    counts = np.bincount(np.asarray(tokens).reshape(-1), minlength=len(logp))
+    return float(math.exp(-(counts * logp).sum() / max(1, counts.sum())))
+
+
+def evaluate(
+    model: nn.Module,
+    corpus: TokenizedCorpus,
+    cfg: dict[str, Any],
+    device: torch.device,
+    autocast: Any,
+    cell_dir: CellDir | None,
+    reporter: Reporter,
+    label: str,
+) -> dict[int, dict[str, Any]]:
+    """Per evaluation length: ppl_last256, ppl_all, n_sequences, concatenated, long_documents, and
+    unigram_ppl_all (the training unigram model on the same predicted tokens, a reference).
+
+    Progress is saved after each length (``eval_partial.json``), so a killed cell resumes there.
+    """
+    ev = cfg["eval"]
+    partial = cell_dir.path / "eval_partial.json" if cell_dir is not None else None
+    done: dict[int, dict[str, Any]] = {}
+    if partial is not None and partial.exists():
+        with contextlib.suppress(json.JSONDecodeError, ValueError):
+            done = {int(k): v for k, v in json.loads(partial.read_text()).items()}
+    model.eval()
+    reporter.eval_start(label, len(ev["lengths"]))
+    vocab = corpus.tokenizer.vocab_size
+    logp = unigram_logprobs(corpus.train, vocab)
+    with blocked_attention(model, device):
+        for i, length in enumerate(ev["lengths"]):
+            if length not in done:
+                windows, concatenated, long_docs = eval_windows(
+                    corpus.validation, length, ev["samples"], ev["min_sequences"]
+                )
+                batch = eval_batch_size(length, vocab, ev["tokens_per_batch"], ev["samples"])
+                last, full = perplexity(model, windows, batch, ev["last_tokens"], device, autocast)
+                done[length] = {
+                    "ppl_last256": last,
+                    "ppl_all": full,
+                    "n_sequences": len(windows),
+                    "concatenated": concatenated,
+                    "long_documents": long_docs,
+                    "unigram_ppl_all": unigram_perplexity(logp, windows[:, 1:]),
+                }
+                if partial is not None:
+                    atomic_write_json(partial, {str(k): v for k, v in done.items()})
+            reporter.eval_step(i + 1, f"L={length} ppl", done[length]["ppl_last256"])
+    return {n: done[n] for n in ev["lengths"]}
+
+
+def save_model(cell_dir: CellDir, model: Transformer, cfg: dict[str, Any], corpus: TokenizedCorpus) -> None:
+    """``model.pt``: the final weights plus what :func:`load_model` needs to rebuild the model."""
+    state = {
+        "model_config": asdict(model.cfg),
+        "pe": cfg["pe"],
+        "tokenizer": corpus.tokenizer.name,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(cell_dir.path / "model.pt", buf.getvalue())
+
+
+def load_model(cell_dir: CellDir) -> Transformer:
+    """Rebuild a finished cell's trained decoder from its ``model.pt`` (for plots of learned biases)."""
+    path = cell_dir.path / "model.pt"
+    if not path.exists():
+        raise LenbenchError(f"{path} does not exist; the cell has not finished training")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise LenbenchError(f"corrupted model file {path} ({type(exc).__name__})") from exc
+    model = Transformer(ModelConfig(**state["model_config"]), parse_pe_spec(state["pe"]))
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+def record_corpus(cell_dir: CellDir, info: dict[str, Any]) -> None:
+    """Add the corpus description (documents, split, Python version) to the cell's manifest."""
+    manifest: dict[str, Any] = {}
+    if cell_dir.manifest_path.exists():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            manifest = json.loads(cell_dir.manifest_path.read_text())
+    if manifest.get("corpus") != info:
+        atomic_write_json(cell_dir.manifest_path, {**manifest, "corpus": info})
+
+
+def load_cell_corpus(cfg: dict[str, Any]) -> TokenizedCorpus:
+    data = cfg["data"]
+    spec = DatasetSpec(**{k: data[k] for k in ("name", "kind", "source", "config", "split", "field")})
+    tokenizer = load_tokenizer(data["tokenizer"])
+    return tokenize_corpus(load_corpus(spec, data["validation_fraction"]), tokenizer)
+
+
+def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
+    """Train (resuming from the cell's checkpoint), save ``model.pt``, evaluate, write metrics."""
+    cfg = cell.config
+    t = cfg["train"]
+    length = t["length"]
+    corpus = load_cell_corpus(cfg)
+    record_corpus(cell_dir, corpus.info)
+    stream = corpus.train.tokens
+    if len(stream) < length + 2:
+        raise LenbenchError(f"the training split has {len(stream)} tokens, too few for length {length}")
+    device, autocast = device_and_autocast(t["precision"])
+    vocab = corpus.tokenizer.vocab_size
+    torch.manual_seed(cfg["seed"])
+    model = Transformer(model_config(cfg, vocab), parse_pe_spec(cfg["pe"])).to(device)
+
+    def step_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = sample_windows(stream, rng, t["batch_size"], length).to(device)
+        with autocast():
+            logits = model(batch[:, :-1])
+        loss = cross_entropy(logits, batch[:, 1:])
+        return loss, {"ppl": math.exp(min(float(loss.detach()), 50.0))}
+
+    resumed = {"from": 0}
+
+    def on_start(step: int) -> None:
+        resumed["from"] = step
+        cell_dir.truncate_log(step)
+        reporter.train_start(cell.label, t["steps"], step)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        reporter.train_step(step, metrics)
+        if step % t["log_every"] == 0 or step == t["steps"]:
+            cell_dir.append_log({"step": step, **metrics})
+
+    optim = OptimConfig(
+        steps=t["steps"],
+        lr=t["lr"],
+        grad_clip=t["grad_clip"],
+        weight_decay=t["weight_decay"],
+        beta1=t["beta1"],
+        beta2=t["beta2"],
+        schedule="cosine",
+        warmup_frac=t["warmup_frac"],
+        min_lr_ratio=t["min_lr_ratio"],
+    )
+    started = time.perf_counter()
+    train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start)
+    train_seconds = time.perf_counter() - started
+    save_model(cell_dir, model, cfg, corpus)
+    started = time.perf_counter()
+    results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label)
+    eval_seconds = time.perf_counter() - started
+    common = {"suite": name, "dataset": cfg["dataset"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": length}
+    records = [
+        {
+            **common,
+            "eval_len": n,
+            "metric": metric,
+            "value": r[metric],
+            "n_sequences": r["n_sequences"],
+            "concatenated": r["concatenated"],
+        }
+        for n, r in results.items()
+        for metric in ("ppl_last256", "ppl_all")
+    ]
+    cell_dir.write_metrics(records)
+    return {
+        "ppl_last256": {str(n): r["ppl_last256"] for n, r in results.items()},
+        "ppl_all": {str(n): r["ppl_all"] for n, r in results.items()},
+        "eval": {str(n): {k: r[k] for k in EVAL_FIELDS} for n, r in results.items()},
+        "unigram_ppl": unigram_perplexity(unigram_logprobs(corpus.train, vocab), corpus.validation.tokens),
+        "corpus": corpus.info,
+        "train_len": length,
+        "params": model.num_parameters(),
+        "resumed_from": resumed["from"],
+        "train_seconds_this_run": round(train_seconds, 2),
+        "eval_seconds_this_run": round(eval_seconds, 2),
+    }

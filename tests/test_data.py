@@ -1,0 +1,187 @@
+"""Corpora and tokenizers: local loaders on files written here, the embedded default, hub errors offline."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lenbench.data import corpora, tokenizer
+from lenbench.data.corpora import in_validation, load_corpus, parse_dataset, tokenize_corpus
+from lenbench.data.tokenizer import ByteTokenizer, load_tokenizer
+from lenbench.errors import LenbenchError
+
+DOCS = [f"document {i}: " + "abc " * (i + 1) + "\u00e9t\u00e9" for i in range(30)]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path_factory.getbasetemp() / "lenbench-cache"
+    monkeypatch.setenv("LENBENCH_CACHE", str(root))
+    return root
+
+
+def all_texts(corpus: corpora.Corpus) -> list[str]:
+    return list(corpus.train["text"]) + list(corpus.validation["text"])
+
+
+def test_txt_files_one_document_per_file(tmp_path: Path) -> None:
+    for i, doc in enumerate(DOCS):
+        (tmp_path / f"d{i:02d}.txt").write_text(doc + "\nsecond line\n")
+    for spec_text in (str(tmp_path / "*.txt"), str(tmp_path)):
+        spec = parse_dataset(spec_text, {})
+        assert spec.kind == "local"
+        corpus = load_corpus(spec, 0.3)
+        assert sorted(all_texts(corpus)) == sorted(d + "\nsecond line\n" for d in DOCS)
+        assert corpus.info["documents"] == {"train": len(corpus.train), "validation": len(corpus.validation)}
+        assert list(corpus.validation["text"]) == [d for d in all_texts(corpus) if in_validation(d, 0.3)]
+
+
+def test_jsonl_with_configured_field(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"content": d, "id": i}) + "\n" for i, d in enumerate(DOCS)))
+    corpus = load_corpus(parse_dataset(str(path), {}, field_override="content"), 0.3)
+    assert sorted(all_texts(corpus)) == sorted(DOCS)
+    assert corpus.train.column_names == ["text"]
+    with pytest.raises(LenbenchError, match=r"no field 'text' \(columns: content, id\)"):
+        load_corpus(parse_dataset(str(path), {}), 0.3)
+
+
+def test_parquet_and_catalogue_entry(tmp_path: Path, cache: Path) -> None:
+    path = tmp_path / "part-0.parquet"
+    pq.write_table(pa.table({"body": DOCS}), path)
+    catalogue = {"mine": {"source": str(tmp_path / "*.parquet"), "field": "body"}}
+    spec = parse_dataset("mine", catalogue)
+    assert (spec.kind, spec.field, spec.label) == ("local", "body", "mine")
+    corpus = load_corpus(spec, 0.3)
+    assert sorted(all_texts(corpus)) == sorted(DOCS)
+    tok = tokenize_corpus(corpus, ByteTokenizer())
+    split = tok.validation
+    texts = list(corpus.validation["text"])
+    assert split.num_documents == len(texts)
+    for i, text in enumerate(texts):
+        assert ByteTokenizer().decode(split.document(i)) == text
+        assert split.tokens[split.offsets[i + 1] - 1] == ByteTokenizer.sep_id
+    folders = set((cache / "tokens").iterdir())
+    again = tokenize_corpus(load_corpus(spec, 0.3), ByteTokenizer())  # same fingerprint: served from the cache
+    assert set((cache / "tokens").iterdir()) == folders and isinstance(again.train.tokens, np.memmap)
+    assert np.array_equal(np.asarray(again.train.tokens), np.asarray(tok.train.tokens))
+
+
+def test_bad_local_specs(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "b.csv").write_text("x")
+    (tmp_path / "c.jsonl").write_text("{}\n")
+    with pytest.raises(LenbenchError, match="mixes file types"):
+        parse_dataset(str(tmp_path / "[ac].*"), {})
+    with pytest.raises(LenbenchError, match="unsupported file"):
+        parse_dataset(str(tmp_path / "b.csv"), {})
+    with pytest.raises(LenbenchError, match="unknown dataset 'nope'"):
+        parse_dataset("nope", {})
+    with pytest.raises(LenbenchError, match="no .txt"):
+        parse_dataset(str(tmp_path / "*.parquet"), {})
+    with pytest.raises(LenbenchError, match="'books3' has no source.*--dataset default"):
+        parse_dataset("books3", {"books3": {"source": None, "note": "taken down"}})
+
+
+def test_hf_spec_parsing() -> None:
+    spec = parse_dataset("hf:org/name:cfg@validation", {})
+    assert (spec.kind, spec.source, spec.config, spec.split, spec.label) == (
+        "hf",
+        "org/name",
+        "cfg",
+        "validation",
+        "org/name:cfg@validation",
+    )
+    arxiv = parse_dataset("arxiv", {"arxiv": {"source": "hf:some/arxiv", "field": "article"}})
+    assert (arxiv.name, arxiv.kind, arxiv.source, arxiv.field) == ("arxiv", "hf", "some/arxiv", "article")
+
+
+def test_embedded_default_is_deterministic() -> None:
+    first = load_corpus(parse_dataset("default", {}), 0.05)
+    second = load_corpus(parse_dataset("default", {}), 0.05)
+    assert len(first.train) > 100 and len(first.validation) > 5
+    assert list(first.validation["path"]) == list(second.validation["path"])
+    assert first.fingerprint == second.fingerprint
+    assert all(in_validation(p, 0.05) for p in first.validation["path"])
+    assert not any(in_validation(p, 0.05) for p in first.train["path"])
+    paths = list(first.train["path"]) + list(first.validation["path"])
+    assert "os.py" in paths and not any(p.startswith(("test/", "site-packages/")) for p in paths)
+    assert first.info["python"].endswith(sys.version.split()[0])
+
+
+def test_unreachable_hub_dataset_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(repo: str, config: str | None, split: str | None) -> Any:
+        raise ConnectionError(f"Couldn't reach '{repo}' on the Hub (OfflineModeIsEnabled)\nmore detail")
+
+    monkeypatch.setattr(corpora, "_hub_load", offline)
+    with pytest.raises(LenbenchError) as info:
+        load_corpus(parse_dataset("hf:someone/corpus:en", {}), 0.05)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "hf:someone/corpus:en" in message and "--dataset default" in message and "local files" in message
+
+
+def test_real_loader_offline_gives_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(LenbenchError) as info:
+        load_corpus(parse_dataset("hf:lenbench-tests/no-such-dataset", {}), 0.05)
+    assert "\n" not in str(info.value) and "hf:lenbench-tests/no-such-dataset" in str(info.value)
+
+
+def test_byte_tokenizer_and_specs(monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = load_tokenizer("bytes")
+    (ids,) = tok.encode_batch(["h\u00e9"])
+    assert list(ids) == [104, 195, 169] and tok.vocab_size == 257 and tok.sep_id == 256
+    assert tok.decode([*ids, 256]) == "h\u00e9"
+    with pytest.raises(LenbenchError, match="unknown tokenizer"):
+        load_tokenizer("gpt2")
+    monkeypatch.setattr(tokenizer, "_import", lambda name: None)
+    with pytest.raises(LenbenchError, match="needs the 'tokenizers' or 'transformers' package"):
+        load_tokenizer("hf:gpt2")
+
+
+def test_hf_tokenizer_wiring(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Encoding:
+        def __init__(self, text: str) -> None:
+            self.ids = [len(w) for w in text.split()]
+
+    class FakeTokenizer:
+        @classmethod
+        def from_pretrained(cls, name: str) -> FakeTokenizer:
+            if name == "missing":
+                raise OSError("Repository not found\nlong story")
+            return cls()
+
+        def get_vocab_size(self, with_added_tokens: bool = True) -> int:
+            return 100
+
+        def token_to_id(self, token: str) -> int | None:
+            return 99 if token == "<|endoftext|>" else None
+
+        def encode_batch(self, texts: list[str]) -> list[Encoding]:
+            return [Encoding(t) for t in texts]
+
+        def decode(self, ids: list[int]) -> str:
+            return " ".join("x" * i for i in ids)
+
+    fake = types.SimpleNamespace(Tokenizer=FakeTokenizer)
+    monkeypatch.setattr(tokenizer, "_import", lambda name: fake if name == "tokenizers" else None)
+    tok = load_tokenizer("hf:fake")
+    assert (tok.name, tok.vocab_size, tok.sep_id) == ("hf:fake", 100, 99)
+    assert [list(x) for x in tok.encode_batch(["ab cde", "f"])] == [[2, 3], [1]]
+    with pytest.raises(LenbenchError, match=r"cannot load tokenizer hf:missing \(Repository not found\)"):
+        load_tokenizer("hf:missing")

@@ -1,0 +1,224 @@
+"""The ppl suite: perplexity arithmetic, evaluation windows, grid expansion, a short real run, 8x lengths."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers import StopAt
+from torch import nn
+
+from lenbench.cli import main
+from lenbench.config import load_suite
+from lenbench.data.corpora import TokenSplit
+from lenbench.errors import LenbenchError
+from lenbench.executors import run_in_process
+from lenbench.model.transformer import Transformer
+from lenbench.pe import PES
+from lenbench.pe.registry import parse_pe_spec
+from lenbench.results import ResultStore
+from lenbench.suites import SilentReporter, load_suite_module, ppl
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LENBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "lenbench-cache"))
+
+
+class Uniform(nn.Module):
+    """Zero logits: every token has probability 1/V, so perplexity is V."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*ids.shape, self.vocab)
+
+
+class RightOnTheEnd(nn.Module):
+    """Knows the rule ``next = (token + 1) % V`` but uses it only on the last ``k`` positions."""
+
+    def __init__(self, vocab: int, k: int) -> None:
+        super().__init__()
+        self.vocab, self.k = vocab, k
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*ids.shape, self.vocab)
+        sure = torch.nn.functional.one_hot((ids + 1) % self.vocab, self.vocab).float() * 100.0
+        logits[:, -self.k :] = sure[:, -self.k :]
+        return logits
+
+
+def counting_windows(n: int, length: int, vocab: int) -> np.ndarray:
+    return (np.arange(n)[:, None] + np.arange(length + 1)[None, :]) % vocab
+
+
+def test_uniform_logits_give_vocab_size() -> None:
+    last, full = ppl.perplexity(Uniform(257), counting_windows(5, 300, 257), batch_size=2)
+    assert last == pytest.approx(257, rel=1e-6) and full == pytest.approx(257, rel=1e-6)
+
+
+@pytest.mark.parametrize("length", [64, 600])
+def test_last_tokens_slice_aligns_logits_and_labels(length: int) -> None:
+    vocab, k = 50, min(256, length)
+    windows = counting_windows(3, length, vocab)
+    last, full = ppl.perplexity(RightOnTheEnd(vocab, k), windows, batch_size=2, last_tokens=256)
+    assert last == pytest.approx(1.0, abs=1e-6)  # right on exactly the scored positions
+    assert full == pytest.approx(math.exp((length - k) / length * math.log(vocab)), rel=1e-5)
+    # one position short of the window: the first scored token is uniform, so ppl_last rises
+    shifted, _ = ppl.perplexity(RightOnTheEnd(vocab, k - 1), windows, batch_size=3, last_tokens=256)
+    assert shifted == pytest.approx(math.exp(math.log(vocab) / k), rel=1e-5)
+
+
+def split_of(lengths: list[int], sep: int = 9) -> TokenSplit:
+    parts, offsets = [], [0]
+    for i, n in enumerate(lengths):
+        parts.append(np.full(n, i % 9, dtype=np.int64))
+        parts.append(np.array([sep]))
+        offsets.append(offsets[-1] + n + 1)
+    return TokenSplit(np.concatenate(parts), np.array(offsets))
+
+
+def test_eval_windows_long_documents_then_concatenation() -> None:
+    split = split_of([40, 10, 33, 50, 5, 41] + [20] * 6)
+    windows, concatenated, long_docs = ppl.eval_windows(split, 32, samples=10, min_sequences=3)
+    assert not concatenated and long_docs == 4 and windows.shape == (4, 33)
+    assert sorted(int(w[0]) for w in windows) == [0, 2, 3, 5]  # each window starts at its document's start
+    windows, concatenated, long_docs = ppl.eval_windows(split, 32, samples=2, min_sequences=3)
+    assert not concatenated and windows.shape == (2, 33)  # samples caps, and below samples no concatenation
+    windows, concatenated, long_docs = ppl.eval_windows(split, 45, samples=10, min_sequences=3)
+    assert concatenated and long_docs == 1 and windows.shape == (len(split.tokens) // 46, 46)
+    assert np.array_equal(windows.reshape(-1), split.tokens[: windows.size])
+    with pytest.raises(LenbenchError, match="fewer than one sequence"):
+        ppl.eval_windows(split, 10_000, samples=4, min_sequences=2)
+
+
+def test_eval_batch_adapts_to_length_and_vocab() -> None:
+    assert ppl.eval_batch_size(128, 257, 16384, 64) == 64
+    assert ppl.eval_batch_size(2048, 257, 16384, 64) == 8
+    assert ppl.eval_batch_size(8192, 257, 4096, 64) == 1
+    assert ppl.eval_batch_size(8192, 50257, 65536, 64) == 1  # 8 x 8192 x 50257 logits would not fit
+
+
+def expand(name: str = "quick", grid: dict[str, Any] | None = None, profile: dict[str, Any] | None = None) -> list:
+    overrides = {"grid": grid or {}, "profile": profile or {}}
+    return load_suite_module("ppl").expand(load_suite("ppl"), name, overrides)
+
+
+def test_expand_grid_and_errors() -> None:
+    cells = expand("paper", grid={"pes": "rope,alibi", "seeds": "0,1"})
+    assert len(cells) == 2 * 2 * 2 and len({c.label for c in cells}) == 8
+    assert {c.config["train"]["length"] for c in cells} == {128, 512}
+    cfg = cells[0].config
+    assert (cfg["model"]["layers"], cfg["model"]["dim"], cfg["model"]["heads"]) == (12, 768, 12)
+    assert cfg["eval"]["lengths"][-1] == 8192 and cfg["data"]["kind"] == "default"
+    (cell,) = expand(grid={"pes": "rope"}, profile={"model": {"size": "125m", "layers": 2}, "train": {"length": 64}})
+    assert cell.config["model"]["layers"] == 2 and cell.config["train"]["length"] == 64
+    assert cell.label == "default-rope-T64-s0"
+    with pytest.raises(LenbenchError, match="unknown key"):
+        expand(grid={"tasks": "parity_check"})
+    with pytest.raises(LenbenchError, match="unknown model size"):
+        expand(profile={"model": {"size": "huge"}})
+    with pytest.raises(LenbenchError, match="unknown tokenizer"):
+        expand(profile={"data": {"tokenizer": "gpt2"}})
+    with pytest.raises(LenbenchError, match="books3"):
+        expand(grid={"datasets": "books3"})
+
+
+SMALL = {
+    "model": {"size": "tiny", "layers": 2, "dim": 64, "heads": 4},
+    "train": {"length": 64, "steps": 250, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 0, "log_every": 10},
+    "eval": {"lengths": [64, 128], "samples": 8, "min_sequences": 4},
+}
+
+
+def run(cells: list, root: Path, reporter: Any = None) -> list:
+    return run_in_process(cells, ResultStore(root), load_suite_module("ppl"), reporter or SilentReporter())
+
+
+def test_short_run_beats_unigram(tmp_path: Path) -> None:
+    (outcome,) = run(expand(grid={"pes": "alibi"}, profile=SMALL), tmp_path)
+    assert outcome.status == "done"
+    summary = outcome.summary
+    assert 10 < summary["unigram_ppl"] < 100  # bytes of Python source, whole validation split
+    for length in ("64", "128"):  # the unigram model scored on the same evaluation tokens
+        assert summary["ppl_all"][length] < 0.7 * summary["eval"][length]["unigram_ppl_all"], summary
+    assert summary["corpus"]["python"] and summary["corpus"]["documents"]["validation"] > 0
+    records = json.loads(outcome.cell_dir.metrics_path.read_text())
+    assert {(r["eval_len"], r["metric"]) for r in records} == {
+        (n, m) for n in (64, 128) for m in ("ppl_last256", "ppl_all")
+    }
+    keys = {"suite", "dataset", "pe", "seed", "train_len", "eval_len", "metric", "value", "n_sequences", "concatenated"}
+    assert all(set(r) == keys and r["n_sequences"] == 8 and r["concatenated"] is False for r in records)
+    manifest = json.loads(outcome.cell_dir.manifest_path.read_text())
+    assert manifest["corpus"]["python"] == summary["corpus"]["python"]
+    model = ppl.load_model(outcome.cell_dir)
+    corpus = ppl.load_cell_corpus(outcome.cell.config)
+    windows = ppl.sample_windows(corpus.validation.tokens, np.random.default_rng(0), 16, 64).numpy()
+    _, random_windows = ppl.perplexity(model, windows, batch_size=16)
+    assert random_windows < 0.7 * summary["unigram_ppl"]  # and against the corpus-wide unigram model
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    profile = {**SMALL, "train": {**SMALL["train"], "steps": 12, "checkpoint_every": 5, "log_every": 2}}
+    (cell,) = expand(grid={"pes": "kerple"}, profile=profile)
+    (straight,) = run([cell], tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run([cell], tmp_path / "b", StopAt(8))
+    (resumed,) = run([cell], tmp_path / "b")
+    assert resumed.summary["resumed_from"] == 5
+    assert resumed.cell_dir.metrics_path.read_text() == straight.cell_dir.metrics_path.read_text()
+    assert resumed.cell_dir.log_path.read_text() == straight.cell_dir.log_path.read_text()
+
+
+@pytest.mark.parametrize("pe", PES.names())
+def test_eval_at_eight_times_training_length(pe: str) -> None:
+    cfg = {
+        "model": {"layers": 1, "dim": 32, "heads": 4, "dropout": 0.0},
+        "train": {"length": 16},
+        "eval": {"lengths": [128]},
+    }
+    torch.manual_seed(0)
+    model = Transformer(ppl.model_config(cfg, 257), parse_pe_spec(pe)).eval()
+    windows = counting_windows(2, 128, 257)
+    with ppl.blocked_attention(model, torch.device("cpu")):
+        last, full = ppl.perplexity(model, windows, batch_size=2)
+    assert math.isfinite(last) and math.isfinite(full) and 1 < full < 1e4
+
+
+def test_cli_unreachable_dataset_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def offline(repo: str, config: str | None, split: str | None) -> Any:
+        raise ConnectionError(f"Couldn't reach '{repo}' on the Hub (OfflineModeIsEnabled)")
+
+    from lenbench.data import corpora
+
+    original = corpora._hub_load
+    corpora._hub_load = offline
+    try:
+        code = main(["run", "--suite", "ppl", "--profile", "quick", "--dataset", "hf:nobody/corpus",
+                     "--pe", "rope", "--steps", "1", "--out", str(tmp_path)])
+    finally:
+        corpora._hub_load = original
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("lenbench: error: cannot load dataset hf:nobody/corpus")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_cli_run_prints_a_perplexity_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["run", "--suite", "ppl", "--profile", "quick", "--pe", "alibi,rope", "--steps", "3", "--model", "tiny",
+            "--train-length", "32", "--eval-lengths", "32,64", "--out", str(tmp_path)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "trained at 32" in table
+    rows = {line.split()[1]: line for line in table.splitlines() if line.startswith("│")}
+    assert set(rows) == {"alibi", "rope"}
+    for pe, line in rows.items():
+        stored = json.loads(next((tmp_path / "ppl").glob(f"*-{pe}-T32-s0-*/DONE")).read_text())
+        assert f"{stored['ppl_last256']['64']:.2f}" in line
