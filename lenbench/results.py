@@ -154,6 +154,13 @@ class CellDir:
             atomic_write_json(self.manifest_path, manifest)
         with contextlib.suppress(FileNotFoundError):
             self.failed_path.unlink()
+        self.remove_stale_temporaries()
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete half-written ``.NAME.tmp-PID`` files a killed writer left (call under the lock)."""
+        for tmp in self.path.glob(".*.tmp-*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -75,3 +75,52 @@ def test_list_shows_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     for needle in ("dape-kerple", "alibi", "parity_check", "regular", "50.0%", "quick", "paper", "6.7b"):
         assert needle in out
+
+
+TINY_SUITE = """suite: che
+grid: {tasks: even_pairs, pes: alibi, seeds: 0}
+profiles:
+  tiny:
+    model: {layers: 1, dim: 16, heads: 2, dropout: 0.0}
+    train: {steps: 4, batch_size: 4, max_length: 4, checkpoint_every: 2, log_every: 1}
+    eval: {lengths: [5], samples: 4, batch_size: 4}
+"""
+
+
+def corrupted_and_data_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
+    """Bad files met at run time: corrupted checkpoint and DONE marker, empty or too-short datasets."""
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    cases: list[tuple[list[str], str]] = []
+    for broken, expected in (("checkpoint.pt", "corrupted checkpoint"), ("DONE", "corrupted DONE")):
+        out = tmp_path / f"res-{broken}"
+        args = ["run", "--suite", str(suite), "--profile", "tiny", "--out", str(out)]
+        assert main(args) == 0
+        (cell,) = (out / "che").iterdir()
+        if broken == "checkpoint.pt":
+            (cell / "DONE").unlink()
+        (cell / broken).write_bytes(b"\x00garbage")
+        cases.append((args, expected))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):
+        (docs / f"{i}.txt").write_text(f"document {i} is short.\n")
+    ppl = ["run", "--suite", "ppl", "--profile", "quick", "--pe", "alibi", "--steps", "1", "--out", str(tmp_path / "p")]
+    cases.append(([*ppl, "--dataset", str(empty)], "is empty"))
+    cases.append(([*ppl, "--dataset", str(docs / "*.txt")], "fewer than one sequence"))
+    return cases
+
+
+def test_corrupted_files_and_bad_datasets_exit_2_with_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = corrupted_and_data_inputs(tmp_path)
+    capsys.readouterr()
+    for args, expected in cases:
+        code, _, err = run_cli(args, capsys)
+        errors = [line for line in err.splitlines() if line.startswith("lenbench: error")]
+        assert code == 2, (args, err)
+        assert len(errors) == 1 and expected in errors[0], (args, err)
+        assert "Traceback" not in err

@@ -258,6 +258,7 @@ def local_corpus(spec: DatasetSpec, fraction: float) -> Corpus:
     """Local files through ``datasets``' ``text`` (one file = one document), ``json`` or ``parquet`` builder."""
     import datasets
 
+    datasets.disable_progress_bars()  # local files load in seconds; keep stderr for errors
     files = local_files(spec.source)
     builder = BUILDERS[Path(files[0]).suffix.lower()]
     options: dict[str, Any] = {"sample_by": "document", "keep_linebreaks": True} if builder == "text" else {}
@@ -269,6 +270,10 @@ def local_corpus(spec: DatasetSpec, fraction: float) -> Corpus:
         reason = _reason(exc)
         raise LenbenchError(f"cannot read {spec.source!r} with the datasets {builder!r} builder: {reason}") from exc
     ds = _text_column(ds, spec, repr(spec.source))
+    total = len(ds)
+    ds = ds.filter(lambda row: bool(row["text"] and row["text"].strip()))
+    if len(ds) == 0:
+        raise LenbenchError(f"dataset {spec.source!r} is empty: {total} document(s), none with text")
     train, val = _split_by_hash(ds, "text", fraction)
     info = {
         "kind": "local",

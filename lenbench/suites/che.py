@@ -10,6 +10,7 @@ evaluation (che.md §7.6: the reference leaves it on; ``eval.dropout: true`` res
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -227,12 +228,16 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
             cell_dir.append_log({"step": step, **metrics})
 
     optim = OptimConfig(steps=t["steps"], lr=t["lr"], grad_clip=t["grad_clip"])
+    started = time.perf_counter()
     train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start)
+    trained = time.perf_counter()
     accuracies = evaluate(model, task, cfg, cell_dir, reporter, cell.label)
+    seconds = {"train_seconds_this_run": round(trained - started, 2),
+               "eval_seconds_this_run": round(time.perf_counter() - trained, 2)}
     score = float(np.mean(list(accuracies.values())))
     common = {"suite": name, "task": cfg["task"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": t["max_length"]}
     records = [{**common, "eval_len": n, "metric": "accuracy", "value": a} for n, a in accuracies.items()]
     records.append({**common, "eval_len": None, "metric": "score", "value": score})
     cell_dir.write_metrics(records)
-    return {"score": score, "resumed_from": resumed["from"], "params": model.num_parameters()}
+    return {"score": score, "resumed_from": resumed["from"], "params": model.num_parameters(), **seconds}
 

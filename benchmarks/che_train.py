@@ -1,0 +1,128 @@
+"""CHE training throughput through lenbench's own cell path, start-up included.
+
+Default configuration = the anchor of issue 9 (the JAX/Haiku reference's example): encoder 5 x 64,
+8 heads, dropout 0.1, batch 128, training lengths uniform in 1..40, missing_duplicate_string,
+ALiBi, 1500 steps. The reference took 329 s wall clock for the whole process on a 2-core CPU
+(~115 s compiling, then ~7 steps/s) with 2.9 GB peak RSS.
+
+The benchmark starts a fresh Python process (so imports and model build count), runs one cell
+with evaluation cut to one sample at length 41, and prints: time to first step, steps/s after
+the first step, total wall clock, peak RSS, and achieved GFLOP/s from the arithmetic count
+``6 * P * tokens + 12 * layers * B * T^2 * dim`` (dense weights, fwd+bwd, plus the two
+attention matmuls) over the lengths actually sampled.
+
+    python benchmarks/che_train.py                       # the anchor configuration
+    python benchmarks/che_train.py --pe dape --steps 200 --batch-size 32 --layers 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REFERENCE_SECONDS = 329.0
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one cell in this process and print its step timestamps as JSON."""
+    import torch
+
+    from lenbench.config import load_suite
+    from lenbench.executors import run_in_process
+    from lenbench.results import ResultStore
+    from lenbench.suites import SilentReporter, load_suite_module
+    from lenbench.suites.che import build_model
+    from lenbench.tasks.che import TASKS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    module = load_suite_module("che")
+    overrides = {
+        "grid": {"tasks": args.task, "pes": args.pe, "seeds": "0"},
+        "profile": {
+            "model": {"layers": args.layers, "dim": args.dim, "heads": args.heads, "dropout": 0.1},
+            "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": 1e-3, "checkpoint_every": 0,
+                      "log_every": args.steps},
+            "eval": {"lengths": [41], "samples": 1, "batch_size": 1},
+        },
+    }
+    (cell,) = module.expand(load_suite("che"), "quick", overrides)
+    task = TASKS.get(args.task)()
+    params = build_model(cell.config, task).num_parameters()
+
+    class Clock(SilentReporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stamps: list[float] = []
+            self.lengths: list[int] = []
+
+        def train_step(self, step: int, metrics: dict[str, float]) -> None:
+            self.stamps.append(time.time())
+            n = int(metrics["length"])
+            self.lengths.append(n + task.output_length(n))
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as root:
+        run_in_process([cell], ResultStore(Path(root)), module, clock)
+    print(json.dumps({"stamps": clock.stamps, "lengths": clock.lengths, "params": params, "end": time.time()}))
+
+
+def flops(params: int, lengths: list[int], batch: int, layers: int, dim: int) -> float:
+    """Arithmetic count of the training steps: dense fwd+bwd plus attention's two matmuls."""
+    return sum(6.0 * params * batch * t + 12.0 * layers * batch * t * t * dim for t in lengths)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--pe", default="alibi")
+    parser.add_argument("--task", default="missing_duplicate_string")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    forwarded = sys.argv[1:]
+    start = time.time()
+    proc = subprocess.run([sys.executable, __file__, "--child", *forwarded], capture_output=True, text=True)
+    wall = time.time() - start
+    if proc.returncode:
+        sys.exit(f"benchmark child failed:\n{proc.stderr.strip()}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    stamps = result["stamps"]
+    first = stamps[0] - start
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    work = flops(result["params"], result["lengths"], args.batch_size, args.layers, args.dim)
+    train_seconds = stamps[-1] - start
+    print(f"config: {args.task}, {args.pe}, {args.layers}x{args.dim}, {args.heads} heads, batch {args.batch_size}, "
+          f"{args.steps} steps, {result['params']:,} parameters")
+    print(f"time to first step   {first:8.1f} s")
+    print(f"steps/s after first  {rate:8.2f}")
+    print(f"training wall clock  {train_seconds:8.1f} s (process start to last step)")
+    print(f"total wall clock     {wall:8.1f} s (with evaluation and exit)")
+    print(f"peak RSS             {peak_mb:8.0f} MB")
+    print(f"arithmetic           {work / 1e9:8.1f} GFLOP, achieved {work / 1e9 / (stamps[-1] - stamps[0]):.1f} GFLOP/s")
+    if args.steps == 1500:
+        ratio = wall / REFERENCE_SECONDS
+        print(f"ratio to reference   {ratio:8.2f} (reference {REFERENCE_SECONDS:.0f} s; target <= 0.33)")
+    else:
+        projected = first + 1499 / rate
+        print(f"projected 1500 steps {projected:8.1f} s, ratio to reference {projected / REFERENCE_SECONDS:.2f} "
+              f"(reference {REFERENCE_SECONDS:.0f} s; target <= 0.33)")
+
+
+if __name__ == "__main__":
+    main()
