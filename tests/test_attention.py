@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -78,3 +80,31 @@ def test_every_registered_pe_builds_a_model() -> None:
         cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=2, heads=4, max_length=64)
         model = Transformer(cfg, parse_pe_spec(name))
         assert model(torch.randint(0, 5, (2, 9))).shape == (2, 9, 3)
+
+
+def test_model_init_leaves_pe_modules_at_their_own_init() -> None:
+    """DAPE's MLP keeps PyTorch's default Linear init (dape.md §1.4), not the model's N(0, 0.02)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=8, out_size=8, dim=32, heads=4, layers=2, init="gpt2")
+    model = Transformer(cfg, parse_pe_spec("dape"))
+    fc1 = model.blocks[0].attn.pe.fc1
+    bound = 1 / math.sqrt(fc1.in_features)  # kaiming-uniform(a=sqrt(5)) bound of nn.Linear
+    assert fc1.bias.abs().max() > 0 and fc1.weight.abs().max() <= bound
+    assert fc1.weight.std() > 0.1  # uniform(-1/sqrt(8), 1/sqrt(8)) has std ~0.20; N(0, 0.02) would not
+    assert model.blocks[0].attn.qkv.weight.std() < 0.03
+
+
+def test_cpu_evaluation_backend_depends_on_length() -> None:
+    from lenbench.model.attention import BLOCK_BUDGET, FLEX_CPU_MIN_LENGTH, flex_available
+
+    cpu = torch.device("cpu")
+    alibi, _ = make_pair("alibi", True)
+    randomized, _ = make_pair("randomized-alibi", True)  # positions hook: no exact score_mod path
+    long = int((BLOCK_BUDGET / alibi.heads) ** 0.5) + 1
+    assert alibi.choose_backend(cpu, 64) == "sdpa_bias"  # training: materialized bias, exact gradients
+    with torch.no_grad():
+        assert alibi.choose_backend(cpu, FLEX_CPU_MIN_LENGTH - 1) == "sdpa_bias"
+        expected = "flex" if flex_available(cpu) else ("explicit" if FLEX_CPU_MIN_LENGTH >= long else "sdpa_bias")
+        assert alibi.choose_backend(cpu, FLEX_CPU_MIN_LENGTH) == expected
+        assert randomized.choose_backend(cpu, long - 1) == "sdpa_bias"
+        assert randomized.choose_backend(cpu, long) == "explicit"

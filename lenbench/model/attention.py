@@ -5,10 +5,17 @@ Backends:
 - ``sdpa``: no bias, default scores -> ``scaled_dot_product_attention`` (flash on GPU).
 - ``sdpa_bias``: a static bias -> SDPA with the materialized fp32 ``[H, N, N]`` bias as float
   mask (exact gradients; CPU training).
-- ``flex``: a static bias with a ``score_mod`` -> compiled FlexAttention, used on CUDA and for
-  CPU evaluation under ``no_grad`` (torch 2.13 has no CPU backward, pe_zoo.md §16.2).
+- ``flex``: a static bias with a ``score_mod`` -> compiled FlexAttention, used on CUDA (unless the
+  PE's own parameters train: score_mod sees them detached) and for CPU evaluation under
+  ``no_grad`` from :data:`FLEX_CPU_MIN_LENGTH` tokens (torch 2.13 has no CPU backward, pe_zoo.md §16.2).
 - ``explicit``: a ``scores`` hook (DAPE, CoPE, Transformer-XL) -> logits computed per block of
-  queries so memory stays ``O(B * H * block * N)``; causal blocks skip future keys.
+  queries so memory stays ``O(B * block * N * width)``, never ``O(H * N^2)`` at once: the block is
+  sized so the widest per-block tensor (DAPE's ``[B, block, N, hidden]`` MLP/conv activations, or
+  ``[S; B]``) fits :data:`BLOCK_BUDGET`. Causal blocks skip future keys (keys past the block's last
+  query), unless the PE sets ``reads_future_keys`` (a scores hook whose visible logits depend on
+  future keys, e.g. DAPE V2 without zeroing): then every key is kept, so blocking stays exact.
+  CPU evaluation of a static bias without a usable ``score_mod`` also takes this path once the
+  materialized ``[H, N, N]`` bias would exceed :data:`BLOCK_BUDGET` elements.
 
 All backends agree to float tolerance (tests/test_attention.py).
 """
@@ -31,10 +38,28 @@ BACKENDS = ("auto", "sdpa", "sdpa_bias", "flex", "explicit")
 BLOCK_BUDGET = 1 << 27
 
 
+# CPU evaluation uses compiled FlexAttention from this length on: compiling costs seconds per new
+# length, the materialized [H, N, N] bias it replaces costs more than that only at long lengths
+# (benchmarks/flex_bias.py: 4-6x faster than SDPA with the bias at N=512..1024 on 2 cores).
+FLEX_CPU_MIN_LENGTH = 1024
+
+
 @lru_cache(maxsize=1)
 def _compiled_flex() -> Any:
+    """One compiled FlexAttention; every (length, score_mod) pair compiles once.
+
+    Dynamo's default recompile limit (8) would silently fall back to the slow eager kernel after
+    eight evaluation lengths, so the limit is raised for this function's cache.
+    """
+    import torch._dynamo.config as dynamo_config
     from torch.nn.attention.flex_attention import flex_attention
 
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, key):
+            setattr(dynamo_config, key, max(256, getattr(dynamo_config, key)))
+    for key in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(dynamo_config, key):
+            setattr(dynamo_config, key, max(4096, getattr(dynamo_config, key)))
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -68,8 +93,13 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
         self.last_backend = ""
 
-    def choose_backend(self, device: torch.device) -> str:
-        """The backend this forward will use (see module docstring)."""
+    def choose_backend(self, device: torch.device, n: int = 0) -> str:
+        """The backend a forward over ``n`` tokens uses (see module docstring).
+
+        On CPU under ``no_grad``: compiled FlexAttention from :data:`FLEX_CPU_MIN_LENGTH` on where
+        the PE has a ``score_mod``; else the query-blocked explicit path once the ``[H, N, N]`` bias
+        would exceed :data:`BLOCK_BUDGET` elements.
+        """
         pe = type(self.pe)
         if pe.has_hook("scores"):
             return "explicit"
@@ -78,8 +108,15 @@ class Attention(nn.Module):
         if self.backend != "auto":
             return self.backend
         exact_positions = not pe.has_hook("positions")
-        if device.type == "cuda" and exact_positions and self.pe.score_mod() is not None and flex_available(device):
-            return "flex"
+        # score_mod captures parameters detached: a PE whose parameters train here needs the materialized bias.
+        trains_pe = torch.is_grad_enabled() and any(p.requires_grad for p in self.pe.parameters())
+        evaluating_cpu = device.type == "cpu" and not torch.is_grad_enabled()
+        flex_here = device.type == "cuda" or (evaluating_cpu and n >= FLEX_CPU_MIN_LENGTH)
+        if flex_here and exact_positions and not trains_pe and flex_available(device):
+            if self.pe.score_mod() is not None:
+                return "flex"
+        if evaluating_cpu and self.heads * n * n > BLOCK_BUDGET:
+            return "explicit"
         return "sdpa_bias"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +124,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         pos = self.pe.positions(n, x.device)
         q, k = self.pe.rotate(q, k, pos, pos)
-        backend = self.backend if self.backend in ("explicit",) else self.choose_backend(x.device)
+        backend = self.backend if self.backend in ("explicit",) else self.choose_backend(x.device, n)
         self.last_backend = backend
         if backend == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -123,7 +160,12 @@ class Attention(nn.Module):
         return fn(q, k, v, score_mod=self.pe.score_mod(), block_mask=block_mask)
 
     def block_size(self, batch: int, n_keys: int) -> int:
-        """Queries per block so that the widest per-block tensor fits :data:`BLOCK_BUDGET`."""
+        """Queries per block so that the widest per-block tensor fits :data:`BLOCK_BUDGET`.
+
+        Width per ``(b, i, j)``: the PE's ``hidden`` channels plus ``[S; B]`` (2h), at least h; this
+        bounds DAPE's ``[B, block, N, hidden]`` activations, CoPE's ``[B, H, block, N]`` int64
+        indices and Transformer-XL's ``[B, H, block, <= 2N]`` distance logits.
+        """
         width = max(self.heads, int(getattr(self.pe, "hidden", 0)) + 2 * self.heads)
         return max(1, min(n_keys, BLOCK_BUDGET // max(1, batch * n_keys * width)))
 
@@ -134,10 +176,11 @@ class Attention(nn.Module):
         has_scores = type(self.pe).has_hook("scores")
         has_bias = type(self.pe).has_hook("bias")
         step = self.block_size(b, n)
+        skip_future = self.causal and not getattr(self.pe, "reads_future_keys", False)
         outs = []
         for start in range(0, n, step):
             stop = min(n, start + step)
-            kv_end = stop if self.causal else n
+            kv_end = stop if skip_future else n
             qb = q[:, :, start:stop]
             s = torch.matmul(qb, k[:, :, :kv_end].transpose(-1, -2)) * scale
             q_pos, k_pos = pos[start:stop], pos[:kv_end]

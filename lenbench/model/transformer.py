@@ -102,8 +102,9 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Haiku defaults (CHE) or GPT-2 N(0, 0.02) (LM); PE modules keep their own init."""
+        owned_by_pe = {id(m) for pe in self.modules() if isinstance(pe, PositionalEncoding) for m in pe.modules()}
         for module in [self.embed, self.head, *self.blocks.modules()]:
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and id(module) not in owned_by_pe:
                 if self.cfg.init == "haiku":
                     std = 1.0 / math.sqrt(module.in_features)
                     nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)

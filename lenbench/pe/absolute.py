@@ -1,5 +1,8 @@
 """Absolute positional encodings, added once to the token embeddings (pe_zoo.md §2-4).
 
+Their randomized variants (Ruoss et al. 2023) are at the end; the sampling policy is
+:class:`~lenbench.pe.base.RandomizedPositions`'s.
+
 The model multiplies token embeddings by sqrt(E) before the PE is added (che.md §2.3), then
 applies embedding dropout only when a PE embeds.
 """
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from lenbench.errors import LenbenchError
-from lenbench.pe.base import PEContext, PositionalEncoding
+from lenbench.pe.base import PEContext, PositionalEncoding, RandomizedPositions
 from lenbench.pe.registry import PES
 
 
@@ -73,17 +76,60 @@ class Learned(PositionalEncoding):
 
     def __init__(self, ctx: PEContext, max_length: int | None = None, **options: Any) -> None:
         super().__init__(ctx, **options)
-        self.table = nn.Embedding(int(max_length or ctx.max_length), ctx.dim)
-        nn.init.normal_(self.table.weight, std=0.02)
+        self.table = learned_table(int(max_length or ctx.max_length), ctx.dim)
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        rows = self.table.num_embeddings
-        if int(pos.max()) >= rows:
-            raise LenbenchError(
-                f"learned PE table has {rows} rows but position {int(pos.max())} was requested; "
-                "raise max_length (e.g. --pe learned:max_length=N)"
-            )
-        return x + self.table(pos).to(x.dtype)
+        return add_learned(x, self.table, pos, self.name, "max_length")
 
 
-__all__ = ["Learned", "NoPE", "Sinusoidal", "sinusoid_table"]
+def learned_table(rows: int, dim: int) -> nn.Embedding:
+    """A ``rows x dim`` position table initialised ``N(0, 0.02)`` (pe_zoo.md §4, §18)."""
+    table = nn.Embedding(rows, dim)
+    nn.init.normal_(table.weight, std=0.02)
+    return table
+
+
+def add_learned(x: torch.Tensor, table: nn.Embedding, pos: torch.Tensor, name: str, option: str) -> torch.Tensor:
+    """``x + table[pos]``; a position past the table is refused (no clamping) naming the option to raise."""
+    rows = table.num_embeddings
+    if int(pos.max()) >= rows:
+        raise LenbenchError(
+            f"{name} PE table has {rows} rows but position {int(pos.max())} was requested; "
+            f"raise {option} (e.g. --pe {name}:{option}=N)"
+        )
+    return x + table(pos).to(x.dtype)
+
+
+__all__ = ["Learned", "NoPE", "Sinusoidal", "add_learned", "learned_table", "sinusoid_table"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Randomized absolute PEs (Ruoss et al. 2023); the sampling policy is :class:`~lenbench.pe.base.RandomizedPositions`'s.
+
+
+@PES.register("randomized-sinusoidal")
+class RandomizedSinusoidal(RandomizedPositions, Sinusoidal):
+    """Sinusoids at sorted random positions (RPE ``NOISY_SIN_COS``): ``x_t = E[tok_t] sqrt(d) + PE(p_t)``
+    with ``p_0 < ... < p_{n-1}`` drawn from ``[0, L)`` once per forward; ``PE`` is
+    :func:`~lenbench.pe.absolute.sinusoid_table`. Same form causal and bidirectional."""
+
+    name = "randomized-sinusoidal"
+    description = "sin/cos at sorted random positions from [0, L) (Ruoss et al. 2023), L=2048 CHE / 4x train LM"
+
+
+@PES.register("randomized-learned")
+class RandomizedLearned(RandomizedPositions):
+    """A learned table of L rows read at sorted random positions (RPE ``NOISY_LEARNT``), so every row
+    is trained. Init ``N(0, 0.02)`` as ``learned`` (pe_zoo.md §4). A sequence longer than L is
+    refused with a :class:`LenbenchError` (the table has no row for it), whatever ``overflow`` says."""
+
+    name = "randomized-learned"
+    description = "learned table of L rows read at sorted random positions (Ruoss et al. 2023)"
+    shared = True
+
+    def __init__(self, ctx: PEContext, **options: Any) -> None:
+        super().__init__(ctx, **options)
+        self.table = learned_table(self.max_position, ctx.dim)
+
+    def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return add_learned(x, self.table, pos, self.name, "max_position")

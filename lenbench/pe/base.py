@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lenbench.errors import LenbenchError
+
 ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -109,3 +111,83 @@ class PositionalEncoding(nn.Module):
 def relative_distance(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """``D[i, j] = q_pos[i] - k_pos[j]`` in fp32 (positive for past keys), shape ``[Nq, Nk]``."""
     return q_pos.to(torch.float32)[:, None] - k_pos.to(torch.float32)[None, :]
+
+
+# --------------------------------------------------------------------------------------------------
+# Randomized positional encodings (Ruoss et al., ACL 2023; pe_zoo.md §9, §18; che.md §3.2).
+#
+# For a sequence of n tokens, draw n **distinct** integers uniformly from ``[0, L)`` without
+# replacement, sort them ascending, and use them instead of ``0..n-1`` (RPE
+# ``noisy_fixed_positional_encodings``: ``choice(replace=False)`` then ``sort``). The model then sees
+# every position up to L during training, so test lengths up to L are in distribution.
+#
+# Policy, shared by every PE here (options):
+#
+# - ``max_position`` L: default 2048 for the bidirectional CHE encoder (RPE ``example.py`` and DAPE's
+#   CHE appendix) and ``4 * train_length`` for the causal LM (DAPE's "randomised length = 4x
+#   training length"); pe_zoo.md §18. The CHE profiles also set it to 2048 explicitly.
+# - when: one draw per :meth:`positions` call, i.e. once per forward for the input-level PEs and once
+#   per layer per forward for rotary/ALiBi (RPE draws NOISY_ROTARY and NOISY_ALIBI per layer), shared
+#   by the batch; from torch's global RNG, so the run's seed fixes it.
+# - evaluation: RPE also samples at test time (che.md §2.6), so ``eval_random=True`` by default;
+#   ``eval_random=False`` uses ``arange(n)`` in eval mode.
+# - ``n > L``: sampling without replacement is impossible. ``overflow="arange"`` (default) falls back
+#   to ``0..n-1``, the policy of pe_zoo.md §18 (the LM grid evaluates past 4 x 512); ``overflow="error"``
+#   raises a :class:`LenbenchError`. ``randomized-learned`` has only L rows, so it always refuses n > L.
+
+
+OVERFLOW = ("arange", "error")
+
+
+def default_max_position(ctx: PEContext) -> int:
+    """L = 2048 for the bidirectional CHE encoder, ``4 * train_length`` for the causal LM (pe_zoo.md §18)."""
+    return 4 * ctx.train_length if ctx.causal else 2048
+
+
+def sample_positions(n: int, limit: int, device: torch.device | None = None) -> torch.Tensor:
+    """``n`` distinct integers drawn uniformly from ``[0, limit)`` without replacement, sorted ascending."""
+    if n > limit:
+        raise LenbenchError(f"cannot draw {n} distinct positions from [0, {limit})")
+    return torch.randperm(limit, device=device)[:n].sort().values
+
+
+class RandomizedPositions(PositionalEncoding):
+    """Mixin: :meth:`positions` returns sorted random positions from ``[0, L)`` (module docstring).
+
+    The latest draw is kept in ``self.sample`` so that :meth:`score_mod` (which receives no
+    positions) can use the very positions :meth:`bias` was given in the same forward.
+    """
+
+    def __init__(
+        self,
+        ctx: PEContext,
+        max_position: int | None = None,
+        overflow: str = "arange",
+        eval_random: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(ctx, **options)
+        self.max_position = int(max_position) if max_position is not None else default_max_position(ctx)
+        if self.max_position < 1:
+            raise LenbenchError(f"{self.name}: max_position must be >= 1, got {self.max_position}")
+        if overflow not in OVERFLOW:
+            raise LenbenchError(f"{self.name}: overflow must be one of {', '.join(OVERFLOW)}, got {overflow!r}")
+        self.overflow = overflow
+        self.eval_random = bool(eval_random)
+        self.sample: torch.Tensor | None = None
+
+    def draws(self, n: int) -> bool:
+        """Whether this call draws random positions (False: ``arange``); applies the n > L policy."""
+        if n > self.max_position:
+            if self.overflow == "error":
+                raise LenbenchError(
+                    f"{self.name}: a sequence of {n} tokens needs {n} distinct positions in [0, {self.max_position}); "
+                    f"raise max_position or use overflow=arange"
+                )
+            return False
+        return self.training or self.eval_random
+
+    def positions(self, n: int, device: torch.device) -> torch.Tensor:
+        pos = sample_positions(n, self.max_position, device) if self.draws(n) else torch.arange(n, device=device)
+        self.sample = pos
+        return pos

@@ -1,4 +1,6 @@
-"""Static relative biases ``B_h(i, j)`` added to the scaled logits (pe_zoo.md §10-13).
+"""Static relative biases ``B_h(i, j)`` added to the scaled logits (pe_zoo.md §11-12): ALiBi, Kerple.
+
+T5, FIRE and randomized ALiBi follow ALiBi and Kerple below, each section with its sources.
 
 Every bias is built in fp32 from explicit positions. Each class documents its causal form (LM)
 and its bidirectional form (CHE encoder); in the causal form future entries are irrelevant
@@ -8,12 +10,21 @@ and its bidirectional form (CHE encoder); in the causal form future entries are 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lenbench.pe.base import PEContext, PositionalEncoding, ScoreMod, relative_distance
+from lenbench.errors import LenbenchError
+from lenbench.pe.base import (
+    PEContext,
+    PositionalEncoding,
+    RandomizedPositions,
+    ScoreMod,
+    relative_distance,
+    sample_positions,
+)
 from lenbench.pe.registry import PES
 
 
@@ -36,6 +47,16 @@ def alibi_slopes(heads: int) -> torch.Tensor:
     return torch.tensor(power_of_two(p) + extra, dtype=torch.float32)
 
 
+def alibi_distance(d: torch.Tensor, causal: bool) -> torch.Tensor:
+    """ALiBi's unscaled term for signed distance ``d = i - j``, to be multiplied by the slope.
+
+    Causal: ``-max(d, 0)``. Bidirectional (RPE): ``-|d| + 0.5 [d > 0]``.
+    """
+    if causal:
+        return -d.clamp(min=0)
+    return -d.abs() + 0.5 * (d > 0).to(d.dtype)
+
+
 @PES.register("alibi")
 class ALiBi(PositionalEncoding):
     """ALiBi (Press et al. 2022; pe_zoo.md §11).
@@ -55,24 +76,14 @@ class ALiBi(PositionalEncoding):
         self.register_buffer("slopes", alibi_slopes(ctx.heads), persistent=False)
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        d = relative_distance(q_pos, k_pos)
-        if self.ctx.causal:
-            dist = -d.clamp(min=0)
-        else:
-            dist = -d.abs() + 0.5 * (d > 0).to(d.dtype)
-        return self.slopes[:, None, None] * dist[None]
+        return self.slopes[:, None, None] * alibi_distance(relative_distance(q_pos, k_pos), self.ctx.causal)[None]
 
     def score_mod(self) -> ScoreMod | None:
         slopes = self.slopes.detach()
         causal = self.ctx.causal
 
         def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
-            d = (q - kv).to(torch.float32)
-            if causal:
-                dist = -d.clamp(min=0)
-            else:
-                dist = -d.abs() + 0.5 * (d > 0).to(torch.float32)
-            return score + slopes[h] * dist
+            return score + slopes[h] * alibi_distance((q - kv).to(torch.float32), causal)
 
         return mod
 
@@ -111,6 +122,22 @@ class _KerpleBase(PositionalEncoding):
         future = self.kernel((-d).clamp(min=0)[None], self.r1[1][:, None, None], self.r2[1][:, None, None])
         return torch.where(d[None] >= 0, past, future)
 
+    def score_mod(self) -> ScoreMod | None:
+        """The same kernel per element, with ``r1, r2`` captured detached after the clamp."""
+        self.clamp_()
+        r1, r2 = self.r1.detach().clone(), self.r2.detach().clone()
+        causal, kernel = self.ctx.causal, self.kernel
+
+        def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
+            d = (q - kv).to(torch.float32)
+            past = kernel(d.clamp(min=0), r1[0, h], r2[0, h])
+            if causal:
+                return score + past
+            future = kernel((-d).clamp(min=0), r1[1, h], r2[1, h])
+            return score + torch.where(d >= 0, past, future)
+
+        return mod
+
 
 @PES.register("kerple")
 class KerpleLog(_KerpleBase):
@@ -140,17 +167,319 @@ class KerpleLog(_KerpleBase):
     def kernel(self, dist: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
         return -r1 * torch.log1p(r2 * dist)
 
+
+@PES.register("kerple-power")
+class KerplePower(_KerpleBase):
+    """Kerple, power kernel (Chi et al. 2022; pe_zoo.md §12; KER ``ParallelKerplePower``, ``kerple_power_ap_``).
+
+    Causal: ``B_h(i,j) = -r1_h (i - j)^r2_h`` for j <= i.
+    Bidirectional (ours, as :class:`KerpleLog`): separate ``(r1, r2)`` for past and future keys.
+    KER names: ``bias_a`` = r1 (scale), init ``U(0,1)``, clamped >= 0.01; ``bias_p`` = r2
+    (exponent), init ``2 U(0,1)``, clamped to [0.01, 2]; both in place before every forward.
+    ``0^r2`` has a finite (masked) gradient in PyTorch (pe_zoo.md §12). One module per layer.
+    """
+
+    name = "kerple-power"
+    description = "Kerple power kernel -r1|i-j|^r2, 0<r2<=2 (Chi et al. 2022); encoder: separate past/future"
+
+    def r1_init(self, sides: int, heads: int) -> torch.Tensor:
+        return torch.rand(sides, heads)
+
+    def r2_init(self, sides: int, heads: int) -> torch.Tensor:
+        return 2.0 * torch.rand(sides, heads)
+
+    def clamp_(self) -> None:
+        with torch.no_grad():
+            self.r1.clamp_(min=0.01)
+            self.r2.clamp_(min=0.01, max=2.0)
+
+    def kernel(self, dist: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+        return -r1 * dist.pow(r2)
+
+
+# --------------------------------------------------------------------------------------------------
+# T5 relative position bias (Raffel et al. 2020; pe_zoo.md §10, §17, §18).
+#
+# ``B_h(i, j) = T[bucket(i - j), h]`` with a learned table ``T`` of ``num_buckets x H``, added to the
+# scaled logits **without** the sqrt(d_h) factor of XT/NeoX, initialised ``N(0, 0.02)`` (pe_zoo.md §10
+# recommendation), one table shared by all layers (HF, XT, NeoX).
+#
+# Buckets of ``n = i - j`` (HF ``_relative_position_bucket``):
+#
+# - causal (LM): ``n <- max(n, 0)``, all ``num_buckets`` buckets;
+# - bidirectional (CHE encoder): the buckets are halved, the second half is for future keys
+#   (``n < 0``), and ``n <- |n|``.
+#
+# Then with ``e = buckets / 2`` (of the possibly halved count): ``bucket = n`` if ``n < e``, else
+# ``min(e + floor(ln(n / e) / ln(max_distance / e) * (buckets - e)), buckets - 1)``. Distances from
+# ``max_distance`` on share the last bucket. The bucket of ``|n|`` is read from a precomputed table of
+# ``max_distance + 1`` entries, which avoids ``ln 0`` and float ``floor`` at exact powers (where HF's
+# fp32 happens to round the right way), and serves ``score_mod`` as a captured integer vector.
+
+
+def t5_magnitude_buckets(num_buckets: int, max_distance: int) -> torch.Tensor:
+    """Bucket of a non-negative distance ``n = 0..max_distance`` among ``num_buckets`` (one side).
+
+    The log branch is evaluated in float64 with a 1e-9 nudge, so exact powers (e.g. ``n = 64`` with
+    8 of 16 buckets exact: ``8 + 8 ln 8 / ln 16 = 14``) land on their mathematical bucket.
+    """
+    exact = num_buckets // 2
+    out = []
+    for n in range(max_distance + 1):
+        if n < exact:
+            out.append(n)
+        else:
+            scaled = math.log(n / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+            out.append(min(exact + math.floor(scaled + 1e-9), num_buckets - 1))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def t5_bucket(rel: torch.Tensor, lut: torch.Tensor, half: int = 0) -> torch.Tensor:
+    """Bucket index of ``rel = i - j`` (any integer tensor) given :func:`t5_magnitude_buckets` ``lut``.
+
+    ``half = 0``: causal (``lut`` covers all buckets). ``half > 0``: bidirectional, ``lut`` covers
+    the ``half`` past buckets and future keys (``rel < 0``) are shifted into the second half.
+    """
+    max_distance = lut.shape[0] - 1
+    if not half:
+        return lut[rel.clamp(0, max_distance)]
+    return lut[rel.abs().clamp(max=max_distance)] + half * (rel < 0).long()
+
+
+@PES.register("t5")
+class T5Bias(PositionalEncoding):
+    """T5's bucketed learned bias (see module docstring): causal buckets for the LM, bidirectional
+    halves (past | future) for the CHE encoder. Options ``num_buckets=32``, ``max_distance=128``."""
+
+    name = "t5"
+    description = "T5 bucketed learned bias (Raffel et al. 2020), 32 buckets / 128, shared table; encoder: halves"
+    shared = True
+
+    def __init__(self, ctx: PEContext, num_buckets: int = 32, max_distance: int = 128, **options: Any) -> None:
+        super().__init__(ctx, **options)
+        self.num_buckets, self.max_distance = int(num_buckets), int(max_distance)
+        side = self.num_buckets if ctx.causal else self.num_buckets // 2
+        if side < 2 or self.num_buckets > self.max_distance:
+            raise LenbenchError(
+                f"t5 needs 2 <= buckets per side and num_buckets <= max_distance, got {num_buckets}, {max_distance}"
+            )
+        self.half = 0 if ctx.causal else side
+        self.register_buffer("lut", t5_magnitude_buckets(side, self.max_distance), persistent=False)
+        self.table = nn.Parameter(torch.randn(self.num_buckets, ctx.heads) * 0.02)
+
+    def bucket(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Bucket indices ``[Nq, Nk]`` of ``i - j``."""
+        rel = q_pos.long()[:, None] - k_pos.long()[None, :]
+        return t5_bucket(rel, self.lut.to(rel.device), self.half)
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return self.table.to(torch.float32)[self.bucket(q_pos, k_pos)].permute(2, 0, 1)
+
     def score_mod(self) -> ScoreMod | None:
-        self.clamp_()
-        r1, r2 = self.r1.detach().clone(), self.r2.detach().clone()
-        causal = self.ctx.causal
+        table, lut, half = self.table.detach().to(torch.float32).clone(), self.lut, self.half
 
         def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
-            d = (q - kv).to(torch.float32)
-            past = -r1[0, h] * torch.log1p(r2[0, h] * d.clamp(min=0))
-            if causal:
-                return score + past
-            future = -r1[1, h] * torch.log1p(r2[1, h] * (-d).clamp(min=0))
-            return score + torch.where(d >= 0, past, future)
+            return score + table[t5_bucket(q - kv, lut, half), h]
+
+        return mod
+
+
+__all__ = ["T5Bias", "t5_bucket", "t5_magnitude_buckets"]
+
+
+# --------------------------------------------------------------------------------------------------
+# FIRE: Functional Interpolation for Relative position Encoding (Li et al., ICLR 2024; pe_zoo.md §13).
+#
+# Causal (LM), with ``i`` the 0-based query position and ``j <= i``:
+# ``B(i, j) = f(psi(i - j) / (psi(max(i, L)) + eps))``, ``psi(x) = log(|c x| + 1)``, where
+# ``f: R -> R^H`` is ``Linear(1, 32) -> ReLU -> Linear(32, H)`` shared by the heads, ``c`` a learned
+# scalar (init 0.1), ``L = |L_mult * l0|`` with a learned multiplier ``L_mult`` (init 1) and a fixed
+# ``l0``, ``eps = 1e-6`` (DAPE ``FIRE`` L451 and ARITH ``FIRE``, identical defaults; pe_zoo.md §13).
+# Normalising by the query position ("progressive interpolation") keeps the MLP input in [0, 1] at any
+# length; for ``i <= L`` the normaliser is constant. Future entries use distance 0 (masked anyway).
+#
+# ``l0`` defaults to **512**, the class default of ARITH and DAPE's standalone ``DAPE.py``, as
+# pe_zoo.md §13 recommends. DAPE's NeoX runs used ``noise_seq_length // 2 = 64`` at training length 512
+# (``--pe fire:l0=64`` reproduces that). MLP: PyTorch default init; one FIRE per layer (DAPE).
+#
+# Bidirectional (CHE encoder): no source defines one (pe_zoo.md §13, §19). Ours, after the pe_zoo.md
+# proposal of a signed input: ``x = sign(i - j) psi(|i - j|) / (psi(max(i, j, L)) + eps)``. For past keys
+# it is the causal form; a future key is normalised by its own (later) position, so ``|x| <= 1``
+# everywhere and left and right stay distinguishable.
+
+
+# Elements of the widest intermediate ([rows, Nk, width] hidden activations) per chunk of query rows.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def fire_input(
+    q: torch.Tensor, k: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor, causal: bool, eps: float
+) -> torch.Tensor:
+    """FIRE's normalised distance ``x`` for fp32 query/key positions ``q``, ``k`` (broadcastable).
+
+    Causal: ``psi(max(q - k, 0)) / (psi(max(q, L)) + eps)``; bidirectional:
+    ``sign(q - k) psi(|q - k|) / (psi(max(q, k, L)) + eps)``; ``psi(x) = log(|c x| + 1)``.
+    """
+    d = q - k
+    if causal:
+        num, later = torch.log1p((c * d.clamp(min=0)).abs()), q
+    else:
+        num, later = d.sign() * torch.log1p((c * d.abs()).abs()), torch.maximum(q, k)
+    den = torch.log1p((c * torch.maximum(later, threshold)).abs()) + eps
+    return num / den
+
+
+def activation(z: torch.Tensor, negative_slope: float) -> torch.Tensor:
+    """ReLU (``negative_slope = 0``, FIRE) or LeakyReLU (DAPE's ``FIRE_C``)."""
+    return F.leaky_relu(z, negative_slope) if negative_slope else F.relu(z)
+
+
+@PES.register("fire")
+class FIRE(PositionalEncoding):
+    """FIRE bias (see module docstring). Options: ``mlp_width=32``, ``init_c=0.1``, ``l0=512``, ``eps=1e-6``.
+
+    Parameters per layer: ``32 + 32`` (first linear), ``32 H + H`` (second), ``c``, ``L_mult``.
+    """
+
+    name = "fire"
+    description = "FIRE (Li et al. 2024): MLP(psi(i-j)/psi(max(i,L))), psi=log(|cx|+1), L0=512; encoder: signed"
+    shared = False
+    negative_slope: ClassVar[float] = 0.0  # ReLU; DAPE's FIRE inside DAPE-FIRE uses LeakyReLU(0.01)
+
+    def __init__(
+        self,
+        ctx: PEContext,
+        mlp_width: int = 32,
+        init_c: float = 0.1,
+        l0: float = 512.0,
+        eps: float = 1e-6,
+        **options: Any,
+    ) -> None:
+        super().__init__(ctx, **options)
+        if int(mlp_width) < 1 or float(l0) <= 0:
+            raise LenbenchError(f"fire needs mlp_width >= 1 and l0 > 0, got {mlp_width}, {l0}")
+        self.c = nn.Parameter(torch.tensor([float(init_c)]))
+        self.l_mult = nn.Parameter(torch.tensor([1.0]))
+        self.l0, self.eps = float(l0), float(eps)
+        self.fc1 = nn.Linear(1, int(mlp_width))
+        self.fc2 = nn.Linear(int(mlp_width), ctx.heads)
+
+    def threshold(self) -> torch.Tensor:
+        """The learned threshold ``L = |L_mult * l0|`` (1 element)."""
+        return (self.l_mult * self.l0).abs()
+
+    def act(self, z: torch.Tensor) -> torch.Tensor:
+        return activation(z, self.negative_slope)
+
+    def features(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """The MLP input ``x`` ``[Nq, Nk]`` in fp32."""
+        q = q_pos.to(torch.float32)[:, None]
+        k = k_pos.to(torch.float32)[None, :]
+        return fire_input(q, k, self.c, self.threshold(), self.ctx.causal, self.eps)
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """``[H, Nq, Nk]``, computed over chunks of query rows to bound the ``[rows, Nk, 32]`` hidden."""
+        step = max(1, CHUNK_ELEMENTS // max(1, k_pos.shape[0] * self.fc1.out_features))
+        rows = []
+        for start in range(0, q_pos.shape[0], step):
+            x = self.features(q_pos[start : start + step], k_pos)
+            rows.append(self.fc2(self.act(self.fc1(x[..., None]))))
+        return torch.cat(rows).permute(2, 0, 1)
+
+    def score_mod(self) -> ScoreMod | None:
+        """The MLP unrolled over its hidden units (pe_zoo.md §16.1), parameters captured detached as
+        1-element or 1-D tensors (no 0-d captured scalars)."""
+        c, threshold = self.c.detach().clone(), self.threshold().detach().clone()
+        w1, b1 = self.fc1.weight.detach()[:, 0].clone(), self.fc1.bias.detach().clone()
+        w2, b2 = self.fc2.weight.detach().clone(), self.fc2.bias.detach().clone()
+        causal, eps, width, slope = self.ctx.causal, self.eps, self.fc1.out_features, self.negative_slope
+
+        def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
+            x = fire_input(q.to(torch.float32), kv.to(torch.float32), c[0], threshold[0], causal, eps)
+            out = b2[h]
+            for u in range(width):
+                out = out + w2[h, u] * activation(w1[u] * x + b1[u], slope)
+            return score + out
+
+        return mod
+
+
+class LeakyFIRE(FIRE):
+    """FIRE with LeakyReLU(0.01) in its MLP: the base bias inside DAPE-FIRE (DAPE ``FIRE_C`` L526-540;
+    dape.md §1.5). Not registered on its own."""
+
+    name = "fire-leaky"
+    negative_slope = 0.01
+
+
+__all__ = ["FIRE", "LeakyFIRE", "activation", "fire_input"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Randomized ALiBi (Ruoss et al. 2023); the sampling policy is :class:`~lenbench.pe.base.RandomizedPositions`'s.
+
+
+@PES.register("randomized-alibi")
+class RandomizedALiBi(RandomizedPositions, ALiBi):
+    """ALiBi on randomized positions or distances (Ruoss et al.; pe_zoo.md §9, §16). With a signed distance
+    ``r(i, j)`` it is ALiBi's formula (:func:`~lenbench.pe.bias.alibi_distance`):
+    causal ``B_h = -m_h max(r, 0)``; bidirectional ``B_h = m_h (-|r| + 0.5 [r > 0])``.
+
+    - ``randomize="positions"`` (default; DESIGN.md, pe_zoo.md §16): ``r = p_i - p_j`` with sorted
+      positions ``p`` drawn from ``[0, L)``, as if the n tokens sat at those places of a longer text.
+    - ``randomize="distances"`` (RPE ``NOISY_ALIBI`` exactly, che.md §3.2): draw sorted distinct
+      ``s_1 < ... < s_{n-1}`` from ``[1, L)``, ``s_0 = 0``, and ``r = sign(i - j) s_{|i-j|}``.
+
+    Either way one draw per layer and forward. ``score_mod`` captures that draw, so it gives the
+    same bias as :meth:`bias` for the forward that made it (the attention module calls
+    :meth:`positions` first; it never picks FlexAttention by itself for a PE with random positions).
+    """
+
+    name = "randomized-alibi"
+    description = "ALiBi at sorted random positions (or RPE's random distances) from [0, L) (Ruoss et al. 2023)"
+
+    def __init__(self, ctx: PEContext, randomize: str = "positions", **options: Any) -> None:
+        super().__init__(ctx, **options)
+        if randomize not in ("positions", "distances"):
+            raise LenbenchError(f"{self.name}: randomize must be 'positions' or 'distances', got {randomize!r}")
+        self.mode = randomize
+
+    def positions(self, n: int, device: torch.device) -> torch.Tensor:
+        if self.mode == "positions":
+            return super().positions(n, device)
+        if self.draws(n):
+            rest = sample_positions(n - 1, self.max_position - 1, device) + 1
+            self.sample = torch.cat([torch.zeros(1, dtype=rest.dtype, device=device), rest])
+        else:
+            self.sample = torch.arange(n, device=device)
+        return torch.arange(n, device=device)
+
+    def signed_distance(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """``r(i, j)`` ``[Nq, Nk]`` in fp32 (see class docstring)."""
+        d = relative_distance(q_pos, k_pos)
+        if self.mode == "positions":
+            return d
+        table = self.sample
+        if table is None or table.shape[0] <= int(d.abs().max()):
+            raise LenbenchError(f"{self.name}: call positions(n) before bias() (randomize=distances)")
+        return d.sign() * table.to(torch.float32)[d.abs().long()]
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return self.slopes[:, None, None] * alibi_distance(self.signed_distance(q_pos, k_pos), self.ctx.causal)[None]
+
+    def score_mod(self) -> ScoreMod | None:
+        if self.sample is None:
+            return None
+        slopes, sample = self.slopes.detach(), self.sample.detach().to(torch.float32)
+        causal, by_position = self.ctx.causal, self.mode == "positions"
+        last = sample.shape[0] - 1
+
+        def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
+            if by_position:
+                r = sample[q] - sample[kv]
+            else:
+                d = q - kv
+                r = d.sign().to(torch.float32) * sample[d.abs().clamp(max=last)]
+            return score + slopes[h] * alibi_distance(r, causal)
 
         return mod

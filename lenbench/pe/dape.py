@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenbench.errors import LenbenchError
-from lenbench.pe.base import PEContext, PositionalEncoding
-from lenbench.pe.bias import ALiBi, KerpleLog
+from lenbench.pe.base import PEContext, PositionalEncoding, relative_distance
+from lenbench.pe.bias import ALiBi, KerpleLog, LeakyFIRE
 from lenbench.pe.registry import PES
 
 VARIANTS = ("concat_residual", "concat", "add_residual")
@@ -104,3 +104,128 @@ class DAPEALiBi(DAPE):
     name = "dape-alibi"
     description = "DAPE (Zheng et al. 2024) over ALiBi: S + B + MLP([S;B]) per layer"
     base_class = ALiBi
+
+
+
+
+@PES.register("dape-fire")
+class DAPEFIRE(DAPE):
+    """DAPE over FIRE (dape.md §1.5): ``S + B_fire + f([S; B_fire])``. As in DAPE's ``FIRE_C``, the
+    FIRE MLP inside uses LeakyReLU(0.01); FIRE's defaults (l0 512) and both forms otherwise."""
+
+    name = "dape-fire"
+    description = "DAPE (Zheng et al. 2024) over FIRE (LeakyReLU MLP): S + B + MLP([S;B]) per layer"
+    base_class = LeakyFIRE
+
+
+# --------------------------------------------------------------------------------------------------
+# DAPE V2, ``DAPE_{1xk}`` (Zheng et al., arXiv 2410.04798; dape.md §2).
+#
+# V1's Concat_Residual form with the point-wise MLP replaced by two ``1 x k`` convolutions along
+# the key axis (dape.md §2.1, code ``Kerple_DAPEV2``/``Alibi_DAPEV2``/``FIRE_DAPEV2``):
+#
+# - ``Z = [S; B]`` ``[b, 2h, Nq, Nk]``, ``S = QK^T / sqrt(d_head)``, ``B`` the base bias;
+# - causal: ``Z_ij = 0`` where ``k_pos[j] > q_pos[i]`` (zeros, by absolute position) so no future key
+#   reaches a visible entry through the convolution;
+# - ``F = Conv_{D->h}(LeakyReLU_{0.01}(Conv_{2h->D}(Z)))``, kernels ``(1, k)``, padding ``(0, k//2)``,
+#   stride 1, with conv biases, PyTorch default init, one module per layer;
+# - logits ``S + B + F``; the causal mask and softmax come after.
+#
+# One deviation, causal form only: the zeroed future is extended by ``k//2`` zero columns past the
+# last key before the convolutions, so the hidden activations right of a row's last visible key are
+# always ``LeakyReLU(conv(zeros and past entries))``. The released code zero-pads the *hidden*
+# activations at the sequence end instead, so its last query row (only) sees different padding from
+# every other row and depends on whether later tokens exist. With the extension every row is computed
+# alike, a prefix gives the same logits as the full sequence, and query blocks that skip future keys
+# are exact.
+#
+# Odd ``k`` only (even ``k`` breaks the shapes in the released code, dape.md §2.2). The kernel is
+# one query tall, so query rows never mix and query blocks are exact.
+
+
+class DAPEV2(PositionalEncoding):
+    """DAPE V2 over a base bias PE: ``S + B + Conv(LeakyReLU(Conv(zero_future([S; B]))))``.
+
+    Causal (LM): future entries are zeroed when ``zero_future`` (default True; False reproduces the
+    leaky "cheating" model of dape.md §2.1 and is not causal). Bidirectional (CHE encoder; ours,
+    dape.md §6 item 4): nothing is zeroed and the convolutions see the whole key row, over the
+    base's bidirectional bias.
+    Parameters per layer: ``2h D k + D + D h k + h`` plus the base's.
+    """
+
+    base_class: ClassVar[type[PositionalEncoding]]
+    shared = False
+
+    def __init__(
+        self, ctx: PEContext, kernel: int = 3, hidden: int = 32, zero_future: bool = True, **options: Any
+    ) -> None:
+        super().__init__(ctx, **options)
+        if int(kernel) < 1 or int(kernel) % 2 == 0:
+            raise LenbenchError(f"DAPE V2 kernel must be an odd width >= 1 (1x1, 1x3, ...), got {kernel}")
+        if int(hidden) < 1:
+            raise LenbenchError(f"DAPE hidden width must be >= 1, got {hidden}")
+        self.kernel = int(kernel)
+        self.hidden = int(hidden)
+        self.zero_future = bool(zero_future)
+        # Without zeroing, a causal model's visible logits read future keys (attention keeps them all).
+        self.reads_future_keys = ctx.causal and not self.zero_future
+        self.base = self.base_class(ctx)
+        h = ctx.heads
+        self.conv1 = nn.Conv2d(2 * h, self.hidden, (1, self.kernel), padding=(0, self.kernel // 2))
+        self.conv2 = nn.Conv2d(self.hidden, h, (1, self.kernel), padding=(0, self.kernel // 2))
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """The base bias B (DAPE V2's own output depends on the scores, see :meth:`scores`)."""
+        return self.base.bias(q_pos, k_pos)
+
+    def adaptive(self, s: torch.Tensor, b: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """The convolution branch F ``[B, H, Nq, Nk]`` for scores ``s`` and base bias ``b`` ``[H, Nq, Nk]``.
+
+        ``W1 = [W_s | W_b]`` along input channels, so ``W_b * B`` is computed once per block.
+        """
+        b, n_keys, r = b.to(s.dtype), s.shape[-1], self.kernel // 2
+        if self.ctx.causal and self.zero_future:
+            visible = (relative_distance(q_pos, k_pos) >= 0).to(s.dtype)
+            s, b = F.pad(s * visible, (0, r)), F.pad(b * visible, (0, r))
+        h, pad = self.ctx.heads, (0, r)
+        w_s, w_b = self.conv1.weight[:, :h], self.conv1.weight[:, h:]
+        hidden = F.conv2d(s, w_s, self.conv1.bias, padding=pad) + F.conv2d(b[None], w_b, padding=pad)
+        return self.conv2(F.leaky_relu(hidden, 0.01))[..., :n_keys]
+
+    def scores(
+        self, s: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+    ) -> torch.Tensor:
+        b = self.base.bias(q_pos, k_pos)
+        return s + b.to(s.dtype) + self.adaptive(s, b, q_pos, k_pos)
+
+
+@PES.register("dape-v2-kerple")
+class DAPEV2Kerple(DAPEV2):
+    """DAPE V2 over Kerple-log (dape.md §2.1, ``Kerple_DAPEV2``); Kerple parameters per layer,
+    in :class:`~lenbench.pe.bias.KerpleLog`'s causal and bidirectional forms."""
+
+    name = "dape-v2-kerple"
+    description = "DAPE V2 (1xk conv over keys, k=3) over Kerple-log, future entries zeroed"
+    base_class = KerpleLog
+
+
+@PES.register("dape-v2-alibi")
+class DAPEV2ALiBi(DAPEV2):
+    """DAPE V2 over ALiBi (dape.md §2.1, ``Alibi_DAPEV2``), fixed slopes."""
+
+    name = "dape-v2-alibi"
+    description = "DAPE V2 (1xk conv over keys, k=3) over ALiBi, future entries zeroed"
+    base_class = ALiBi
+
+
+@PES.register("dape-v2-fire")
+class DAPEV2FIRE(DAPEV2):
+    """DAPE V2 over FIRE (dape.md §2.1, ``FIRE_DAPEV2``); as in that code the FIRE MLP inside uses
+    LeakyReLU(0.01) (:class:`~lenbench.pe.bias.LeakyFIRE`, FIRE's defaults and both forms otherwise)."""
+
+    name = "dape-v2-fire"
+    description = "DAPE V2 (1xk conv over keys, k=3) over FIRE (LeakyReLU MLP), future entries zeroed"
+    base_class = LeakyFIRE
+
+
+__all__ = ["DAPEV2", "DAPEV2ALiBi", "DAPEV2FIRE", "DAPEV2Kerple"]

@@ -1,0 +1,133 @@
+"""Query-blocked vs unblocked explicit attention for a ``scores`` PE (default DAPE-Kerple).
+
+One causal attention layer, 16 heads of width 64, D_DAPE 32, batch 1, forward under ``no_grad``
+(evaluation). "unblocked" computes all N queries at once (the ``[1, N, N, 32]`` MLP hidden tensor
+exists whole); "blocked" uses ``--block`` queries per block, sized through
+``lenbench.model.attention.BLOCK_BUDGET`` exactly as the library sizes it, and skips future key
+blocks. Each variant runs in a fresh process; peak memory is that process's peak RSS
+(``getrusage`` max RSS) above its RSS just before the first forward. Time is the median of
+``--repeats`` forwards after the first. The outputs of the two variants are compared.
+
+    python benchmarks/blocked_scores.py                    # N = 1024, 2048
+    python benchmarks/blocked_scores.py --long             # adds N = 4096 (~8 GB unblocked)
+    python benchmarks/blocked_scores.py --pe cope --lengths 512,1024 --block 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def rss_kib() -> int:
+    """Current resident set size in KiB (Linux ``/proc/self/statm``)."""
+    import os
+
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def child(args: argparse.Namespace) -> None:
+    """Time one variant at one length in this process; print a JSON line, save the output."""
+    import resource
+
+    import torch
+
+    from lenbench.model import attention
+    from lenbench.model.transformer import ModelConfig, build_pes
+    from lenbench.pe import parse_pe_spec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n, heads = args.n, args.heads
+    dim = heads * args.head_dim
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=2, out_size=2, dim=dim, layers=1, heads=heads, causal=True, max_length=n)
+    spec = parse_pe_spec(args.pe if "dape" not in args.pe else f"{args.pe}:hidden={args.hidden}")
+    att = attention.Attention(dim, heads, build_pes(cfg, spec)[0], causal=True).eval()
+    width = max(heads, int(getattr(att.pe, "hidden", 0)) + 2 * heads)
+    block = n if args.variant == "unblocked" else min(n, args.block)
+    attention.BLOCK_BUDGET = block * n * width
+    assert att.block_size(1, n) == block, (att.block_size(1, n), block)
+    x = torch.randn(1, n, dim)
+    before = rss_kib()
+    with torch.no_grad():
+        start = time.perf_counter()
+        y = att(x)
+        first = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            att(x)
+            times.append(time.perf_counter() - start)
+    assert att.last_backend == "explicit"
+    torch.save(y, args.out)
+    times.sort()
+    median = times[len(times) // 2] if times else first
+    print(json.dumps({"n": n, "variant": args.variant, "block": block, "ms": 1000 * median,
+                      "first_ms": 1000 * first, "peak_mib": peak / 1024,
+                      "hidden_mib": block * n * int(getattr(att.pe, "hidden", 0)) * 4 / 2**20}))
+
+
+def run_variant(args: argparse.Namespace, n: int, variant: str, out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--n", str(n), "--out", str(out),
+           "--pe", args.pe, "--heads", str(args.heads), "--head-dim", str(args.head_dim),
+           "--hidden", str(args.hidden), "--block", str(args.block), "--repeats", str(args.repeats),
+           "--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{variant} at N={n} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", default="1024,2048", help="comma-separated sequence lengths")
+    parser.add_argument("--long", action="store_true", help="also run N=4096 (unblocked needs ~8 GB)")
+    parser.add_argument("--pe", default="dape-kerple", help="a PE with a scores hook")
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=32, help="D_DAPE (DAPE PEs only)")
+    parser.add_argument("--block", type=int, default=128, help="queries per block in the blocked variant")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["blocked", "unblocked"], help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    import torch
+
+    lengths = [int(v) for v in args.lengths.split(",")] + ([4096] if args.long else [])
+    print(f"{args.pe}, causal forward, batch 1, {args.heads} heads x {args.head_dim}, hidden {args.hidden}, "
+          f"blocked = {args.block} queries/block; median of {args.repeats} after the first")
+    print(f"{'N':>6} {'variant':>10} {'block':>6} {'ms':>10} {'peak MiB':>10} {'hidden MiB':>11}")
+    summary = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in lengths:
+            rows = {}
+            for variant in ("unblocked", "blocked"):
+                rows[variant] = r = run_variant(args, n, variant, Path(tmp) / f"{variant}.pt")
+                print(f"{n:>6} {variant:>10} {r['block']:>6} {r['ms']:>10.1f} {r['peak_mib']:>10.1f} "
+                      f"{r['hidden_mib']:>11.1f}", flush=True)
+            diff = (torch.load(Path(tmp) / "blocked.pt") - torch.load(Path(tmp) / "unblocked.pt")).abs().max().item()
+            b, u = rows["blocked"], rows["unblocked"]
+            summary.append((n, b["ms"] / u["ms"], b["peak_mib"] / max(u["peak_mib"], 1e-9), diff))
+    print("\nratios blocked / unblocked")
+    print(f"{'N':>6} {'time':>8} {'peak mem':>9} {'max |diff|':>11}")
+    for n, t, m, d in summary:
+        print(f"{n:>6} {t:>8.2f} {m:>9.3f} {d:>11.2e}")
+
+
+if __name__ == "__main__":
+    main()

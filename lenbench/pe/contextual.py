@@ -1,0 +1,167 @@
+"""Contextual PEs: the logits depend on content through the ``scores`` hook (CoPE, Transformer-XL).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lenbench.errors import LenbenchError
+from lenbench.pe.absolute import sinusoid_table
+from lenbench.pe.base import PEContext, PositionalEncoding, relative_distance
+from lenbench.pe.registry import PES
+
+# --------------------------------------------------------------------------------------------------
+# CoPE: Contextual Position Encoding (Golovneva et al. 2024, arXiv 2405.18719; pe_zoo.md §14).
+#
+# Positions count gated tokens instead of tokens. With ``s_ij = q_i . k_j / sqrt(d_h)`` (COPE
+# ``context_position.py``, facebookresearch/RAM):
+#
+# - gates ``g_ij = sigmoid(s_ij)`` on visible keys, 0 on masked ones;
+# - position ``p_ij = sum_{t=j..i} g_it`` (reverse cumulative sum over keys), clamped to npos - 1;
+# - ``z_i[p] = q_i . e[:, p]`` for integer p, linearly interpolated at the fractional ``p_ij``:
+#   ``z(p) = (p - floor p) z_i[ceil p] + (1 - p + floor p) z_i[floor p]`` (gradient through the weight
+#   only);
+# - logit ``s_ij + z(p_ij) / sqrt(d_h)`` (COPE default, ``(q.k + z) / sqrt(d_h)``), or ``s_ij + z(p_ij)``
+#   with ``divide=False`` (XT / DAPE's baseline, COPE ``--cope-nodiv``).
+#
+# ``e`` is ``[d_h, npos]``, zero-initialised, one per layer and shared by the layer's heads.
+
+
+def interpolate(z_int: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``z(p) = w z[ceil p] + (1 - w) z[floor p]``, ``w = p - floor p``; ``z_int`` ``[..., npos]``,
+    ``p`` ``[..., Nk]`` already clamped to ``[0, npos - 1]`` (COPE; pe_zoo.md §14)."""
+    floor = p.detach().floor()
+    w = p - floor
+    lo = z_int.gather(-1, floor.long())
+    hi = z_int.gather(-1, p.detach().ceil().long())
+    return hi * w + lo * (1 - w)
+
+
+@PES.register("cope")
+class CoPE(PositionalEncoding):
+    """Contextual position encoding (pe_zoo.md §14; see the module docstring for the formula).
+
+    Causal (LM): positions count gates of keys ``j..i`` as in COPE; future gates are 0.
+    Bidirectional (CHE encoder; ours, no source defines one, pe_zoo.md §14 "causal only"): past
+    keys (``j <= i``) use ``p_ij = sum_{t=j..i} g_it`` and the table ``e``; future keys (``j > i``)
+    count forwards, ``p_ij = sum_{t=i..j} g_it``, with a second zero-initialised table, so the two
+    sides stay distinguishable.
+
+    Options: ``npos`` (64, DAPE's baseline), ``divide`` (True, COPE's default).
+    Parameters per layer: ``d_h * npos`` causal, ``2 * d_h * npos`` bidirectional.
+    """
+
+    name = "cope"
+    description = "contextual positions from cumulative sigmoid gates (Golovneva et al. 2024), npos 64"
+    shared = False
+
+    def __init__(self, ctx: PEContext, npos: int = 64, divide: bool = True, **options: Any) -> None:
+        super().__init__(ctx, **options)
+        if int(npos) < 2:
+            raise LenbenchError(f"CoPE needs npos >= 2, got {npos}")
+        self.npos = int(npos)
+        self.divide = bool(divide)
+        sides = 1 if ctx.causal else 2
+        self.table = nn.Parameter(torch.zeros(sides, ctx.head_dim, self.npos))
+
+    def gate_positions(self, s: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Contextual positions ``p`` ``[B, H, Nq, Nk]`` (unclamped) from the scaled logits ``s``.
+
+        Keys must be sorted by position (the cumulative sums run along the key axis).
+        """
+        gates = torch.sigmoid(s)
+        d = relative_distance(q_pos, k_pos)
+        past = gates * (d >= 0).to(gates.dtype)
+        p = past.flip(-1).cumsum(-1).flip(-1)
+        if self.ctx.causal:
+            return p
+        future = (gates * (d <= 0).to(gates.dtype)).cumsum(-1)
+        return torch.where(d >= 0, p, future)
+
+    def scores(
+        self, s: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+    ) -> torch.Tensor:
+        p = self.gate_positions(s, q_pos, k_pos).clamp(max=self.npos - 1)
+        z = interpolate(torch.matmul(q, self.table[0].to(q.dtype)), p)
+        if not self.ctx.causal:
+            z_future = interpolate(torch.matmul(q, self.table[1].to(q.dtype)), p)
+            z = torch.where(relative_distance(q_pos, k_pos) >= 0, z, z_future)
+        scale = self.ctx.head_dim**-0.5 if self.divide else 1.0
+        return s + z * scale
+
+
+__all__ = ["CoPE", "interpolate"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer-XL relative attention (Dai et al. 2019; pe_zoo.md §15).
+#
+# ``logit_ij = [(q_i + u) . k_j + (q_i + v) . (W_R R_{i-j})] / sqrt(d_h)`` (TXL
+# ``RelPartialLearnableMultiHeadAttn``), i.e. given the scaled logits ``s = q k^T / sqrt(d_h)``:
+# ``s_ij + [u . k_j + (q_i + v) . P_{i-j}] / sqrt(d_h)`` with ``P_delta = W_R R_delta`` split per
+# head. ``R_delta`` is the ``d_model``-wide ``[sin, cos]`` sinusoid (base 1e4) of the signed distance
+# ``delta = i - j``; ``W_R`` is a bias-free ``Linear(d_model -> H d_h)``; ``u, v`` are ``[H, d_h]``
+# with ``N(0, 0.02)`` init.
+#
+# The distance term is computed for the distinct distances of a query block and gathered to
+# ``(i, j)``, which replaces TXL's ``_rel_shift`` and is exact for any ``Nq``, ``Nk``.
+
+
+@PES.register("transformer-xl")
+class TransformerXL(PositionalEncoding):
+    """Transformer-XL relative PE with content (u) and position (v) biases (pe_zoo.md §15).
+
+    Causal (LM): distances ``i - j >= 0`` (future entries are masked afterwards).
+    Bidirectional (CHE encoder): signed distances ``i - j`` in ``[-(N-1), N-1]``, RPE's
+    ``add_negative_side`` form; ``R_{-delta}`` differs from ``R_delta`` in its sine half, so the two
+    sides are distinguishable.
+
+    One module per layer with its own ``u``, ``v`` and ``W_R``, as DAPE's ``xl_bias`` baseline does;
+    the official TXL shares ``u, v`` across layers (pe_zoo.md §15), which the per-layer PE interface
+    cannot express. ``clamp_len > 0`` caps ``|i - j|`` (TXL ``clamp_len``; default off).
+    Parameters per layer: ``2 H d_h + d_model * H d_h``.
+    """
+
+    name = "transformer-xl"
+    description = "Transformer-XL relative attention (Dai et al. 2019): u, v biases, projected sinusoids"
+    shared = False
+
+    def __init__(self, ctx: PEContext, clamp_len: int = 0, **options: Any) -> None:
+        super().__init__(ctx, **options)
+        if ctx.dim % 2:
+            raise LenbenchError(f"transformer-xl needs an even model width, got {ctx.dim}")
+        if int(clamp_len) < 0:
+            raise LenbenchError(f"transformer-xl clamp_len must be >= 0 (0 = off), got {clamp_len}")
+        self.clamp_len = int(clamp_len)
+        self.u = nn.Parameter(torch.randn(ctx.heads, ctx.head_dim) * 0.02)
+        self.v = nn.Parameter(torch.randn(ctx.heads, ctx.head_dim) * 0.02)
+        self.r_net = nn.Linear(ctx.dim, ctx.heads * ctx.head_dim, bias=False)
+
+    def distances(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Integer ``i - j`` ``[Nq, Nk]``: clamped at 0 when causal, and to ``clamp_len`` if set."""
+        d = q_pos.long()[:, None] - k_pos.long()[None, :]
+        if self.ctx.causal:
+            d = d.clamp(min=0)
+        if self.clamp_len:
+            d = d.clamp(-self.clamp_len, self.clamp_len)
+        return d
+
+    def scores(
+        self, s: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+    ) -> torch.Tensor:
+        d = self.distances(q_pos, k_pos)
+        lo = int(d.min())
+        rel = torch.arange(lo, int(d.max()) + 1, device=q.device)
+        proj = self.r_net(sinusoid_table(rel, self.ctx.dim).to(q.dtype))  # [M, H d_h]
+        proj = proj.view(-1, self.ctx.heads, self.ctx.head_dim).transpose(0, 1)  # [H, M, d_h]
+        bd = torch.matmul(q + self.v[:, None, :].to(q.dtype), proj.transpose(-1, -2))  # [B, H, Nq, M]
+        bd = bd.gather(-1, (d - lo).expand(*bd.shape[:-1], -1))  # [B, H, Nq, Nk]
+        uk = torch.matmul(k, self.u[:, :, None].to(k.dtype)).transpose(-1, -2)  # [B, H, 1, Nk]
+        return s + (uk + bd) / math.sqrt(self.ctx.head_dim)
+
+
+__all__ = ["TransformerXL"]
