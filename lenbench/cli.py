@@ -14,6 +14,8 @@ from rich.table import Table
 
 from lenbench.errors import LenbenchError
 
+FORMATS = "md,csv,tex,html"
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Length-generalization benchmarks for positional encodings."
 )
@@ -341,6 +343,54 @@ def _print_wide(table: Table) -> None:
         return
     width = Measurement.get(out, out.options.update_width(100_000), table).maximum
     Console(width=max(out.width, width)).print(table)
+
+
+@app.command()
+def report(
+    results: Annotated[str, typer.Option("--results", help="Results root folder to read.")] = "results",
+    suite: Annotated[str | None, typer.Option(help="Only this suite: che, ppl or timing.")] = None,
+    out_dir: Annotated[str, typer.Option("--out", help="Report folder to write.")] = "report",
+    formats: Annotated[str, typer.Option("--format", help="Table formats, any of md,csv,tex,html.")] = FORMATS,
+    compare: Annotated[
+        str | None, typer.Option(help="Also test PE A against PE B over seeds, written A,B (e.g. dape,alibi).")
+    ] = None,
+) -> None:
+    """Tables, figures and paired significance tests from every finished and failed cell."""
+    from lenbench.report import build_report, parse_formats
+    from lenbench.report.render import rich_notes
+    from lenbench.report.stats import parse_compare
+
+    built = build_report(results, out_dir, suite, parse_formats(formats), parse_compare(compare))
+    for table in built.tables:
+        _print_wide(rich_notes(table))
+    for warning in built.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    figures = sum(1 for f in built.files if f.suffix == ".png")
+    index = [f.name for f in built.files if f.name.startswith("index.")]
+    err.print(
+        f"wrote {len(built.tables)} table(s), {figures} figure(s) and the long table to {built.out}/"
+        + (f" ({', '.join(index)})" if index else "")
+    )
+
+
+@app.command()
+def viz(
+    path: Annotated[str, typer.Argument(help="A finished ppl cell folder, or its model.pt.")],
+    query: Annotated[int, typer.Option(help="Sequence length; the last position (query - 1) is the query.")] = 8192,
+    layer: Annotated[int, typer.Option(help="Layer index (negative counts from the end).")] = 0,
+    heads: Annotated[str | None, typer.Option(help="Heads to show, e.g. 0,1,2 (default: all).")] = None,
+    out_file: Annotated[
+        str | None, typer.Option("--out", help="Image file (default: <cell>/attention_L<layer>_q<query>.png).")
+    ] = None,
+) -> None:
+    """Plot, per head, the attention logits, base bias and DAPE term of one query against all keys."""
+    import matplotlib.pyplot as plt
+
+    from lenbench.report.viz import visualize
+
+    fig, target = visualize(path, query, layer, heads, out_file)
+    plt.close(fig)
+    err.print(f"wrote {target}")
 
 
 def _click_exceptions() -> Any:

@@ -1,0 +1,157 @@
+"""``lenbench report``: results folder -> long table, tables, figures, significance, index pages.
+
+Output layout under ``out``::
+
+    results_long.csv, results_long.parquet   every finished and failed cell, long format
+    tables/<key>.{md,csv,tex,html}           each table in each requested format
+    tables/<suite>_summary.csv, significance.csv   tidy numbers behind the tables (csv format)
+    plots/<name>.{png,svg}                   figures
+    index.md, index.html                     everything on one page (md / html formats)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lenbench.errors import LenbenchError
+from lenbench.report.collect import collect, save_long
+from lenbench.report.index import Section, index_html, index_markdown
+from lenbench.report.render import FORMATS, WRITERS
+from lenbench.report.tables import Table, che_tables, ppl_tables, significance, timing_report_tables
+from lenbench.results import atomic_write_text
+
+SUITE_TITLES = {
+    "che": "CHE: accuracy on longer inputs",
+    "ppl": "Perplexity extrapolation",
+    "timing": "Time cost",
+}
+
+
+@dataclass
+class Report:
+    """What a report produced: tables by suite, the significance table, written files, warnings."""
+
+    out: Path
+    frame: pd.DataFrame
+    sections: list[Section]
+    significance: Table | None
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tables(self) -> list[Table]:
+        return [t for s in self.sections for t in s.tables] + ([self.significance] if self.significance else [])
+
+
+def parse_formats(text: str | Sequence[str]) -> list[str]:
+    """``md,csv,tex,html`` (any subset) -> list; unknown formats are a one-line error."""
+    items = [f.strip().lower() for f in (text.split(",") if isinstance(text, str) else text) if f.strip()]
+    items = ["tex" if f in ("latex", "tex") else "md" if f in ("md", "markdown") else f for f in items]
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise LenbenchError(f"unknown report format {bad[0] if bad else ''!r} (choose from {', '.join(FORMATS)})")
+    return list(dict.fromkeys(items))
+
+
+def duplicate_warnings(frame: pd.DataFrame) -> list[str]:
+    """Cells of the same (task|dataset|size, PE, seed, ...) with different configs are pooled: say so."""
+    keys = ["suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len"]
+    cells = frame[keys + ["cell", "eval_len"]].copy()
+    cells.loc[cells["suite"] != "timing", "eval_len"] = -1
+    per = cells.drop_duplicates().groupby(keys + ["eval_len"], dropna=False)["cell"].nunique()
+    out = []
+    for key, n in per[per > 1].items():
+        named = [f"{k}={v}" for k, v in zip([*keys, "eval_len"], key, strict=True) if not _blank(v) and v != -1]
+        out.append(f"{n} result folders for {', '.join(named)} (different configs); their values are pooled")
+    return out
+
+
+def _blank(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
+def _makedirs(*dirs: Path) -> None:
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LenbenchError(f"cannot create report folder {d}: {exc.strerror or exc}") from exc
+
+
+def build_report(
+    results: Path | str,
+    out: Path | str,
+    suite: str | None = None,
+    formats: Sequence[str] = FORMATS,
+    compare: tuple[str, str] | None = None,
+    plots: bool = True,
+) -> Report:
+    """Read ``results``, write the report into ``out``, and return what was built."""
+    if suite is not None and suite not in SUITE_TITLES:
+        raise LenbenchError(f"unknown suite {suite!r} (choose from {', '.join(SUITE_TITLES)})")
+    collection = collect(results, suite)
+    frame = collection.frame
+    out = Path(out)
+    tables_dir, plots_dir = out / "tables", out / "plots"
+    _makedirs(out, tables_dir)
+    warnings = collection.warnings + duplicate_warnings(frame)
+    files = save_long(frame, out)
+
+    built: dict[str, tuple[list[Table], pd.DataFrame]] = {
+        "che": che_tables(frame),
+        "ppl": ppl_tables(frame),
+        "timing": timing_report_tables(frame),
+    }
+    sig_table, sig_frame = significance(frame, compare)
+    figures: dict[str, list[tuple[str, list[Path]]]] = {}
+    if plots:
+        from lenbench.report.plots import report_figures
+
+        _makedirs(plots_dir)
+        figures = report_figures(frame, plots_dir)
+    sections = [
+        Section(SUITE_TITLES[name], tables, figures.get(name, []))
+        for name, (tables, _) in built.items()
+        if tables or figures.get(name)
+    ]
+    all_tables = [t for s in sections for t in s.tables] + ([sig_table] if sig_table else [])
+    for table in all_tables:
+        for fmt in formats:
+            path = tables_dir / f"{table.key}.{fmt}"
+            atomic_write_text(path, WRITERS[fmt](table))
+            files.append(path)
+    if "csv" in formats:
+        for name, (_, summary) in [*built.items(), ("significance", (None, sig_frame))]:
+            if not summary.empty:
+                path = tables_dir / (f"{name}_summary.csv" if name != "significance" else "significance.csv")
+                summary.to_csv(path, index=False)
+                files.append(path)
+    for figs in figures.values():
+        files += [p for _, paths in figs for p in paths]
+
+    page_sections = sections + ([Section("Significance (paired over seeds)", [sig_table])] if sig_table else [])
+    counts = frame.drop_duplicates("cell")["status"].map(lambda s: "failed" if s == "failed" else "done")
+    intro = [
+        f"results: {Path(results)}" + (f" (suite {suite})" if suite else ""),
+        f"cells: {int((counts == 'done').sum())} finished, {int((counts == 'failed').sum())} failed"
+        + (f", {collection.incomplete} unfinished (not shown)" if collection.incomplete else ""),
+        "long table: results_long.csv, results_long.parquet",
+        f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}; git "
+        + ", ".join(sorted({str(g) for g in frame.get("git", pd.Series(dtype=object)).dropna().unique()}) or ["?"]),
+        *[f"warning: {w}" for w in warnings],
+    ]
+    title = "lenbench report"
+    if "md" in formats:
+        path = out / "index.md"
+        atomic_write_text(path, index_markdown(title, intro, page_sections, out))
+        files.append(path)
+    if "html" in formats:
+        path = out / "index.html"
+        atomic_write_text(path, index_html(title, intro, page_sections, out))
+        files.append(path)
+    return Report(out, frame, sections, sig_table, files, warnings)

@@ -1,0 +1,162 @@
+"""Every finished (``DONE``) and failed (``FAILED``) cell of a results root -> one long pandas table.
+
+One row per stored metric record (``suite, task, dataset, size, mode, pe, seed, train_len,
+eval_len, metric, value, status, ...``); the records' extra fields (``n_sequences``, ``iqr``,
+``estimated_full_ms``, ``backend`` ...) become columns, and the cell's manifest adds ``git``,
+``lenbench``, ``torch`` and ``device``. A failed cell is one row with ``status = failed``, its
+reason, and ``value`` NaN (never 0). ``status`` is ``done``, ``failed`` or ``oom`` (a timing cell
+that did not fit in memory). Cells still running or never finished are counted, not shown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lenbench.errors import LenbenchError
+from lenbench.results import CellDir, ResultStore
+
+COLUMNS = [
+    "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
+    "status", "reason", "cell", "train_min_len",
+]  # fmt: skip
+MANIFEST_KEYS = ("git", "lenbench", "torch", "device")
+INT_COLUMNS = ("seed", "train_len", "eval_len", "train_min_len")
+
+
+@dataclass
+class Collection:
+    """The long table plus what the reader should know about cells left out of it."""
+
+    frame: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    incomplete: int = 0  # cells with neither DONE nor FAILED (running, interrupted or pending)
+
+
+def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The identifying fields of a cell from its resolved config (used for failed cells)."""
+    suite = config.get("suite")
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    keys: dict[str, Any] = {"suite": suite, "pe": config.get("pe"), "seed": config.get("seed")}
+    if suite == "che":
+        keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"))
+    elif suite == "ppl":
+        keys.update(dataset=config.get("dataset"), train_len=train.get("length"))
+    elif suite == "timing":
+        keys.update(
+            size=config.get("size"),
+            mode=config.get("mode"),
+            train_len=config.get("train_len"),
+            eval_len=config.get("eval_len"),
+            metric=f"ms_{config.get('mode')}",
+            layers=config.get("layers"),
+            layers_timed=config.get("layers_timed"),
+            device=config.get("device"),
+        )
+    return keys
+
+
+def _plain(value: Any) -> Any:
+    """Lists and dicts become JSON text so every column stays a scalar (CSV and Parquet safe)."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value
+
+
+def _manifest(cell: CellDir) -> dict[str, Any]:
+    try:
+        data = json.loads(cell.manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: data.get(k) for k in MANIFEST_KEYS if k in data}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cell_rows(cell: CellDir, warnings: list[str]) -> list[dict[str, Any]] | None:
+    """Rows of one cell folder, or None when it has neither DONE nor FAILED."""
+    status = cell.status()
+    if status not in ("done", "failed"):
+        return None
+    config = cell.read_config() or {}
+    keys = cell_keys(config)
+    extra = {"cell": cell.cell_id, **_manifest(cell)}
+    if status == "failed":
+        failed = _read_json(cell.failed_path)
+        reason = str(failed.get("reason", "FAILED marker without a reason"))
+        return [{**keys, **extra, "value": float("nan"), "status": "failed", "reason": reason}]
+    records = cell.read_metrics()
+    if not records:
+        warnings.append(f"{cell.path}: DONE but no metrics.json records; left out")
+        return []
+    rows = []
+    for rec in records:
+        row = {**keys, **extra, **{k: _plain(v) for k, v in rec.items()}}
+        row["status"] = "oom" if rec.get("status") == "oom" else "done"
+        row["value"] = float("nan") if rec.get("value") is None else float(rec["value"])
+        rows.append(row)
+    return rows
+
+
+def collect(results: Path | str, suite: str | None = None) -> Collection:
+    """Read every DONE and FAILED cell under ``results`` (optionally one suite) into a long table."""
+    root = Path(results)
+    if not root.is_dir():
+        raise LenbenchError(f"results folder {root} does not exist")
+    if suite is not None and not (root / suite).is_dir():
+        raise LenbenchError(f"no {suite!r} results under {root} (expected {root / suite}/)")
+    warnings: list[str] = []
+    rows: list[dict[str, Any]] = []
+    incomplete = 0
+    for cell in ResultStore(root).cells(suite):
+        got = cell_rows(cell, warnings)
+        if got is None:
+            incomplete += 1
+        else:
+            rows.extend(got)
+    if not rows:
+        where = f"{root}/{suite}" if suite else str(root)
+        raise LenbenchError(f"no finished or failed cells under {where} (run `lenbench run` first)")
+    frame = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    frame = frame[COLUMNS + sorted(c for c in frame.columns if c not in COLUMNS)]
+    for col in INT_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+    if incomplete:
+        warnings.append(f"{incomplete} cell(s) neither finished nor failed (running or interrupted); not shown")
+    return Collection(frame, warnings, incomplete)
+
+
+def parquet_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding more than one kind of value (e.g. numbers and text) become text."""
+    def blank(v: Any) -> bool:
+        return v is None or (isinstance(v, float) and math.isnan(v))
+
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object and len({type(v) for v in out[col] if not blank(v)}) > 1:
+            out[col] = out[col].map(lambda v: None if blank(v) else str(v))
+    return out
+
+
+def save_long(frame: pd.DataFrame, out: Path) -> list[Path]:
+    """Write ``results_long.csv`` and ``results_long.parquet`` into ``out``."""
+    csv_path, parquet_path = out / "results_long.csv", out / "results_long.parquet"
+    frame.to_csv(csv_path, index=False)
+    try:
+        parquet_ready(frame).to_parquet(parquet_path, index=False)
+    except ImportError as exc:
+        raise LenbenchError(f"writing Parquet needs pyarrow ({exc}); pip install pyarrow") from exc
+    return [csv_path, parquet_path]

@@ -1,0 +1,300 @@
+"""Report figures (matplotlib, Agg), PNG and SVG, sized for a paper column or page.
+
+Every figure draws a PE with :func:`pe_style`, so a PE has the same colour in every figure of
+every report: fixed colours for the registered PEs, a stable hash for others; options (e.g.
+``dape:hidden=64``) keep the colour of their PE and change the line style.
+
+- CHE: accuracy vs test length per task (mean over seeds, band = min..max over seeds), the
+  training range shaded, chance as a dashed line; and a grid overview of every task.
+- ppl: perplexity vs evaluation length per dataset and training length, log-log.
+- timing: ms vs length per model size (one panel each), log-log, per mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
+
+from lenbench.report.stats import pe_name  # noqa: E402
+from lenbench.report.tables import che_frames, pe_order, ppl_frames, task_info, task_order, timing_data  # noqa: E402
+from lenbench.results import slug  # noqa: E402
+
+PE_COLORS = {
+    "nope": "#7f7f7f",
+    "sinusoidal": "#8c564b",
+    "learned": "#bcbd22",
+    "rope": "#2ca02c",
+    "yarn": "#98df8a",
+    "randomized-rope": "#17becf",
+    "t5": "#9467bd",
+    "alibi": "#ff7f0e",
+    "kerple": "#1f77b4",
+    "fire": "#e377c2",
+    "cope": "#aec7e8",
+    "transformer-xl": "#c5b0d5",
+    "dape-kerple": "#d62728",
+    "dape-alibi": "#8b0000",
+    "dape-fire": "#9c0a7a",
+    "kerple-power": "#6baed6",
+    "rope-pi": "#74c476",
+    "rope-ntk": "#006d2c",
+    "randomized-sinusoidal": "#c49c94",
+    "randomized-learned": "#dbdb8d",
+    "randomized-alibi": "#ffbb78",
+    "dape-v2-kerple": "#fb6a4a",
+    "dape-v2-alibi": "#fd8d3c",
+    "dape-v2-fire": "#dd3497",
+}
+EXTRA_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1",
+                "#e6550d", "#636363"]  # fmt: skip
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+RC = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "lines.linewidth": 1.3,
+    "lines.markersize": 3.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.fonttype": "none",
+}
+COLUMN_WIDTH, PAGE_WIDTH = 3.4, 7.0  # inches
+
+
+def _digest(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest(), 16)
+
+
+def pe_style(label: str) -> dict[str, Any]:
+    """Colour, line style and marker of a PE label, the same in every figure (the one mapping)."""
+    name = pe_name(label)
+    color = PE_COLORS.get(name, EXTRA_COLORS[_digest(name) % len(EXTRA_COLORS)])
+    options = label.split(":", 1)[1] if ":" in label else ""
+    linestyle = LINESTYLES[_digest(options) % (len(LINESTYLES) - 1) + 1] if options else "-"
+    known = list(PE_COLORS)
+    marker = MARKERS[(known.index(name) if name in known else _digest(name)) % len(MARKERS)]
+    return {"color": color, "linestyle": linestyle, "marker": marker}
+
+
+@contextmanager
+def paper_style() -> Iterator[None]:
+    with plt.rc_context(RC):
+        yield
+
+
+def save_figure(fig: Figure, stem: Path) -> list[Path]:
+    """Write ``stem.png`` (200 dpi) and ``stem.svg``; closes the figure."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=200, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _curve(ax: Any, rows: pd.DataFrame, label: str, scale: float = 1.0) -> None:
+    """Mean over seeds per x, with the min..max band over seeds."""
+    g = rows.groupby("eval_len")["value"]
+    x = np.array(sorted(rows["eval_len"].dropna().unique()), dtype=float)
+    mean, lo, hi = (g.mean().reindex(x).to_numpy() * scale, g.min().reindex(x).to_numpy() * scale,
+                    g.max().reindex(x).to_numpy() * scale)  # fmt: skip
+    style = pe_style(label)
+    ax.plot(x, mean, label=label, **style)
+    if rows["seed"].nunique() > 1:
+        ax.fill_between(x, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
+
+
+def _failed_handle(ax: Any, label: str) -> None:
+    """A legend entry (no data) saying that every seed of this PE failed."""
+    ax.plot([], [], label=f"{label}: FAILED", color=pe_style(label)["color"], linestyle="none", marker="x")
+
+
+def legend_below(ax: Any, ncol: int = 3) -> None:
+    """The legend under the axes (saved with ``bbox_inches='tight'``), so it never hides a curve."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=ncol, frameon=False)
+
+
+def log_axes(ax: Any, xticks: list[int]) -> None:
+    """Log-log axes with plain numbers: x ticks at the given lengths, y labels as ``%g``."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    if xticks:
+        ax.set_xticks(xticks)
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if _few_decades(ax) else ""))
+
+
+def _few_decades(ax: Any) -> bool:
+    lo, hi = ax.get_ylim()
+    return lo > 0 and hi / lo < 20
+
+
+# --------------------------------------------------------------------------- CHE
+
+
+def _che_panel(ax: Any, frame: pd.DataFrame, task: str, legend: bool) -> None:
+    che = frame[(frame["suite"] == "che") & (frame["task"] == task)]
+    acc = che[(che["metric"] == "accuracy") & (che["status"] == "done")]
+    _, failed = che_frames(frame)
+    failed = failed[failed["task"] == task]
+    lo, hi = che["train_min_len"].dropna(), che["train_len"].dropna()
+    if len(hi):
+        ax.axvspan(int(lo.min()) if len(lo) else 0, int(hi.max()), color="0.85", alpha=0.6, lw=0,
+                   label="training range")
+    info = task_info(task)
+    if info.chance is not None:
+        ax.axhline(100 * info.chance, color="0.4", linestyle="--", linewidth=0.8, label="chance")
+    all_failed = []
+    for pe in pe_order([*acc["pe"].unique(), *failed["pe"].unique()]):
+        rows = acc[acc["pe"] == pe]
+        if len(rows):
+            _curve(ax, rows, pe, scale=100.0)
+        elif legend:
+            _failed_handle(ax, pe)
+        else:
+            all_failed.append(pe)
+    if all_failed:  # in a grid the legend is shared, so say it in the panel
+        ax.text(0.02, 0.03, "FAILED: " + ", ".join(all_failed), transform=ax.transAxes, fontsize=6, color="0.2")
+    ax.set_xlim(left=0)
+    ax.set_ylim(-2, 102)
+    ax.set_title(task.replace("_", " "))
+    if legend:
+        legend_below(ax)
+
+
+def che_task_figure(frame: pd.DataFrame, task: str) -> Figure:
+    """Accuracy (%) vs test length for one CHE task; training range shaded, chance dashed."""
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.5))
+        _che_panel(ax, frame, task, legend=True)
+        ax.set_xlabel("test length N")
+        ax.set_ylabel("accuracy (%)")
+        fig.tight_layout()
+    return fig
+
+
+def che_grid_figure(frame: pd.DataFrame, tasks: list[str], cols: int = 5) -> Figure:
+    """Every CHE task in a grid, one shared legend below."""
+    rows = -(-len(tasks) // cols)
+    cols = min(cols, len(tasks))
+    with paper_style():
+        fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 1.55 * rows + 0.6), sharey=True, squeeze=False)
+        for ax, task in zip(axes.flat, tasks, strict=False):
+            _che_panel(ax, frame, task, legend=False)
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.set_visible(False)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("accuracy (%)")
+        for ax in axes[-1, :]:
+            ax.set_xlabel("test length N")
+        handles: dict[str, Any] = {}
+        for ax in axes.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, h)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, len(handles)), frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------- ppl
+
+
+def ppl_figure(frame: pd.DataFrame, dataset: str, train_len: int) -> Figure:
+    """Perplexity (last 256 tokens) vs evaluation length, log-log; lengths up to training shaded."""
+    done, failed = ppl_frames(frame)
+    d = done[(done["dataset"] == dataset) & (done["train_len"] == train_len)]
+    f = failed[(failed["dataset"] == dataset) & (failed["train_len"] == train_len)]
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.5))
+        lengths = sorted(int(n) for n in d["eval_len"].dropna().unique())
+        ax.axvline(train_len, color="0.4", linestyle=":", linewidth=1.0, label="training length")
+        for pe in pe_order([*d["pe"].unique(), *f["pe"].unique()]):
+            rows = d[d["pe"] == pe]
+            if len(rows):
+                _curve(ax, rows, pe)
+            else:
+                _failed_handle(ax, pe)
+        log_axes(ax, lengths)
+        ax.set_xlabel("evaluation length L (tokens)")
+        ax.set_ylabel("perplexity (last 256 tokens)")
+        ax.set_title(f"{dataset}, trained at {train_len}")
+        legend_below(ax)
+        fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def timing_figures(frame: pd.DataFrame) -> dict[str, Figure]:
+    """Per mode: ms vs length, one panel per model size (full-model times; estimates for slices)."""
+    tables, _ = timing_data(frame)
+    titles = {"fwd": "forward", "train": "forward + backward"}
+    out = {}
+    for t in tables:
+        with paper_style():
+            fig, axes = plt.subplots(1, len(t.sizes), figsize=(min(PAGE_WIDTH, 2.5 * len(t.sizes) + 0.5), 2.4),
+                                     squeeze=False)
+            for ax, size in zip(axes[0], t.sizes, strict=True):
+                for pe in pe_order(t.pes):
+                    pts = [(n, t.entries[(pe, size, n)].headline) for n in t.lengths[size]
+                           if (pe, size, n) in t.entries and t.entries[(pe, size, n)].headline is not None]
+                    if pts:
+                        x, y = zip(*pts, strict=True)
+                        ax.plot(x, y, label=pe, **pe_style(pe))
+                log_axes(ax, t.lengths[size])
+                ax.set_title(f"{size}" + (" (estimated from a slice)" if t.sliced(size) else ""))
+                ax.set_xlabel("sequence length")
+            axes[0, 0].set_ylabel(f"ms, {titles.get(t.mode, t.mode)}")
+            legend_below(axes[0, len(t.sizes) // 2])
+            fig.tight_layout()
+        out[t.mode] = fig
+    return out
+
+
+# --------------------------------------------------------------------------- all
+
+
+def report_figures(frame: pd.DataFrame, plots_dir: Path) -> dict[str, list[tuple[str, list[Path]]]]:
+    """Draw and save every figure the results support -> {suite: [(caption, [png, svg])]}."""
+    saved: dict[str, list[tuple[str, list[Path]]]] = {"che": [], "ppl": [], "timing": []}
+    acc = frame[(frame["suite"] == "che") & (frame["metric"] == "accuracy")]
+    _, che_failed = che_frames(frame)
+    tasks = task_order([*acc["task"].dropna().unique(), *che_failed["task"].dropna().unique()])
+    if tasks:
+        saved["che"].append(("CHE overview: accuracy vs test length, every task",
+                             save_figure(che_grid_figure(frame, tasks), plots_dir / "che_overview")))
+        for task in tasks:
+            saved["che"].append((f"CHE {task}: accuracy vs test length",
+                                 save_figure(che_task_figure(frame, task), plots_dir / f"che_{slug(task)}")))
+    done, failed = ppl_frames(frame)
+    both = pd.concat([done, failed])
+    for dataset, train_len in sorted({(str(a), int(b)) for a, b in zip(both["dataset"], both["train_len"],
+                                                                         strict=True)}):
+        stem = plots_dir / f"ppl_{slug(dataset)}_T{train_len}"
+        saved["ppl"].append((f"{dataset}, trained at {train_len}: perplexity vs evaluation length",
+                             save_figure(ppl_figure(frame, dataset, train_len), stem)))
+    for mode, fig in timing_figures(frame).items():
+        saved["timing"].append((f"timing ({mode}): ms vs sequence length per model size",
+                                save_figure(fig, plots_dir / f"timing_{mode}")))
+    return saved

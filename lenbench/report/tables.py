@@ -1,0 +1,495 @@
+"""The long table -> report tables (format-neutral; :mod:`lenbench.report.render` writes them out).
+
+- CHE: tasks grouped by Chomsky level (with chance accuracy) x PEs; the score (mean accuracy over
+  test lengths, %) as mean ± sample std over seeds, and in a second table the max over seeds.
+- ppl: per dataset and training length, PEs x evaluation lengths of ppl_last256 (DAPE's layout).
+- timing: DAPE Table 1 per mode and model size, PEs x lengths in ms with the Ratio to DAPE-Kerple
+  (built by :func:`lenbench.suites.timing.timing_tables` from the stored records).
+- significance: the paired tests of :mod:`lenbench.report.stats`.
+
+A cell never run shows ``—``; a cell whose every seed failed shows ``FAILED``; some failed seeds
+add ``(k FAILED)`` to the statistics of the others. Missing values are never shown as 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lenbench.report.stats import PairedTest, dape_pairs, paired_test, pe_name, resolve_label
+from lenbench.results import slug
+from lenbench.tasks.che import TASKS
+
+MISSING = "—"
+FAILED = "FAILED"
+LEVELS = {"regular": "Regular (R)", "dcf": "Deterministic context-free (DCF)", "cs": "Context-sensitive (CS)"}
+LEVEL_SHORT = {"regular": "R", "dcf": "DCF", "cs": "CS"}
+
+
+@dataclass
+class TCell:
+    """One table cell: display text, and whether it is the best of its row (or column)."""
+
+    text: str
+    bold: bool = False
+
+
+@dataclass
+class Section:
+    """A group of rows under an optional label (e.g. a Chomsky level)."""
+
+    label: str | None
+    rows: list[list[TCell]]
+
+
+@dataclass
+class Table:
+    """A format-neutral table: ``key`` names its files, every row has ``len(header)`` cells."""
+
+    key: str
+    title: str
+    header: list[str]
+    sections: list[Section]
+    notes: list[str] = field(default_factory=list)
+    left: int = 1  # leading columns aligned left (labels); the rest are right-aligned numbers
+
+    @property
+    def rows(self) -> list[list[TCell]]:
+        return [row for s in self.sections for row in s.rows]
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """The finished seeds' values of one table cell and how many seeds failed."""
+
+    values: tuple[float, ...]
+    failed: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation over seeds (ddof 1); None for a single seed."""
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else None
+
+    @property
+    def max(self) -> float:
+        return float(np.max(self.values))
+
+    @property
+    def min(self) -> float:
+        return float(np.min(self.values))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pe_order(labels: Sequence[str]) -> list[str]:
+    """PE labels in a stable order: registered non-DAPE PEs, then DAPE PEs, then others by name."""
+    from lenbench.pe import PES
+
+    names = PES.names()
+
+    def key(label: str) -> tuple[int, int, str]:
+        name = label.split(":", 1)[0]
+        rank = names.index(name) if name in names else len(names)
+        return (1 if pe_name(label).startswith("dape") else 0, rank, label)
+
+    return sorted(dict.fromkeys(labels), key=key)
+
+
+def _nan(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def seed_stats(done: pd.DataFrame, failed: pd.DataFrame, keys: list[str], scale: float = 1.0) -> dict[tuple, SeedStats]:
+    """``{key tuple: SeedStats}`` from done rows (``value`` per seed) and failed-cell rows."""
+    out: dict[tuple, SeedStats] = {}
+    for key, group in done.groupby(keys, sort=False, dropna=False):
+        vals = tuple(float(v) * scale for v in group.sort_values("seed")["value"] if not _nan(v))
+        out[key if isinstance(key, tuple) else (key,)] = SeedStats(vals)
+    for key, group in failed.groupby(keys, sort=False, dropna=False):
+        k = key if isinstance(key, tuple) else (key,)
+        out[k] = SeedStats(out[k].values if k in out else (), len(group))
+    return out
+
+
+def fmt_num(v: float, digits: int) -> str:
+    """Fixed ``digits`` decimals; exponent form for huge values (diverged perplexities)."""
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.2e}" if abs(v) >= 1e6 else f"{v:.{digits}f}"
+
+
+def stat_text(stats: SeedStats | None, how: str, digits: int) -> str:
+    """``mean ± std`` (``how='mean'``) or ``max``; ``—`` for no cell, ``FAILED`` when no seed finished."""
+    if stats is None:
+        return MISSING
+    if stats.n == 0:
+        return FAILED if stats.failed else MISSING
+    if how == "max":
+        text = fmt_num(stats.max, digits)
+    else:
+        text = fmt_num(stats.mean, digits)
+        if stats.std is not None:
+            text += f" ± {fmt_num(stats.std, digits)}"
+    return text + (f" ({stats.failed} {FAILED})" if stats.failed else "")
+
+
+def mark_best(cells: list[TCell], stats: list[SeedStats | None], how: str, digits: int, higher: bool) -> None:
+    """Bold the best value among ``cells`` at display precision (ties all bold; needs two values)."""
+    shown = [
+        round(s.max if how == "max" else s.mean, digits) if s is not None and s.n else None for s in stats
+    ]
+    present = [v for v in shown if v is not None and math.isfinite(v)]
+    if len(present) < 2:
+        return
+    best = max(present) if higher else min(present)
+    for cell, v in zip(cells, shown, strict=True):
+        cell.bold = v == best
+
+
+def _seed_note(stats: dict[tuple, SeedStats]) -> str:
+    ns = sorted({s.n for s in stats.values() if s.n})
+    return "seeds per cell: " + ("/".join(str(n) for n in ns) if ns else "none")
+
+
+# --------------------------------------------------------------------------- CHE
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    level: str | None
+    chance: float | None
+
+
+def task_info(task: str) -> TaskInfo:
+    """Chomsky level and chance accuracy (1/C) from the task registry; unknown tasks get None."""
+    try:
+        cls = TASKS.get(task)
+    except Exception:
+        return TaskInfo(None, None)
+    inst = cls()
+    return TaskInfo(inst.level, inst.chance)
+
+
+def task_order(tasks: Sequence[str]) -> list[str]:
+    names = TASKS.names()
+    return sorted(dict.fromkeys(tasks), key=lambda t: (names.index(t) if t in names else len(names), t))
+
+
+def che_frames(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(done score rows, failed-cell rows) of the CHE suite."""
+    che = frame[frame["suite"] == "che"]
+    return che[(che["status"] == "done") & (che["metric"] == "score")], che[che["status"] == "failed"]
+
+
+def che_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
+    """The CHE mean ± std and max-over-seeds tables, and their tidy summary."""
+    done, failed = che_frames(frame)
+    if done.empty and failed.empty:
+        return [], pd.DataFrame()
+    stats = seed_stats(done, failed, ["task", "pe"], scale=100.0)
+    tasks = task_order([k[0] for k in stats])
+    pes = pe_order([k[1] for k in stats])
+    acc = frame[(frame["suite"] == "che") & (frame["metric"] == "accuracy") & (frame["status"] == "done")]
+    lengths = sorted(int(n) for n in acc["eval_len"].dropna().unique())
+    che = frame[frame["suite"] == "che"]
+    train_max = sorted(int(n) for n in che["train_len"].dropna().unique())
+    train_min = sorted(int(n) for n in che["train_min_len"].dropna().unique())
+    protocol = (
+        f"trained on lengths {'/'.join(map(str, train_min))}..{'/'.join(map(str, train_max))}; "
+        + (f"tested on {len(lengths)} lengths {lengths[0]}..{lengths[-1]}" if lengths else "no test lengths")
+    )
+    tables = []
+    for how, title in (
+        ("mean", "CHE score (%): mean accuracy over test lengths, mean ± std over seeds"),
+        ("max", "CHE score (%): mean accuracy over test lengths, max over seeds"),
+    ):
+        by_level: dict[str | None, list[list[TCell]]] = {}
+        for task in tasks:
+            info = task_info(task)
+            row_stats = [stats.get((task, pe)) for pe in pes]
+            cells = [TCell(stat_text(s, how, 1)) for s in row_stats]
+            mark_best(cells, row_stats, how, 1, higher=True)
+            chance = MISSING if info.chance is None else f"{100 * info.chance:.0f}%"
+            by_level.setdefault(info.level, []).append([TCell(task), TCell(chance), *cells])
+        sections = [Section(LEVELS.get(lv, "other tasks") if lv is not None else "other tasks", rows)
+                    for lv, rows in sorted(by_level.items(), key=lambda kv: _level_rank(kv[0]))]
+        notes = [
+            protocol,
+            "mean ± sample std (ddof 1) over seeds" if how == "mean" else "max over seeds (as the CHE paper reports)",
+            _seed_note(stats),
+            "bold: best in the row; chance: 1/C (uniform guess)",
+            f"{MISSING}: not run; {FAILED}: every seed failed; (k {FAILED}): k seeds failed, statistics over the rest",
+        ]
+        tables.append(Table(f"che_{how}", title, ["task", "chance", *pes], sections, notes, left=2))
+    summary = pd.DataFrame([
+        {
+            "task": task, "level": task_info(task).level, "chance": task_info(task).chance, "pe": pe,
+            "n": s.n, "failed": s.failed,
+            "mean": s.mean if s.n else None, "std": s.std, "max": s.max if s.n else None, "min": s.min if s.n else None,
+        }
+        for (task, pe), s in stats.items()
+    ])  # fmt: skip
+    return tables, summary
+
+
+def _level_rank(level: str | None) -> int:
+    order = list(LEVELS)
+    return order.index(level) if level in order else len(order)
+
+
+# --------------------------------------------------------------------------- ppl
+
+
+def ppl_frames(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[pd.DataFrame, pd.DataFrame]:
+    ppl = frame[frame["suite"] == "ppl"]
+    return ppl[(ppl["status"] == "done") & (ppl["metric"] == metric)], ppl[ppl["status"] == "failed"]
+
+
+def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[Table], pd.DataFrame]:
+    """Per (dataset, training length): PEs x evaluation lengths, mean ± std over seeds; best bold."""
+    done, failed = ppl_frames(frame, metric)
+    if done.empty and failed.empty:
+        return [], pd.DataFrame()
+    tables, summary = [], []
+    both = pd.concat([done, failed])
+    groups = sorted({(str(d), int(t)) for d, t in zip(both["dataset"], both["train_len"], strict=True)})
+    for dataset, train_len in groups:
+        d = done[(done["dataset"] == dataset) & (done["train_len"] == train_len)]
+        f = failed[(failed["dataset"] == dataset) & (failed["train_len"] == train_len)]
+        lengths = sorted(int(n) for n in d["eval_len"].dropna().unique())
+        per = seed_stats(d, d.iloc[0:0], ["pe", "eval_len"])
+        failed_seeds = f.groupby("pe").size().to_dict()
+        pes = pe_order([*d["pe"].unique(), *f["pe"].unique()])
+        rows = []
+        for pe in pes:
+            cells = []
+            for n in lengths:
+                s = per.get((pe, n))
+                n_failed = int(failed_seeds.get(pe, 0))
+                s = SeedStats(s.values if s else (), n_failed) if (s or n_failed) else None
+                cells.append(s)
+                if s is not None:
+                    summary.append({
+                        "dataset": dataset, "train_len": train_len, "pe": pe, "eval_len": n, "metric": metric,
+                        "n": s.n, "failed": s.failed, "mean": s.mean if s.n else None, "std": s.std,
+                        "max": s.max if s.n else None, "min": s.min if s.n else None,
+                    })  # fmt: skip
+            rows.append((pe, cells))
+        if not lengths:  # every cell of this group failed: no evaluation length to show
+            body = [[TCell(pe), TCell(FAILED)] for pe in pes]
+            title = f"{dataset}, trained at {train_len}: perplexity (last 256 tokens)"
+            tables.append(Table(f"ppl_{slug(dataset)}_T{train_len}", title, ["PE", "all lengths"],
+                                [Section(None, body)], [f"{FAILED}: every seed failed"]))
+            continue
+        body = [[TCell(pe), *[TCell(stat_text(s, "mean", 2)) for s in cells]] for pe, cells in rows]
+        for j in range(len(lengths)):
+            column = [row[1 + j] for row in body]
+            mark_best(column, [cells[j] for _, cells in rows], "mean", 2, higher=False)
+        header = ["PE", *[f"{n}" + (" (train)" if n == train_len else "") for n in lengths]]
+        notes = [
+            f"perplexity over the last min(256, L) tokens ({metric}) at evaluation length L; trained at {train_len}",
+            "mean ± sample std (ddof 1) over seeds; bold: lowest in the column",
+            _seed_note(per),
+            f"{MISSING}: not evaluated; {FAILED}: every seed failed; (k {FAILED}): k seeds failed",
+        ]
+        title = f"{dataset}, trained at {train_len}: perplexity (last 256 tokens) by evaluation length"
+        tables.append(Table(f"ppl_{slug(dataset)}_T{train_len}", title, header, [Section(None, body)], notes))
+    return tables, pd.DataFrame(summary)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if _nan(v) else v) for k, v in row.items()}
+
+
+def timing_data(frame: pd.DataFrame) -> tuple[list[Any], set[tuple[str, str, int, str]]]:
+    """(:class:`~lenbench.suites.timing.TimingTable` per mode, failed (pe, size, length, mode) keys)."""
+    from lenbench.suites.timing import timing_tables as build
+
+    timing = frame[frame["suite"] == "timing"]
+    records = [_record(r) for r in timing[timing["status"] != "failed"].to_dict("records")]
+    failed = {
+        (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]))
+        for r in timing[timing["status"] == "failed"].to_dict("records")
+    }
+    return build(records), failed
+
+
+def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
+    """DAPE Table 1 per (mode, size): PE rows, per length ms (and the full-model estimate) and Ratio."""
+    tables_by_mode, failed = timing_data(frame)
+    titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
+    tables, summary = [], []
+    failed_modes = {m for *_, m in failed}
+    modes = {t.mode: t for t in tables_by_mode}
+    for mode in [*modes, *sorted(failed_modes - set(modes))]:
+        t = modes.get(mode)
+        sizes = list(t.sizes) if t else []
+        sizes += sorted({s for _, s, _, m in failed if m == mode and s not in sizes})
+        for size in sizes:
+            lengths = sorted({*(t.lengths.get(size, []) if t else []), *(n for _, s, n, m in failed
+                                                                           if m == mode and s == size)})
+            sliced = bool(t and size in t.layers and t.sliced(size))
+            pes = pe_order([*(t.pes if t else []), *(p for p, s, _, m in failed if m == mode and s == size)])
+            header = ["PE", "backend"]
+            for n in lengths:
+                header += [f"N={n} ms"] + ([f"N={n} est. ms"] if sliced else []) + [f"N={n} Ratio"]
+            rows = []
+            for pe in pes:
+                row = [TCell(pe), TCell(t.backends.get(pe, MISSING) if t else MISSING)]
+                for n in lengths:
+                    e = t.entries.get((pe, size, n)) if t else None
+                    width = 3 if sliced else 2
+                    if (pe, size, n, mode) in failed and e is None:
+                        row += [TCell(FAILED)] * (width - 1) + [TCell(MISSING)]
+                    elif e is None:
+                        row += [TCell(MISSING)] * width
+                    elif e.oom:
+                        row += [TCell("OOM")] * (width - 1) + [TCell(MISSING)]
+                    else:
+                        row += [TCell(_fmt_ms(e.ms))] + ([TCell(_fmt_ms(e.est_ms))] if sliced else [])
+                        row.append(TCell(MISSING if e.ratio is None else f"{e.ratio:.2f}"))
+                    if e is not None:
+                        summary.append({"mode": mode, "size": size, "pe": pe, "eval_len": n, "ms": e.ms,
+                                        "est_full_ms": e.est_ms, "ratio": e.ratio, "oom": e.oom})
+                rows.append(row)
+            ref = (t.reference if t else None) or "dape-kerple (not in these results)"
+            notes = [f"Ratio = PE time / {ref} time at the same length (full-model times; DAPE Table 1)"]
+            if sliced:
+                timed, total = t.layers[size]
+                notes.append(f"ms: {timed} of {total} blocks measured; est. ms: full model estimated from them "
+                             "plus the measured embedding and head (an estimate, not a measurement)")
+            notes.append(f"median over repeats; OOM: did not fit in memory; {MISSING}: not run")
+            devices = "/".join(t.devices) if t and t.devices else "?"
+            title = f"{size}: ms per sequence, {titles.get(mode, mode)}, batch 1, {devices}"
+            tables.append(Table(f"timing_{mode}_{slug(size)}", title, header, [Section(None, rows)], notes, left=2))
+    return tables, pd.DataFrame(summary)
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+# --------------------------------------------------------------------------- significance
+
+
+def _paired_values(rows: pd.DataFrame, pe: str) -> dict[int, float]:
+    sel = rows[(rows["pe"] == pe) & rows["value"].notna()]
+    return {int(s): float(v) for s, v in zip(sel["seed"], sel["value"], strict=True)}
+
+
+def _scopes(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, bool, float]]:
+    """(suite, scope label, done rows of that scope, higher is better, display scale)."""
+    out = []
+    done, _ = che_frames(frame)
+    for task in task_order(done["task"].dropna().unique()):
+        out.append(("che", str(task), done[done["task"] == task], True, 100.0))
+    done, _ = ppl_frames(frame)
+    for (dataset, train_len, n), rows in done.groupby(["dataset", "train_len", "eval_len"], sort=True):
+        out.append(("ppl", f"{dataset} T={train_len} L={n}", rows, False, 1.0))
+    return out
+
+
+def significance(frame: pd.DataFrame, compare: tuple[str, str] | None = None) -> tuple[Table | None, pd.DataFrame]:
+    """Paired tests over seeds for every (DAPE-X, X) pair and ``compare``, per task or eval length."""
+    from lenbench.errors import LenbenchError
+
+    results = []
+    compare_found = False
+    for suite in ("che", "ppl"):
+        sub = frame[(frame["suite"] == suite) & (frame["status"] == "done")]
+        labels = pe_order(sub["pe"].dropna().unique())
+        pairs = dape_pairs(labels)
+        if compare is not None:
+            try:
+                pair = (resolve_label(compare[0], labels), resolve_label(compare[1], labels))
+            except LenbenchError:
+                pair = None
+            if pair is not None:
+                compare_found = True
+                if pair not in pairs:
+                    pairs.append(pair)
+        for s, scope, rows, higher, scale in (x for x in _scopes(frame) if x[0] == suite):
+            for a, b in pairs:
+                va, vb = _paired_values(rows, a), _paired_values(rows, b)
+                if not va or not vb:
+                    continue
+                seeds = sorted(set(va) & set(vb))
+                test = paired_test([va[k] * scale for k in seeds], [vb[k] * scale for k in seeds])
+                results.append((s, scope, a, b, higher, test, seeds))
+    if compare is not None and not compare_found:
+        labels = sorted(frame["pe"].dropna().unique())
+        raise LenbenchError(
+            f"--compare {compare[0]},{compare[1]}: both PEs must be in the same suite's results "
+            f"(have: {', '.join(labels)})"
+        )
+    if not results:
+        return None, pd.DataFrame()
+    body, tidy = [], []
+    for suite, scope, a, b, higher, test, seeds in results:
+        body.append([TCell(suite), TCell(scope), TCell(f"{a} vs {b}"), *significance_cells(test, higher, a, b)])
+        tidy.append({
+            "suite": suite, "scope": scope, "a": a, "b": b, "seeds": ",".join(map(str, seeds)), "n": test.n,
+            "mean_a": test.mean_a, "mean_b": test.mean_b, "diff": test.diff, "sd_diff": test.sd, "d_z": test.d_z,
+            "t": test.t, "df": test.df, "p_t": test.p_t, "p_sign_flip": test.p_sign_flip, "note": test.note,
+        })  # fmt: skip
+    header = ["suite", "task / eval", "A vs B", "n", "mean A", "mean B", "Δ (A−B)", "d_z", "t (df)",
+              "p (t-test)", "p (sign-flip)", "favours"]
+    notes = [
+        "paired by seed; CHE: score in %, higher is better; ppl: ppl_last256, lower is better",
+        "t-test: two-sided paired t-test (Student t, n−1 df); sign-flip: exact two-sided permutation test "
+        "(smallest possible p = 2/2^n); d_z = mean(Δ)/sd(Δ); no correction for multiple comparisons",
+        "n < 2: no test possible; constant Δ: t = ±inf, p = 0",
+    ]
+    return Table("significance", "Paired significance over seeds", header, [Section(None, body)], notes,
+                 left=3), pd.DataFrame(tidy)
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return MISSING
+    return f"{p:.1e}" if 0 < p < 0.001 else f"{p:.3f}"
+
+
+def _fmt_stat(v: float | None, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return MISSING
+    if math.isinf(v):
+        return "+inf" if v > 0 else "-inf"
+    return fmt_num(v, digits)
+
+
+def significance_cells(test: PairedTest, higher: bool, a: str, b: str) -> list[TCell]:
+    """n, means, difference, d_z, t (df), both p-values and which PE the mean difference favours."""
+    if test.diff == 0 or math.isnan(test.diff):
+        favours = "tie" if test.diff == 0 else MISSING
+    else:
+        favours = a if (test.diff > 0) == higher else b
+    if test.testable:
+        t_text = f"{_fmt_stat(test.t)} ({test.df})"
+        p_t, p_sf = _fmt_p(test.p_t), _fmt_p(test.p_sign_flip)
+    else:
+        t_text, p_t, p_sf = MISSING, f"no test ({test.note.split(':')[0]})", "no test"
+    return [
+        TCell(str(test.n)), TCell(_fmt_stat(test.mean_a)), TCell(_fmt_stat(test.mean_b)),
+        TCell(_fmt_stat(test.diff)), TCell(_fmt_stat(test.d_z)), TCell(t_text), TCell(p_t), TCell(p_sf),
+        TCell(favours),
+    ]  # fmt: skip
