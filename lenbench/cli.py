@@ -56,53 +56,159 @@ def run(
     eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths, e.g. 128,256,512.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="ppl: 'bytes' (default) or hf:<name>.")] = None,
     out_dir: Annotated[str, typer.Option("--out", help="Results root folder.")] = "results",
+    executor: Annotated[
+        str, typer.Option(help="inprocess (one cell after another, here), local (a process pool) or slurm.")
+    ] = "inprocess",
+    workers: Annotated[
+        int | None, typer.Option(help="local: worker processes (default: one per GPU, else one per two cores).")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="slurm: partition.")] = None,
+    gpus_per_cell: Annotated[
+        int | None, typer.Option(help="slurm: GPUs per cell (default 1; 0 for CPU; >1 trains ppl cells with DDP).")
+    ] = None,
+    cpus_per_cell: Annotated[int | None, typer.Option(help="slurm: CPU cores per cell (torch threads).")] = None,
+    max_parallel: Annotated[int | None, typer.Option(help="slurm: at most this many cells at once (64).")] = None,
+    time_limit: Annotated[
+        str | None, typer.Option("--time", help="slurm: time limit per job, e.g. 08:00:00 (default).")
+    ] = None,
 ) -> None:
-    """Train and evaluate every (task, PE, seed) cell of a suite; finished cells are skipped."""
+    """Train and evaluate every (task, PE, seed) cell of a suite; finished cells are skipped.
+
+    Under torchrun (``torchrun --nproc-per-node N -m lenbench run --suite ppl ...``) each ppl cell trains
+    data-parallel over the N ranks and only rank 0 writes and prints.
+    """
+    from lenbench.distributed import DataParallelExecutor, detect
+    from lenbench.executors import make_executor
+    from lenbench.results import ResultStore
+
+    rank = detect()
+    if rank is not None and rank.rank != 0:
+        out.quiet = err.quiet = True  # under torchrun, rank 0 alone prints
+    slurm = {
+        k: v
+        for k, v in (("partition", partition), ("gpus_per_cell", gpus_per_cell), ("cpus_per_cell", cpus_per_cell),
+                     ("max_parallel", max_parallel), ("time", time_limit))
+        if v is not None
+    }
+    runner = make_executor(executor, workers, slurm)
+    suite_name, cells, reason = _grid(
+        suite, profile, pe=pe, task=task, seeds=seeds, steps=steps, batch_size=batch_size, lr=lr,
+        test_lengths=test_lengths, eval_samples=eval_samples, layers=layers, dim=dim, heads=heads, dataset=dataset,
+        model=model, train_length=train_length, eval_lengths=eval_lengths, tokenizer=tokenizer,
+    )
+    if isinstance(runner, DataParallelExecutor):
+        runner.check(cells)
+    store = ResultStore(out_dir)
+    store.check_writable()
+    err.print(f"[dim]{reason}[/dim]")
+    err.print(f"{len(cells)} cell(s) of suite {suite_name!r} -> {store.root}/{suite_name}/")
+    outcomes = runner.run(cells, store, err)
+    if executor == "slurm":
+        return
+    if suite_name == "ppl":
+        print_perplexities(outcomes)
+    else:
+        print_scores(outcomes)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+GRID_FLAGS = {  # run's (and status's) grid and profile flags -> where they go in the suite YAML
+    "pe": "grid.pes",
+    "task": "grid.tasks",
+    "seeds": "grid.seeds",
+    "steps": "profile.train.steps",
+    "batch_size": "profile.train.batch_size",
+    "lr": "profile.train.lr",
+    "test_lengths": "profile.eval.lengths",
+    "eval_samples": "profile.eval.samples",
+    "layers": "profile.model.layers",
+    "dim": "profile.model.dim",
+    "heads": "profile.model.heads",
+    "dataset": "grid.datasets",
+    "model": "profile.model.size",
+    "train_length": "profile.train.length",
+    "eval_lengths": "profile.eval.lengths",
+    "tokenizer": "profile.data.tokenizer",
+}
+
+
+def _grid(suite: str, profile: str, **flags: Any) -> tuple[str, list[Any], str]:
+    """Expand a suite with its profile and flag overrides -> (suite name, cells, why this profile)."""
     import torch
 
     from lenbench.config import choose_profile, load_suite
-    from lenbench.executors import run_in_process
-    from lenbench.progress import RichReporter
-    from lenbench.results import ResultStore
     from lenbench.suites import load_suite_module
 
     suite_file = load_suite(suite)
     module = load_suite_module(suite_file.name)
     chosen, reason = choose_profile(suite_file, profile, torch.cuda.is_available())
     overrides: dict[str, Any] = {}
-    for path, value in (
-        ("grid.pes", pe),
-        ("grid.tasks", task),
-        ("grid.seeds", seeds),
-        ("profile.train.steps", steps),
-        ("profile.train.batch_size", batch_size),
-        ("profile.train.lr", lr),
-        ("profile.eval.lengths", test_lengths),
-        ("profile.eval.samples", eval_samples),
-        ("profile.model.layers", layers),
-        ("profile.model.dim", dim),
-        ("profile.model.heads", heads),
-        ("grid.datasets", dataset),
-        ("profile.model.size", model),
-        ("profile.train.length", train_length),
-        ("profile.eval.lengths", eval_lengths),
-        ("profile.data.tokenizer", tokenizer),
-    ):
+    for flag, value in flags.items():
         if value is not None:
-            _set(overrides, path, value)
-    cells = module.expand(suite_file, chosen, overrides)
+            _set(overrides, GRID_FLAGS[flag], value)
+    return suite_file.name, module.expand(suite_file, chosen, overrides), reason
+
+
+@app.command()
+def status(
+    suite: Annotated[str | None, typer.Option(help="Suite name or YAML (default: every suite in --out).")] = None,
+    out_dir: Annotated[str, typer.Option("--out", help="Results root folder.")] = "results",
+    pe: Annotated[str | None, typer.Option(help="Grid flags as given to run: PEs.")] = None,
+    task: Annotated[str | None, typer.Option(help="CHE tasks.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds.")] = None,
+    profile: Annotated[str | None, typer.Option(help="paper, quick or auto.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps per cell.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    test_lengths: Annotated[str | None, typer.Option(help="CHE test lengths.")] = None,
+    eval_samples: Annotated[int | None, typer.Option(help="Samples per test length.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Layers.")] = None,
+    dim: Annotated[int | None, typer.Option(help="Model width.")] = None,
+    heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="ppl: datasets.")] = None,
+    model: Annotated[str | None, typer.Option(help="ppl: model size preset.")] = None,
+    train_length: Annotated[int | None, typer.Option(help="ppl: training length.")] = None,
+    eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="ppl: tokenizer.")] = None,
+) -> None:
+    """State of each cell from the result folders: done, running (lock held), failed (why), pending.
+
+    With run's grid flags (--pe, --seeds, --profile, ...; the same as the run) every cell of that grid
+    is listed, pending ones included; with none, the cell folders under --out (one --suite, or all).
+    """
+    from lenbench.results import ResultStore
+    from lenbench.status import counts, folder_states, grid_states
+
     store = ResultStore(out_dir)
-    store.check_writable()
-    err.print(f"[dim]{reason}[/dim]")
-    err.print(f"{len(cells)} cell(s) of suite {suite_file.name!r} -> {store.root}/{suite_file.name}/")
-    with RichReporter(err) as reporter:
-        outcomes = run_in_process(cells, store, module, reporter)
-    if suite_file.name == "ppl":
-        print_perplexities(outcomes)
+    flags = dict(
+        pe=pe, task=task, seeds=seeds, steps=steps, batch_size=batch_size, lr=lr, test_lengths=test_lengths,
+        eval_samples=eval_samples, layers=layers, dim=dim, heads=heads, dataset=dataset, model=model,
+        train_length=train_length, eval_lengths=eval_lengths, tokenizer=tokenizer,
+    )
+    if profile is not None or any(v is not None for v in flags.values()):
+        suite_name, cells, reason = _grid(suite or "che", profile or "auto", **flags)
+        states = grid_states(cells, store)
+        err.print(f"[dim]{reason}[/dim]")
+        title = f"{suite_name}: {len(cells)} cell(s) of the grid in {store.root}"
     else:
-        print_scores(outcomes)
-    if any(o.status == "failed" for o in outcomes):
-        raise typer.Exit(1)
+        if not store.root.is_dir():
+            raise LenbenchError(f"results folder {store.root} does not exist")
+        name = None
+        if suite is not None:
+            from lenbench.config import load_suite
+
+            name = load_suite(suite).name
+        states = folder_states(store, name)
+        title = f"{len(states)} cell folder(s) in {store.root}" + (f"/{name}" if name else "")
+    colors = {"done": "green", "running": "cyan", "failed": "red", "pending": "yellow"}
+    table = Table(title=title)
+    for col in ("cell", "state", "detail"):
+        table.add_column(col)
+    for st in states:
+        table.add_row(st.name, f"[{colors[st.state]}]{st.state}[/{colors[st.state]}]", st.detail)
+    out.print(table)
+    out.print(", ".join(f"{v} {k}" for k, v in counts(states).items()))
 
 
 def print_scores(outcomes: list[Any]) -> None:
@@ -121,7 +227,7 @@ def print_scores(outcomes: list[Any]) -> None:
             failed.add(key)
         elif "score" in o.summary:
             scores.setdefault(key, []).append(100 * float(o.summary["score"]))
-    table = Table(title="score: mean accuracy over test lengths (%), mean ± std over seeds")
+    table = Table(title="score: mean accuracy over test lengths (%), mean ± sample std over seeds")
     table.add_column("task")
     for p in pes:
         table.add_column(p, justify="right")
@@ -130,7 +236,7 @@ def print_scores(outcomes: list[Any]) -> None:
         for p in pes:
             vals = scores.get((t, p))
             if vals:
-                row.append(f"{np.mean(vals):.1f}" + (f" ± {np.std(vals):.1f}" if len(vals) > 1 else ""))
+                row.append(f"{np.mean(vals):.1f}" + (f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else ""))
             else:
                 row.append("FAILED" if (t, p) in failed else "-")
         table.add_row(t, *row)
@@ -153,7 +259,9 @@ def print_perplexities(outcomes: list[Any]) -> None:
             rows.setdefault(int(length), []).append(float(ppl))
     for (dataset, train_len), rows in values.items():
         lengths = sorted({n for per_pe in rows.values() for n in per_pe})
-        table = Table(title=f"{dataset}, trained at {train_len}: perplexity (last 256 tokens), mean ± std over seeds")
+        table = Table(
+            title=f"{dataset}, trained at {train_len}: perplexity (last 256 tokens), mean ± sample std over seeds"
+        )
         table.add_column("PE")
         for n in lengths:
             table.add_column(str(n), justify="right")
@@ -162,7 +270,7 @@ def print_perplexities(outcomes: list[Any]) -> None:
             for n in lengths:
                 vals = per_length.get(n)
                 if vals:
-                    cells.append(f"{np.mean(vals):.2f}" + (f" ± {np.std(vals):.2f}" if len(vals) > 1 else ""))
+                    cells.append(f"{np.mean(vals):.2f}" + (f" ± {np.std(vals, ddof=1):.2f}" if len(vals) > 1 else ""))
                 else:
                     cells.append("FAILED" if (dataset, train_len, pe) in failed else "-")
             table.add_row(pe, *cells)

@@ -1,6 +1,9 @@
-"""Rich progress for the terminal: training (steps, loss, accuracy, ETA), then evaluation lengths."""
+"""Rich progress for the terminal: one cell (training steps, loss, ETA, then evaluation lengths), or a
+whole grid run by worker processes (cells done / running / failed with an ETA, a row per running cell)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -14,22 +17,27 @@ from rich.progress import (
 )
 
 
+def new_progress(console: Console) -> Progress:
+    """The progress display every view shares: description, bar, m/n, info, elapsed, ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
 class RichReporter:
     """Implements :class:`lenbench.suites.base.Reporter` with a live rich progress display."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, progress: Progress | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=False,
-        )
+        self.progress = progress or new_progress(self.console)
         self.train_task: TaskID | None = None
         self.eval_task: TaskID | None = None
         self.eval_total = 0
@@ -71,6 +79,63 @@ class RichReporter:
         if done == self.eval_total:
             self.progress.remove_task(self.eval_task)
             self.eval_task = None
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False)
+
+
+class GridProgress:
+    """One live view over a grid whose cells run in worker processes.
+
+    The top row counts cells (done / running / failed, ETA from the finished ones); each running
+    cell gets a row driven by the :class:`RichReporter` calls its worker forwards (see :meth:`event`).
+    """
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console = console
+        self.progress = new_progress(console)
+        self.grid = self.progress.add_task("cells", total=total, info="")
+        self.cells: dict[str, RichReporter] = {}
+        self.counts = {"done": 0, "failed": 0, "busy": 0}
+
+    def __enter__(self) -> GridProgress:
+        self.progress.start()
+        self._refresh()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _refresh(self) -> None:
+        parts = [f"{self.counts['done']} done", f"{len(self.cells)} running"]
+        parts += [f"{self.counts[k]} {k}" for k in ("failed", "busy") if self.counts[k]]
+        self.progress.update(self.grid, completed=sum(self.counts.values()), info=" · ".join(parts))
+
+    def started(self, label: str) -> None:
+        """A worker took the cell (its rows appear with its first progress call)."""
+        self.cells.setdefault(label, RichReporter(self.console, self.progress))
+        self._refresh()
+
+    def event(self, label: str, method: str, args: tuple[Any, ...]) -> None:
+        """Replay a worker's reporter call (``train_start``, ``train_step``, ``eval_*``, ``message``)."""
+        if method == "message":
+            self.progress.console.print(f"{label}: {args[0]}", highlight=False)
+            return
+        if label not in self.cells:
+            self.started(label)
+        getattr(self.cells[label], method)(*args)
+
+    def finished(self, label: str, status: str, detail: str = "") -> None:
+        """A cell ended: drop its rows and print one line."""
+        reporter = self.cells.pop(label, None)
+        if reporter is not None:
+            for task in (reporter.train_task, reporter.eval_task):
+                if task is not None:
+                    self.progress.remove_task(task)
+        self.counts[status if status in self.counts else "done"] += 1
+        style = {"failed": "red", "busy": "yellow"}.get(status, "green")
+        self.progress.console.print(f"[{style}]{status}[/{style}] {label}{': ' + detail if detail else ''}")
+        self._refresh()
 
     def message(self, text: str) -> None:
         self.progress.console.print(text, highlight=False)

@@ -4,6 +4,10 @@ The loop knows nothing about suites or files: the caller passes a ``step_fn`` th
 from a numpy ``Generator`` and returns the loss and metrics, plus an optional checkpointer.
 A checkpoint holds model, optimizer, scheduler, step and every RNG (torch, numpy generator,
 python ``random``), so a resumed run is bit-identical to an uninterrupted one on CPU.
+
+Under torchrun (:mod:`lenbench.distributed`) the same loop trains data-parallel: the model runs
+wrapped in DDP, each rank draws from its own RNG streams, the loss is averaged over ranks, rank 0's
+checkpoint reaches every rank on resume, and a checkpoint also holds every rank's RNG states.
 """
 
 from __future__ import annotations
@@ -96,39 +100,52 @@ def train(
     completed step (1-based); ``on_start(step)`` is called once with the step training starts
     from (non-zero when resuming). Returns the step it resumed from (0 for a fresh run).
     """
+    from lenbench.distributed import current
+
+    par = current()  # set under torchrun only
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    seed = seed if par is None else par.rank_seed(seed)
     rng = np.random.default_rng(seed)
     random.seed(seed)
     torch.manual_seed(seed)
     start = 0
     state = checkpointer.load_checkpoint() if checkpointer is not None else None
+    if par is not None:
+        state = par.broadcast(state)  # rank 0's checkpoint, on every rank
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["numpy"]
-        random.setstate(state["python"])
-        torch.set_rng_state(state["torch"])
+        rngs = state if par is None else par.own(state.get("ranks"), state)
+        if rngs is not None:
+            rng.bit_generator.state = rngs["numpy"]
+            random.setstate(rngs["python"])
+            torch.set_rng_state(rngs["torch"])
         start = int(state["step"])
     if on_start is not None:
         on_start(start)
 
+    def rng_states() -> dict[str, Any]:
+        return {"numpy": rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state()}
+
     def snapshot(step: int) -> dict[str, Any]:
-        return {
+        snap = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "numpy": rng.bit_generator.state,
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
+            **rng_states(),
             "step": step,
         }
+        if par is not None:
+            snap["ranks"] = par.gather(rng_states())
+        return snap
 
     model.train()
+    net = model if par is None else par.wrap(model)
     for step in range(start, cfg.steps):
-        loss, metrics = step_fn(model, rng, step)
-        value = float(loss.detach())
+        loss, metrics = step_fn(net, rng, step)
+        value = float(loss.detach()) if par is None else par.mean(loss)
         if not math.isfinite(value):
             raise NonFiniteLoss(step + 1, value)
         optimizer.zero_grad(set_to_none=True)

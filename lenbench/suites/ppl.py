@@ -28,7 +28,6 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,8 +47,8 @@ from lenbench.data.corpora import (
     tokenize_corpus,
 )
 from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer
+from lenbench.distributed import shard_size
 from lenbench.errors import LenbenchError
-from lenbench.model.attention import Attention
 from lenbench.model.sizes import SIZES
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec, resolve_pes
@@ -316,26 +315,6 @@ def perplexity(
     return math.exp(total_last / (n * k)), math.exp(total_all / (n * length))
 
 
-@contextlib.contextmanager
-def blocked_attention(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """On CPU, route static-bias PEs to the query-blocked explicit attention while evaluating.
-
-    The default CPU path for a bias materializes an ``[H, L, L]`` mask (about 3 GiB per layer at
-    L = 8192 for 12 heads); the explicit path keeps ``O(B * H * block * L)`` and is exact.
-    """
-    changed = []
-    if device.type == "cpu":
-        for module in model.modules():
-            if isinstance(module, Attention) and type(module.pe).has_hook("bias"):
-                changed.append((module, module.backend))
-                module.backend = "explicit"
-    try:
-        yield
-    finally:
-        for module, backend in changed:
-            module.backend = backend
-
-
 def unigram_logprobs(train: TokenSplit, vocab_size: int) -> np.ndarray:
     """``log p(token)`` from add-one-smoothed token frequencies of the training split."""
     counts = np.bincount(np.asarray(train.tokens), minlength=vocab_size).astype(np.float64) + 1.0
@@ -373,25 +352,24 @@ def evaluate(
     reporter.eval_start(label, len(ev["lengths"]))
     vocab = corpus.tokenizer.vocab_size
     logp = unigram_logprobs(corpus.train, vocab)
-    with blocked_attention(model, device):
-        for i, length in enumerate(ev["lengths"]):
-            if length not in done:
-                windows, concatenated, long_docs = eval_windows(
-                    corpus.validation, length, ev["samples"], ev["min_sequences"]
-                )
-                batch = eval_batch_size(length, vocab, ev["tokens_per_batch"], ev["samples"])
-                last, full = perplexity(model, windows, batch, ev["last_tokens"], device, autocast)
-                done[length] = {
-                    "ppl_last256": last,
-                    "ppl_all": full,
-                    "n_sequences": len(windows),
-                    "concatenated": concatenated,
-                    "long_documents": long_docs,
-                    "unigram_ppl_all": unigram_perplexity(logp, windows[:, 1:]),
-                }
-                if partial is not None:
-                    atomic_write_json(partial, {str(k): v for k, v in done.items()})
-            reporter.eval_step(i + 1, f"L={length} ppl", done[length]["ppl_last256"])
+    for i, length in enumerate(ev["lengths"]):
+        if length not in done:
+            windows, concatenated, long_docs = eval_windows(
+                corpus.validation, length, ev["samples"], ev["min_sequences"]
+            )
+            batch = eval_batch_size(length, vocab, ev["tokens_per_batch"], ev["samples"])
+            last, full = perplexity(model, windows, batch, ev["last_tokens"], device, autocast)
+            done[length] = {
+                "ppl_last256": last,
+                "ppl_all": full,
+                "n_sequences": len(windows),
+                "concatenated": concatenated,
+                "long_documents": long_docs,
+                "unigram_ppl_all": unigram_perplexity(logp, windows[:, 1:]),
+            }
+            if partial is not None:
+                atomic_write_json(partial, {str(k): v for k, v in done.items()})
+        reporter.eval_step(i + 1, f"L={length} ppl", done[length]["ppl_last256"])
     return {n: done[n] for n in ev["lengths"]}
 
 
@@ -454,8 +432,10 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     torch.manual_seed(cfg["seed"])
     model = Transformer(model_config(cfg, vocab), parse_pe_spec(cfg["pe"])).to(device)
 
+    per_rank = shard_size(t["batch_size"])  # the whole batch, unless training data-parallel under torchrun
+
     def step_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = sample_windows(stream, rng, t["batch_size"], length).to(device)
+        batch = sample_windows(stream, rng, per_rank, length).to(device)
         with autocast():
             logits = model(batch[:, :-1])
         loss = cross_entropy(logits, batch[:, 1:])

@@ -1,0 +1,210 @@
+"""Data-parallel training of one ppl cell under ``torchrun`` (DDP).
+
+``torchrun --nproc-per-node 8 -m lenbench run --suite ppl ...`` starts one process per device; each
+runs the same command and so expands the same grid. :func:`detect` sees torchrun's ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK``; :class:`DataParallelExecutor` joins the process group (NCCL on
+CUDA, gloo on CPU) and runs the cells one after another on all ranks together:
+
+- rank 0 takes the cell's lock and decides (skip when done or busy, else run) for every rank;
+- the training loop (:func:`lenbench.train.train`) asks :func:`current` and, when set, wraps the model
+  in ``DistributedDataParallel``, gives each rank its own data stream (seeded by seed and rank), and
+  averages the loss over ranks (so a NaN on any rank fails the cell on all of them);
+- the suite samples ``batch_size // world_size`` sequences per rank (:func:`shard_size`), so the
+  global batch is the configured one; the cell config, and its folder, are those of a one-process run;
+- only rank 0 writes: results, checkpoints (holding every rank's RNG state, so resuming with the same
+  number of ranks is exact) and logs. The other ranks write into a private temporary folder, deleted
+  after the cell. Every rank evaluates (identical work, no collectives), so none waits on another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from lenbench.errors import LenbenchError
+from lenbench.executors import Outcome, report_outcome, run_cell_once
+from lenbench.results import CellDir, ResultStore, atomic_write_json
+from lenbench.suites.base import Cell, Reporter, SilentReporter
+from lenbench.train import NonFiniteLoss
+
+_CURRENT: DataParallel | None = None
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in a torchrun launch."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def detect() -> DistEnv | None:
+    """torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), or None when not launched by it."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError as exc:
+        raise LenbenchError(f"malformed torchrun environment: {exc}") from exc
+    return env if env.world_size > 1 else None
+
+
+def current() -> DataParallel | None:
+    """The active process group while :class:`DataParallelExecutor` runs a cell, else None."""
+    return _CURRENT
+
+
+def shard_size(batch_size: int) -> int:
+    """Sequences this rank samples per step: the global batch split evenly over ranks."""
+    par = current()
+    if par is None:
+        return batch_size
+    if batch_size % par.world_size:
+        raise LenbenchError(f"batch size {batch_size} is not divisible by {par.world_size} ranks")
+    return batch_size // par.world_size
+
+
+class DataParallel:
+    """The collectives the training loop needs, over the default process group."""
+
+    def __init__(self, env: DistEnv) -> None:
+        self.rank, self.world_size, self.local_rank = env.rank, env.world_size, env.local_rank
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.set_device(self.local_rank)
+
+    def rank_seed(self, seed: int) -> int:
+        """A seed of its own for this rank's data and dropout, derived from the cell's seed."""
+        return int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``DistributedDataParallel`` around ``model`` (its parameters stay the model's own)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.local_rank] if self.cuda else None)
+
+    def mean(self, value: torch.Tensor) -> float:
+        """The mean of a scalar over ranks."""
+        t = value.detach().float().reshape(1).clone()
+        torch.distributed.all_reduce(t)
+        return float(t) / self.world_size
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def own(self, ranks: list[Any] | None, fallback: Any) -> Any:
+        """This rank's entry of a per-rank list written by the same number of ranks, else ``fallback``."""
+        if ranks is not None and len(ranks) == self.world_size:
+            return ranks[self.rank]
+        return fallback if self.rank == 0 else None
+
+
+@contextlib.contextmanager
+def process_group(env: DistEnv) -> Iterator[DataParallel]:
+    """Join the process group (NCCL on CUDA, gloo on CPU), make it :func:`current`, leave it after."""
+    global _CURRENT
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(hours=2))  # evaluation of long lengths runs between steps
+    _CURRENT = DataParallel(env)
+    try:
+        yield _CURRENT
+    finally:
+        _CURRENT = None
+        dist.destroy_process_group()
+
+
+class _Announce:
+    """Wraps a suite so rank 0 tells the other ranks to start just before it runs the cell."""
+
+    def __init__(self, suite: Any, par: DataParallel) -> None:
+        self.suite, self.par, self.announced = suite, par, False
+
+    def run_cell(self, cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
+        self.announced = True
+        self.par.broadcast("run")
+        with contextlib.suppress(OSError, json.JSONDecodeError):  # the manifest says how this run trained
+            manifest = json.loads(cell_dir.manifest_path.read_text())
+            parallel = {
+                "world_size": self.par.world_size,
+                "backend": "nccl" if self.par.cuda else "gloo",
+                "batch_per_rank": shard_size(cell.config["train"]["batch_size"]),
+            }
+            atomic_write_json(cell_dir.manifest_path, {**manifest, "data_parallel": parallel})
+        return self.suite.run_cell(cell, cell_dir, reporter)
+
+
+class DataParallelExecutor:
+    """Runs each cell on all torchrun ranks together; rank 0 alone locks, writes and reports."""
+
+    def __init__(self, env: DistEnv) -> None:
+        self.env = env
+
+    def check(self, cells: list[Cell]) -> None:
+        """Refuse, before any process group is joined, cells this executor cannot split over the ranks."""
+        other = sorted({c.suite for c in cells} - {"ppl"})
+        if other:
+            raise LenbenchError(f"torchrun trains ppl cells data-parallel; suite {other[0]!r} runs without it")
+        for cell in cells:
+            batch = cell.config["train"]["batch_size"]
+            if batch % self.env.world_size:
+                raise LenbenchError(f"{cell.label}: batch size {batch} is not divisible by {self.env.world_size} ranks")
+
+    def run(self, cells: list[Cell], store: ResultStore, console: Console | None = None) -> list[Outcome]:
+        from lenbench.progress import RichReporter
+        from lenbench.suites import load_suite_module
+
+        self.check(cells)
+        rank0 = self.env.rank == 0
+        if rank0:
+            store.check_writable()
+        suite = load_suite_module("ppl")
+        outcomes = []
+        with process_group(self.env) as par, tempfile.TemporaryDirectory(prefix=f"lenbench-rank{par.rank}-") as tmp:
+            reporter: Reporter = SilentReporter()
+            with contextlib.ExitStack() as stack:
+                if rank0 and console is not None:
+                    backend = "nccl" if par.cuda else "gloo"
+                    console.print(f"[dim]data-parallel over {par.world_size} ranks ({backend})[/dim]")
+                    reporter = stack.enter_context(RichReporter(console))
+                for cell in cells:
+                    if rank0:
+                        announcing = _Announce(suite, par)
+                        outcome = run_cell_once(cell, store, announcing, reporter)
+                        if not announcing.announced:
+                            par.broadcast("skip")
+                        report_outcome(outcome, reporter)
+                        par.broadcast((outcome.status, outcome.summary, outcome.reason))
+                    else:
+                        if par.broadcast(None) == "run":
+                            scratch = ResultStore(tmp).cell(cell.suite, cell.label, cell.config)
+                            scratch.path.mkdir(parents=True, exist_ok=True)
+                            with contextlib.suppress(NonFiniteLoss):  # rank 0 records the failure
+                                suite.run_cell(cell, scratch, SilentReporter())
+                        status, summary, reason = par.broadcast(None)
+                        cell_dir = store.cell(cell.suite, cell.label, cell.config)
+                        outcome = Outcome(cell, cell_dir, status, summary, reason)
+                    outcomes.append(outcome)
+        return outcomes

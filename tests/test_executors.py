@@ -1,0 +1,174 @@
+"""Executors: a local pool and submitit jobs give the sequential run's results; DDP writes one ordinary cell."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_che_suite import cells
+
+from lenbench.cli import main
+from lenbench.executors import run_cell_once, run_in_process
+from lenbench.pool import LocalPool, cpu_cores
+from lenbench.results import ResultStore
+from lenbench.slurm import CellJob, SlurmArray, parse_time
+from lenbench.status import counts, folder_states, grid_states
+from lenbench.suites import SilentReporter, load_suite_module
+
+GRID = ("even_pairs,parity_check,reverse_string", "alibi,nope", "0")  # 6 cells
+LONG = {"steps": 200, "batch_size": 16, "lr": 1e-3, "max_length": 8, "checkpoint_every": 10, "log_every": 10}
+
+
+def sequential(grid: list, root: Path, threads: int) -> dict[str, str]:
+    """Run ``grid`` in this process with ``threads`` torch threads: label -> metrics.json text."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        outcomes = run_in_process(grid, ResultStore(root), load_suite_module("che"), SilentReporter())
+    finally:
+        torch.set_num_threads(before)
+    return {o.cell.label: o.cell_dir.metrics_path.read_text() for o in outcomes}
+
+
+def test_local_pool_matches_sequential_run(tmp_path: Path) -> None:
+    grid = cells(*GRID)
+    assert len(grid) == 6
+    expected = sequential(grid, tmp_path / "seq", max(1, cpu_cores() // 2))  # the pool's threads per worker
+    outcomes = LocalPool(2).run(grid, ResultStore(tmp_path / "pool"))
+    assert [o.status for o in outcomes] == ["done"] * 6
+    assert {o.cell.label: o.cell_dir.metrics_path.read_text() for o in outcomes} == expected
+    for o in outcomes:
+        log = (o.cell_dir.path / "run.log").read_text()
+        assert "threads" in log and log.rstrip().endswith("finished"), log
+        assert o.cell_dir.path.parent == tmp_path / "pool" / "che"
+    again = LocalPool(2).run(grid, ResultStore(tmp_path / "pool"))
+    assert [o.status for o in again] == ["skipped"] * 6
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_submitit_local_jobs_killed_then_resubmitted(tmp_path: Path) -> None:
+    grid = cells("even_pairs,parity_check", "alibi", train=LONG)
+    expected = sequential(grid, tmp_path / "seq", 1)
+    store = ResultStore(tmp_path / "res")
+    first = SlurmArray(cluster="local", gpus_per_cell=0, cpus_per_cell=1, time="10", folder=tmp_path / "jobs")
+    assert [o.status for o in first.run(grid, store)] == ["submitted", "submitted"]
+    killed = store.cell("che", grid[0].label, grid[0].config)
+    wait_for(lambda: killed.checkpoint_path.exists(), 120, "the first checkpoint")
+    first.jobs[0].cancel()  # SIGINT, like scancel: the cell stops, its checkpoint stays
+    survivor = first.jobs[1].result()
+    assert survivor.status == "done" and survivor.summary["resumed_from"] == 0
+    wait_for(lambda: first.jobs[0].done(), 60, "the cancelled job to exit")
+    (state, _) = grid_states(grid, store)
+    assert state.state == "pending" and "resumes from its checkpoint" in state.detail, state
+    again = SlurmArray(cluster="local", gpus_per_cell=0, cpus_per_cell=1, time="10", folder=tmp_path / "jobs")
+    assert [o.status for o in again.run(grid, store)] == ["submitted", "skipped"]  # only the unfinished cell
+    resumed = again.jobs[0].result()
+    assert resumed.status == "done" and resumed.summary["resumed_from"] >= LONG["checkpoint_every"]
+    assert {c.label: store.cell("che", c.label, c.config).metrics_path.read_text() for c in grid} == expected
+    assert counts(grid_states(grid, store))["done"] == 2
+    # preemption: submitit requeues what checkpoint() returns, the same cell (which resumes from disk)
+    delayed = CellJob(grid[0], str(store.root)).checkpoint()
+    assert delayed.function == CellJob(grid[0], str(store.root))
+
+
+def test_parse_time() -> None:
+    assert parse_time("08:00:00") == 480 and parse_time("90") == 90 and parse_time("1-00:00:00") == 1440
+    assert parse_time("00:00:30") == 1 and parse_time("2:30") == 3 and parse_time("1-2") == 26 * 60
+    for bad in ("8h", "0", "1:2:3:4"):
+        with pytest.raises(Exception, match="--time"):
+            parse_time(bad)
+
+
+def test_status_reads_done_running_failed_pending(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = cells("even_pairs", "alibi,nope,sinusoidal,rope")
+    store = ResultStore(tmp_path)
+    assert run_cell_once(grid[0], store, load_suite_module("che"), SilentReporter()).status == "done"
+    failed = store.cell("che", grid[1].label, grid[1].config)
+    failed.prepare(grid[1].config, {})
+    failed.mark_failed("loss is nan", 7)
+    running = store.cell("che", grid[2].label, grid[2].config)
+    running.prepare(grid[2].config, {})
+    with running.lock():
+        states = grid_states(grid, store)
+        assert [s.state for s in states] == ["done", "failed", "running", "pending"]
+        assert states[1].detail == "loss is nan (step 7)"
+        assert main(["status", "--out", str(tmp_path), "--suite", "che"]) == 0
+        table = capsys.readouterr().out
+        # the probe released its shared lock: the cell is still ours, and nobody else's
+        assert run_cell_once(grid[2], store, load_suite_module("che"), SilentReporter()).status == "busy"
+    assert [s.state for s in folder_states(store)] == ["done", "failed", "pending"]  # lock released: stopped
+    rows = {line.split()[1].split("/")[1].rsplit("-", 1)[0]: line for line in table.splitlines() if "che/" in line}
+    assert "done" in rows[grid[0].label] and "score" in rows[grid[0].label]
+    assert "failed" in rows[grid[1].label] and "running" in rows[grid[2].label]
+    assert "1 done, 1 running, 1 failed, 0 pending" in table
+
+
+def one_line_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lenbench: error: "), err
+    return err[0]
+
+
+def test_bad_executor_input_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = ["run", "--out", str(tmp_path), "--task", "even_pairs"]
+    assert "--workers must be >= 1" in one_line_error([*run, "--executor", "local", "--workers", "0"], capsys)
+    assert "unknown executor 'foo'" in one_line_error([*run, "--executor", "foo"], capsys)
+    assert "--executor local only" in one_line_error([*run, "--workers", "2"], capsys)
+    assert "--executor slurm only" in one_line_error([*run, "--partition", "gpu"], capsys)
+    bad_time = [*run, "--executor", "slurm", "--time", "8h"]
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if lenbench[slurm] were not installed
+    assert "pip install 'lenbench[slurm]'" in one_line_error(bad_time, capsys)
+    monkeypatch.delitem(sys.modules, "submitit")
+    assert "--time '8h'" in one_line_error(bad_time, capsys)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "drop --executor local" in one_line_error([*run, "--executor", "local"], capsys)
+    assert "ppl cells" in one_line_error(run, capsys)  # before joining any process group
+
+
+PPL = ["--suite", "ppl", "--profile", "quick", "--pe", "dape", "--model", "tiny", "--steps", "6", "--batch-size", "4",
+       "--train-length", "32", "--eval-lengths", "32,64"]
+
+
+def test_ddp_two_gloo_ranks_write_one_ordinary_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LENBENCH_CACHE", str(tmp_path / "cache"))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "lenbench"]
+    done = subprocess.run([*launch, "run", *PPL, "--out", str(tmp_path / "ddp")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "data-parallel over 2 ranks (gloo)" in done.stderr
+    assert done.stdout.count("trained at 32") == 1  # rank 0 alone prints
+    assert main(["run", *PPL, "--out", str(tmp_path / "single")]) == 0
+    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["ppl"]
+    (ddp,) = list((tmp_path / "ddp" / "ppl").iterdir())  # one cell folder, written by rank 0
+    (single,) = list((tmp_path / "single" / "ppl").iterdir())
+    assert ddp.name == single.name  # the same cell config, so the same folder name
+    assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
+    log = [json.loads(line) for line in (ddp / "train_log.jsonl").read_text().splitlines()]
+    assert log and all(math.isfinite(r["loss"]) for r in log)
+
+    def schema(folder: Path) -> list[tuple]:
+        records = json.loads((folder / "metrics.json").read_text())
+        return sorted((r["eval_len"], r["metric"], tuple(sorted(r))) for r in records)
+
+    assert schema(ddp) == schema(single)
+    assert set(json.loads((ddp / "DONE").read_text())) == set(json.loads((single / "DONE").read_text()))
+    manifest = json.loads((ddp / "manifest.json").read_text())
+    assert manifest["data_parallel"] == {"world_size": 2, "backend": "gloo", "batch_per_rank": 2}
