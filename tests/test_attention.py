@@ -46,7 +46,7 @@ def test_backends_agree(name: str, causal: bool) -> None:
 
 def test_backend_choice() -> None:
     assert make_pair("rope", True)[0].choose_backend(torch.device("cpu")) == "sdpa"
-    assert make_pair("alibi", True)[0].choose_backend(torch.device("cpu")) == "sdpa_bias"
+    assert make_pair("alibi", True)[0].choose_backend(torch.device("cpu")) == "blocked_bias"
     assert make_pair("dape", True)[0].choose_backend(torch.device("cpu")) == "explicit"
 
 
@@ -95,16 +95,66 @@ def test_model_init_leaves_pe_modules_at_their_own_init() -> None:
 
 
 def test_cpu_evaluation_backend_depends_on_length() -> None:
-    from lenbench.model.attention import BLOCK_BUDGET, FLEX_CPU_MIN_LENGTH, flex_available
+    """CPU: query blocks for training and short evaluation; evaluation goes to FlexAttention from
+    FLEX_CPU_MIN_LENGTH on (when a compiler exists); CUDA picks flex/materialized."""
+    from lenbench.model.attention import FLEX_CPU_MIN_LENGTH, flex_available
 
     cpu = torch.device("cpu")
     alibi, _ = make_pair("alibi", True)
+    fire, _ = make_pair("fire", True)
     randomized, _ = make_pair("randomized-alibi", True)  # positions hook: no exact score_mod path
-    long = int((BLOCK_BUDGET / alibi.heads) ** 0.5) + 1
-    assert alibi.choose_backend(cpu, 64) == "sdpa_bias"  # training: materialized bias, exact gradients
+    assert alibi.choose_backend(cpu, 64) == "blocked_bias"  # training: exact gradients
+    assert fire.choose_backend(cpu, FLEX_CPU_MIN_LENGTH) == "blocked_bias"
     with torch.no_grad():
-        assert alibi.choose_backend(cpu, FLEX_CPU_MIN_LENGTH - 1) == "sdpa_bias"
-        expected = "flex" if flex_available(cpu) else ("explicit" if FLEX_CPU_MIN_LENGTH >= long else "sdpa_bias")
-        assert alibi.choose_backend(cpu, FLEX_CPU_MIN_LENGTH) == expected
-        assert randomized.choose_backend(cpu, long - 1) == "sdpa_bias"
-        assert randomized.choose_backend(cpu, long) == "explicit"
+        assert alibi.choose_backend(cpu, FLEX_CPU_MIN_LENGTH - 1) == "blocked_bias"
+        assert fire.choose_backend(cpu, FLEX_CPU_MIN_LENGTH - 1) == "blocked_bias"
+        expected = "flex" if flex_available(cpu) else "blocked_bias"
+        assert fire.choose_backend(cpu, FLEX_CPU_MIN_LENGTH) == expected
+        assert alibi.choose_backend(cpu, 4 * FLEX_CPU_MIN_LENGTH) == expected
+        assert randomized.choose_backend(cpu, 4 * FLEX_CPU_MIN_LENGTH) == "blocked_bias"
+    cuda = torch.device("cuda")
+    assert alibi.choose_backend(cuda, 64) == "flex"  # no trained parameters: score_mod is exact
+    assert make_pair("kerple", True)[0].choose_backend(cuda, 64) == "sdpa_bias"  # r1, r2 train
+    assert randomized.choose_backend(cuda, 64) == "sdpa_bias"
+
+
+STATIC_BIAS_PES = ["alibi", "kerple", "kerple-power", "t5", "fire", "randomized-alibi"]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("name", STATIC_BIAS_PES)
+def test_blocked_bias_matches_materialized(monkeypatch: pytest.MonkeyPatch, name: str, causal: bool) -> None:
+    """Query blocks (5 here, the last one short) with the distance-row windows give the same
+    outputs and gradients as SDPA with the whole materialized bias."""
+    monkeypatch.setattr(attention_module, "BIAS_BLOCK", 5)
+    cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=1, heads=4, causal=causal, max_length=64)
+    torch.manual_seed(0)
+    pe = build_pes(cfg, parse_pe_spec(name))[0]
+    blocked = Attention(32, 4, pe, causal, backend="blocked_bias")
+    plain = Attention(32, 4, pe, causal, backend="sdpa_bias")
+    plain.load_state_dict(blocked.state_dict())
+    x = torch.randn(2, 23, 32)
+    results = []
+    for att in (blocked, plain):  # backward before the next forward: Kerple clamps its parameters in place
+        torch.manual_seed(1)  # randomized-alibi: the same position draw for both
+        y = att(x)
+        y.square().sum().backward()
+        results.append((y.detach(), {n: p.grad.clone() for n, p in att.named_parameters() if p.grad is not None}))
+        att.zero_grad()
+    (y_blocked, grads), (y_plain, grads_plain) = results
+    assert blocked.last_backend == "blocked_bias"
+    assert torch.allclose(y_blocked, y_plain, atol=1e-5)
+    assert grads and grads.keys() == grads_plain.keys()
+    for n, g in grads.items():
+        assert torch.allclose(g, grads_plain[n], atol=1e-4), n
+
+
+def test_distance_row_windows_by_hand() -> None:
+    """ALiBi causal, one head of slope m, N = 4: the row holds -m (i - j) for i - j = 3, 2, 1, 0
+    and -inf for the three future distances."""
+    cfg = ModelConfig(vocab_size=5, out_size=3, dim=8, layers=1, heads=1, causal=True, max_length=64)
+    att = Attention(8, 1, build_pes(cfg, parse_pe_spec("alibi"))[0], True)
+    m = float(att.pe.slopes[0])
+    row = att.distance_row(torch.arange(4))
+    inf = float("-inf")
+    assert row.tolist() == [[-3 * m, -2 * m, -m, 0.0, inf, inf, inf]]

@@ -4,18 +4,24 @@ Backends:
 
 - ``sdpa``: no bias, default scores -> ``scaled_dot_product_attention`` (flash on GPU).
 - ``sdpa_bias``: a static bias -> SDPA with the materialized fp32 ``[H, N, N]`` bias as float
-  mask (exact gradients; CPU training).
+  mask (the plain form; exact gradients).
+- ``blocked_bias``: a static bias -> SDPA per block of :data:`BIAS_BLOCK` queries, each with the
+  float mask of its own ``[H, block, keys]`` slice only; causal blocks skip future keys (half the
+  work and memory at long N). For a translation-invariant bias (ALiBi, Kerple, T5 at ``arange``
+  positions) the bias is evaluated once on the ``2N - 1`` distances, with -inf on future ones when
+  causal, and each block's mask is a strided window of that row (``mask[h, a, j] = row[h, N - 1 -
+  i_a + j]``), so no per-element kernel math runs per block. Exact gradients; CPU training and
+  evaluation.
 - ``flex``: a static bias with a ``score_mod`` -> compiled FlexAttention, used on CUDA (unless the
   PE's own parameters train: score_mod sees them detached) and for CPU evaluation under
-  ``no_grad`` from :data:`FLEX_CPU_MIN_LENGTH` tokens (torch 2.13 has no CPU backward, pe_zoo.md §16.2).
+  ``no_grad`` from :data:`FLEX_CPU_MIN_LENGTH` tokens on (torch 2.13 has no CPU backward,
+  pe_zoo.md §16.2); below that, compiling per length costs more than it saves.
 - ``explicit``: a ``scores`` hook (DAPE, CoPE, Transformer-XL) -> logits computed per block of
   queries so memory stays ``O(B * block * N * width)``, never ``O(H * N^2)`` at once: the block is
   sized so the widest per-block tensor (DAPE's ``[B, block, N, hidden]`` MLP/conv activations, or
   ``[S; B]``) fits :data:`BLOCK_BUDGET`. Causal blocks skip future keys (keys past the block's last
   query), unless the PE sets ``reads_future_keys`` (a scores hook whose visible logits depend on
   future keys, e.g. DAPE V2 without zeroing): then every key is kept, so blocking stays exact.
-  CPU evaluation of a static bias without a usable ``score_mod`` also takes this path once the
-  materialized ``[H, N, N]`` bias would exceed :data:`BLOCK_BUDGET` elements.
 
 All backends agree to float tolerance (tests/test_attention.py).
 """
@@ -32,15 +38,19 @@ from torch import nn
 
 from lenbench.pe.base import PositionalEncoding
 
-BACKENDS = ("auto", "sdpa", "sdpa_bias", "flex", "explicit")
+BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "flex", "explicit")
 
 # Elements allowed in one block's widest intermediate (fp32: 4 bytes each), ~512 MiB.
 BLOCK_BUDGET = 1 << 27
 
 
-# CPU evaluation uses compiled FlexAttention from this length on: compiling costs seconds per new
-# length, the materialized [H, N, N] bias it replaces costs more than that only at long lengths
-# (benchmarks/flex_bias.py: 4-6x faster than SDPA with the bias at N=512..1024 on 2 cores).
+# Queries per block of the ``blocked_bias`` backend: 64 was fastest of 32..1024 for Kerple at
+# N=4096 on a 2-core CPU (`python benchmarks/attention.py --block B`, benchmarks/README.md).
+BIAS_BLOCK = 64
+
+# CPU evaluation of a static bias uses compiled FlexAttention from this length on: compiling costs
+# seconds per new length; at 2048 and 4096 Flex beat query blocks for every static bias
+# (benchmarks/README.md).
 FLEX_CPU_MIN_LENGTH = 1024
 
 
@@ -96,9 +106,10 @@ class Attention(nn.Module):
     def choose_backend(self, device: torch.device, n: int = 0) -> str:
         """The backend a forward over ``n`` tokens uses (see module docstring).
 
-        On CPU under ``no_grad``: compiled FlexAttention from :data:`FLEX_CPU_MIN_LENGTH` on where
-        the PE has a ``score_mod``; else the query-blocked explicit path once the ``[H, N, N]`` bias
-        would exceed :data:`BLOCK_BUDGET` elements.
+        CUDA: compiled FlexAttention where the PE has an exact ``score_mod`` and its parameters do
+        not train here, else SDPA with the materialized bias. CPU: query blocks (``blocked_bias``),
+        except that evaluation uses compiled FlexAttention from :data:`FLEX_CPU_MIN_LENGTH` tokens
+        on (benchmarks/attention.py).
         """
         pe = type(self.pe)
         if pe.has_hook("scores"):
@@ -110,14 +121,15 @@ class Attention(nn.Module):
         exact_positions = not pe.has_hook("positions")
         # score_mod captures parameters detached: a PE whose parameters train here needs the materialized bias.
         trains_pe = torch.is_grad_enabled() and any(p.requires_grad for p in self.pe.parameters())
-        evaluating_cpu = device.type == "cpu" and not torch.is_grad_enabled()
-        flex_here = device.type == "cuda" or (evaluating_cpu and n >= FLEX_CPU_MIN_LENGTH)
-        if flex_here and exact_positions and not trains_pe and flex_available(device):
-            if self.pe.score_mod() is not None:
+        if device.type == "cuda":
+            if exact_positions and not trains_pe and flex_available(device) and self.pe.score_mod() is not None:
                 return "flex"
-        if evaluating_cpu and self.heads * n * n > BLOCK_BUDGET:
-            return "explicit"
-        return "sdpa_bias"
+            return "sdpa_bias"
+        evaluating = not torch.is_grad_enabled()
+        fused_wins = evaluating and n >= FLEX_CPU_MIN_LENGTH
+        if fused_wins and exact_positions and flex_available(device) and self.pe.score_mod() is not None:
+            return "flex"
+        return "blocked_bias"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -130,6 +142,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         elif backend == "sdpa_bias":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.materialized_mask(pos, q.dtype))
+        elif backend == "blocked_bias":
+            y = self.blocked_bias(q, k, v, pos)
         elif backend == "flex":
             y = self.flex(q, k, v)
         else:
@@ -144,6 +158,43 @@ class Attention(nn.Module):
             future = torch.ones(n, n, dtype=torch.bool, device=pos.device).triu(1)
             mask = mask.masked_fill(future, float("-inf"))
         return mask.to(dtype)[None]
+
+    def distance_row(self, pos: torch.Tensor) -> torch.Tensor:
+        """``[H, 2N - 1]``: the bias at distance ``i - j = N - 1 - t`` in column ``t`` (past side first).
+
+        Valid for a translation-invariant bias at ``arange`` positions; future distances are -inf
+        when causal (that is the causal mask).
+        """
+        n = pos.shape[0]
+        keys = torch.arange(2 * n - 1, device=pos.device, dtype=pos.dtype)  # i - j = n-1 .. -(n-1)
+        row = self.pe.bias(pos[n - 1 :], keys)[:, 0]  # one call: in-place parameter clamps run once
+        if self.causal:
+            row = row.masked_fill(keys >= n, float("-inf"))
+        return row
+
+    def blocked_bias(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """SDPA over blocks of :data:`BIAS_BLOCK` queries with each block's slice of the bias."""
+        n = q.shape[-2]
+        toeplitz = type(self.pe).translation_invariant and not type(self.pe).has_hook("positions")
+        row = self.distance_row(pos) if toeplitz else None
+        outs = []
+        for start in range(0, n, BIAS_BLOCK):
+            stop = min(n, start + BIAS_BLOCK)
+            keys = stop if self.causal else n
+            if row is not None:
+                # windows[h, u, j] = row[h, n - stop + u + j]; query i = stop - 1 - u.
+                mask = row[:, n - stop : 2 * n - 1 - start - (n - keys)].unfold(-1, keys, 1).flip(1)
+            else:
+                mask = self.pe.bias(pos[start:stop], pos[:keys])
+                if self.causal:
+                    rows = torch.arange(start, stop, device=q.device)[:, None]
+                    mask = mask.masked_fill(torch.arange(keys, device=q.device)[None, :] > rows, float("-inf"))
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], attn_mask=mask.to(q.dtype)[None]
+                )
+            )
+        return torch.cat(outs, dim=2)
 
     def flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from torch.nn.attention.flex_attention import create_block_mask

@@ -58,6 +58,9 @@ class PositionalEncoding(nn.Module):
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     shared: ClassVar[bool] = False
+    # True when ``bias(q_pos, k_pos)`` depends on ``q_pos - k_pos`` only (ALiBi, Kerple, T5): attention
+    # then builds the bias of any block from one row of ``2N - 1`` distances.
+    translation_invariant: ClassVar[bool] = False
 
     def __init__(self, ctx: PEContext, **options: Any) -> None:
         super().__init__()

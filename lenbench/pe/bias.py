@@ -70,6 +70,7 @@ class ALiBi(PositionalEncoding):
     name = "alibi"
     description = "linear distance penalty (Press et al. 2022); encoder: -m|i-j| + 0.5m on past keys"
     shared = True
+    translation_invariant = True
 
     def __init__(self, ctx: PEContext, **options: Any) -> None:
         super().__init__(ctx, **options)
@@ -92,6 +93,7 @@ class _KerpleBase(PositionalEncoding):
     """Shared machinery of the Kerple kernels: per-head parameters, in-place clamp, sides."""
 
     shared = False  # per layer, as DAPE builds it (dape.md §1.4); KER shares one module
+    translation_invariant = True
 
     def __init__(self, ctx: PEContext, **options: Any) -> None:
         super().__init__(ctx, **options)
@@ -254,6 +256,7 @@ class T5Bias(PositionalEncoding):
     name = "t5"
     description = "T5 bucketed learned bias (Raffel et al. 2020), 32 buckets / 128, shared table; encoder: halves"
     shared = True
+    translation_invariant = True
 
     def __init__(self, ctx: PEContext, num_buckets: int = 32, max_distance: int = 128, **options: Any) -> None:
         super().__init__(ctx, **options)
@@ -437,6 +440,7 @@ class RandomizedALiBi(RandomizedPositions, ALiBi):
 
     name = "randomized-alibi"
     description = "ALiBi at sorted random positions (or RPE's random distances) from [0, L) (Ruoss et al. 2023)"
+    translation_invariant = False  # the bias of a forward depends on that forward's draw
 
     def __init__(self, ctx: PEContext, randomize: str = "positions", **options: Any) -> None:
         super().__init__(ctx, **options)

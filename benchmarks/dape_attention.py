@@ -1,16 +1,19 @@
-"""Query-blocked vs unblocked explicit attention for a ``scores`` PE (default DAPE-Kerple).
+"""DAPE attention (issue 9, target 4): query-blocked vs unblocked explicit attention for a ``scores`` PE.
 
 One causal attention layer, 16 heads of width 64, D_DAPE 32, batch 1, forward under ``no_grad``
 (evaluation). "unblocked" computes all N queries at once (the ``[1, N, N, 32]`` MLP hidden tensor
 exists whole); "blocked" uses ``--block`` queries per block, sized through
 ``lenbench.model.attention.BLOCK_BUDGET`` exactly as the library sizes it, and skips future key
-blocks. Each variant runs in a fresh process; peak memory is that process's peak RSS
+blocks. Achieved GFLOP/s is measured against the arithmetic count of a causal forward,
+``N(N+1)/2 * (4 h d + 2 (2h D + D h))`` FLOP (QK^T and PV, then DAPE's MLP ``[S; B] (2h) -> D -> h``
+per visible pair; ~6e10 at N=4096, 16 heads, D=32), the horizon being a fused kernel within 3x of it.
+Each variant runs in a fresh process; peak memory is that process's peak RSS
 (``getrusage`` max RSS) above its RSS just before the first forward. Time is the median of
 ``--repeats`` forwards after the first. The outputs of the two variants are compared.
 
-    python benchmarks/blocked_scores.py                    # N = 1024, 2048
-    python benchmarks/blocked_scores.py --long             # adds N = 4096 (~8 GB unblocked)
-    python benchmarks/blocked_scores.py --pe cope --lengths 512,1024 --block 64
+    python benchmarks/dape_attention.py                    # N = 1024, 2048
+    python benchmarks/dape_attention.py --long             # adds N = 4096 (~8 GB unblocked)
+    python benchmarks/dape_attention.py --pe cope --lengths 512,1024 --block 64
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ def child(args: argparse.Namespace) -> None:
                       "hidden_mib": block * n * int(getattr(att.pe, "hidden", 0)) * 4 / 2**20}))
 
 
+def forward_flop(n: int, heads: int, head_dim: int, hidden: int) -> float:
+    """Arithmetic FLOP of one causal DAPE attention forward (module docstring)."""
+    return n * (n + 1) / 2 * (4 * heads * head_dim + 2 * (2 * heads * hidden + hidden * heads))
+
+
 def run_variant(args: argparse.Namespace, n: int, variant: str, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--n", str(n), "--out", str(out),
            "--pe", args.pe, "--heads", str(args.heads), "--head-dim", str(args.head_dim),
@@ -90,7 +98,7 @@ def run_variant(args: argparse.Namespace, n: int, variant: str, out: Path) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="1024,2048", help="comma-separated sequence lengths")
-    parser.add_argument("--long", action="store_true", help="also run N=4096 (unblocked needs ~8 GB)")
+    parser.add_argument("--long", action="store_true", help="also run N=4096 (unblocked needs ~9 GB)")
     parser.add_argument("--pe", default="dape-kerple", help="a PE with a scores hook")
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--head-dim", type=int, default=64)
@@ -111,15 +119,16 @@ def main() -> None:
     lengths = [int(v) for v in args.lengths.split(",")] + ([4096] if args.long else [])
     print(f"{args.pe}, causal forward, batch 1, {args.heads} heads x {args.head_dim}, hidden {args.hidden}, "
           f"blocked = {args.block} queries/block; median of {args.repeats} after the first")
-    print(f"{'N':>6} {'variant':>10} {'block':>6} {'ms':>10} {'peak MiB':>10} {'hidden MiB':>11}")
+    print(f"{'N':>6} {'variant':>10} {'block':>6} {'ms':>10} {'peak MiB':>10} {'hidden MiB':>11} {'GFLOP/s':>9}")
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in lengths:
             rows = {}
             for variant in ("unblocked", "blocked"):
                 rows[variant] = r = run_variant(args, n, variant, Path(tmp) / f"{variant}.pt")
+                gflops = forward_flop(n, args.heads, args.head_dim, args.hidden) / (r["ms"] * 1e6)
                 print(f"{n:>6} {variant:>10} {r['block']:>6} {r['ms']:>10.1f} {r['peak_mib']:>10.1f} "
-                      f"{r['hidden_mib']:>11.1f}", flush=True)
+                      f"{r['hidden_mib']:>11.1f} {gflops:>9.1f}", flush=True)
             diff = (torch.load(Path(tmp) / "blocked.pt") - torch.load(Path(tmp) / "unblocked.pt")).abs().max().item()
             b, u = rows["blocked"], rows["unblocked"]
             summary.append((n, b["ms"] / u["ms"], b["peak_mib"] / max(u["peak_mib"], 1e-9), diff))
