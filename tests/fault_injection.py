@@ -250,6 +250,26 @@ def write_failure(work: Path, suite: Path) -> Check:
     return check
 
 
+def bad_inputs(work: Path) -> Check:
+    """The CLI tests' tables of malformed invocations and files, each run as a real process."""
+    from test_cli import bad_inputs as invocations
+    from test_cli import corrupted_and_data_inputs
+
+    check = Check("bad input: exit 2, one error line naming the problem, no traceback")
+    folder = work / "bad-input"
+    folder.mkdir()
+    for args, expected in [*invocations(folder), *corrupted_and_data_inputs(folder)]:
+        proc = run([sys.executable, "-m", "lenbench", *args])
+        errors = [x for x in proc.stderr.splitlines() if x.startswith("lenbench: error")]
+        ok = proc.returncode == 2 and len(errors) == 1 and expected.lower() in errors[0].lower()
+        ok = ok and "Traceback" not in proc.stderr
+        check.tried += 1
+        check.passed += int(ok)
+        shown = " ".join(a if len(a) < 40 else "..." + a[-30:] for a in args)
+        check.notes.append(f"{'ok  ' if ok else 'FAIL'} `{shown}` -> {errors[0] if errors else proc.stderr[-200:]!r}")
+    return check
+
+
 def report(checks: list[Check], kills: int, seconds: float) -> str:
     rows = "\n".join(
         f"| {c.name} | {c.tried} | {c.passed} | {'yes' if c.ok else 'NO'} |" for c in checks
@@ -264,7 +284,15 @@ def report(checks: list[Check], kills: int, seconds: float) -> str:
         "A kill counts as survived when the rerun of its grid ends with every cell DONE, metrics and\n"
         "training logs byte-identical to an uninterrupted run, and no torn file or temporary left.\n\n"
         "| fault | tried | held | all held |\n|---|---|---|---|\n"
-        f"{rows}\n\n## Details\n\n{details}\n"
+        f"{rows}\n\n"
+        "Shown by the pytest suite instead (run by `.ci/run`): exact checkpoint resume\n"
+        "(`tests/test_che_suite.py::test_resume_matches_uninterrupted_run`,\n"
+        "`tests/test_ppl.py::test_resume_matches_uninterrupted_run`), config drift to a new cell id\n"
+        "(`tests/test_results.py::test_config_hash_is_canonical_and_sensitive`,\n"
+        "`tests/test_results.py::test_prepare_refuses_a_different_config`,\n"
+        "`tests/test_report.py::test_duplicate_configs_are_reported`) and a failed write keeping the\n"
+        "old file (`tests/test_results.py::test_write_failure_names_the_path_and_keeps_the_old_file`).\n\n"
+        f"## Details\n\n{details}\n"
     )
 
 
@@ -284,6 +312,7 @@ def main() -> int:
             concurrent_runs(work, suite, reference),
             nan_loss(work, suite),
             write_failure(work, suite),
+            bad_inputs(work),
         ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
