@@ -211,8 +211,11 @@ def che_grid_figure(frame: pd.DataFrame, tasks: list[str], cols: int = 5) -> Fig
         for ax in axes.flat:
             for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(lab, h)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, len(handles)), frameon=False)
+        fig.tight_layout()
+        # Hung below the figure's bottom edge: the tight bounding box at save time takes it in, so
+        # it never overlaps the x labels, however many rows the grid or the legend has.
+        fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(6, len(handles)), frameon=False)
     return fig
 
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The reference results of README.md: lenbench's quick profiles run for real on a 2-core CPU.
+# Run from the repository root:  bash results/reference/run.sh
+# Every number under results/reference/ was written by these commands (never edited by hand).
+set -euo pipefail
+OUT=results/reference
+PES=nope,rope,alibi,kerple,fire,dape-kerple
+
+# CHE, quick profile: one task per Chomsky level plus one more regular task, 2 seeds.
+lenbench run --suite che --profile quick --pe "$PES" --seeds 0,1 \
+  --task parity_check,even_pairs,reverse_string,missing_duplicate_string --out "$OUT"
+
+# ppl, quick profile (tiny decoder, train 128, eval 128..2048, embedded stdlib corpus), one seed,
+# 600 of the profile's 1500 steps so that the whole script stays near an hour on 2 cores.
+lenbench run --suite ppl --profile quick --pe "$PES" --seeds 0 --steps 600 --out "$OUT"
+
+# timing, quick profile: one block of the 350M shape at 512..2048 (+ full-model estimates).
+lenbench timing --profile quick --pe "$PES" --out "$OUT"
+
+lenbench report --results "$OUT" --out "$OUT/report" --format md,csv,tex,html
