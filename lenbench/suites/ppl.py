@@ -17,7 +17,8 @@ the records say ``concatenated: true``. Two perplexities are stored, pooled over
 
 Logits and labels are sliced alike (position t predicts token t + 1), fixing the released DAPE
 eval step (dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
-evaluated with the query-blocked explicit attention (memory O(block * L), not O(H * L^2)), so
+evaluated with FlexAttention from 1024 tokens and query-blocked SDPA below (``model.attention``),
+``scores`` PEs with query-blocked explicit attention: memory O(block * L), never O(H * L^2), so
 L = 8192 fits a 24 GB machine for every PE.
 """
 
