@@ -449,6 +449,8 @@ def test_viz_panels_and_terms_reproduce_the_attention(
 def test_viz_loads_a_model_file_and_rejects_bad_input(trained: dict[str, Path], tmp_path: Path) -> None:
     folder, file = V.load(trained["alibi"]).model.state_dict(), V.load(trained["alibi"] / "model.pt").model
     assert all(torch.equal(folder[k], v) for k, v in file.state_dict().items())
+    _, bare = V.visualize(trained["alibi"], query=16, out=tmp_path / "no_suffix")
+    assert bare == tmp_path / "no_suffix.png" and bare.stat().st_size > 5000  # the path it reports exists
     with pytest.raises(Exception, match="out of range"):
         V.visualize(trained["alibi"], query=16, layer=5)
     with pytest.raises(Exception, match="heads 0..3"):

@@ -212,6 +212,8 @@ def visualize(
     fig = plot_terms(terms, chosen, title)
     folder = loaded.source.parent
     target = Path(out) if out is not None else folder / f"attention_L{layer_index}_q{query}.png"
+    if not target.suffix:  # matplotlib would add ".png" itself; name the file it writes
+        target = target.with_suffix(".png")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(target, dpi=150, bbox_inches="tight")
