@@ -1,7 +1,7 @@
 """The static part of the PE zoo against hand-computed values (pe_zoo.md §6, §7, §9, §10, §12, §13, §17).
 
 T5 buckets, Kerple-power, FIRE, YaRN / PI / NTK, randomized PEs, score_mod = materialized bias,
-backend agreement, a 4x-longer-than-trained forward and parameter counts for every new PE.
+and, for every registered PE: backend agreement, a 4x-longer-than-trained forward and parameter counts.
 """
 
 from __future__ import annotations
@@ -14,30 +14,25 @@ import torch
 import torch.nn.functional as F
 
 from lenbench.errors import LenbenchError
+from lenbench.model import attention as attention_module
 from lenbench.model.attention import Attention
 from lenbench.model.transformer import ModelConfig, Transformer, build_pes
-from lenbench.pe import PEContext, parse_pe_spec
+from lenbench.pe import PES, PEContext, parse_pe_spec
 from lenbench.pe.absolute import RandomizedLearned, RandomizedSinusoidal, sinusoid_table
 from lenbench.pe.bias import FIRE, KerplePower, RandomizedALiBi, T5Bias, alibi_slopes
 from lenbench.pe.dape import DAPEFIRE
 from lenbench.pe.registry import resolve_pes
 from lenbench.pe.rotary import RandomizedRoPE, RoPE, RoPENTK, RoPEPI, YaRN
 
-NEW_PES = [
-    "randomized-sinusoidal",
-    "randomized-learned",
-    "randomized-rope",
-    "randomized-alibi",
-    "randomized-alibi:randomize=distances",
-    "yarn",
-    "rope-pi",
-    "rope-ntk",
+SCORE_MOD_PES = [
+    "alibi",
+    "kerple",
     "t5",
     "kerple-power",
     "fire",
-    "dape-fire",
+    "randomized-alibi",
+    "randomized-alibi:randomize=distances",
 ]
-SCORE_MOD_PES = ["t5", "kerple-power", "fire", "randomized-alibi", "randomized-alibi:randomize=distances"]
 CPU = torch.device("cpu")
 
 
@@ -71,6 +66,22 @@ def test_t5_buckets_both_directions(distance: int) -> None:
     assert causal.bucket(here, ahead).item() == 0  # causal: future keys clamp to distance 0
     assert enc.bucket(here, back).item() == T5_BIDIRECTIONAL[distance]
     assert enc.bucket(here, ahead).item() == (0 if distance == 0 else T5_FUTURE[distance])
+
+
+# pe_zoo.md §17, the rest of the table: n = i - j; negative n is a future key (bidirectional only).
+T5_TABLE_CAUSAL = {16: 16, 17: 16, 20: 17, 23: 18, 24: 19, 31: 21, 32: 21, 45: 23, 46: 24, 63: 26, 90: 29, 91: 29}
+T5_TABLE_BIDIRECTIONAL = {11: 8, 12: 9, 15: 9, 16: 10, 31: 11, 32: 12, 63: 13, -1: 17, -8: 24, -128: 31, -1000: 31}
+
+
+def test_t5_buckets_match_the_reference_table() -> None:
+    causal, enc = T5Bias(ctx(causal=True)), T5Bias(ctx(causal=False))
+    here = torch.tensor([3000])
+    for n in range(16):
+        assert causal.bucket(here, here - n).item() == n
+    for n, bucket in T5_TABLE_CAUSAL.items():
+        assert causal.bucket(here, here - n).item() == bucket, n
+    for n, bucket in T5_TABLE_BIDIRECTIONAL.items():
+        assert enc.bucket(here, here - n).item() == bucket, n
 
 
 def test_t5_bias_reads_the_shared_table() -> None:
@@ -168,6 +179,16 @@ def test_dape_fire_uses_a_leaky_fire_base() -> None:
     assert pe.base.act(z).tolist() == pytest.approx([-0.01, 2.0])
 
 
+def test_dape_fire_passes_l0_to_its_fire() -> None:
+    from lenbench.pe.dape import DAPEV2FIRE
+
+    assert DAPEFIRE(ctx(heads=2)).base.l0 == 512.0  # FIRE's default
+    assert DAPEFIRE(ctx(heads=2), l0=64).base.l0 == 64.0  # DAPE's NeoX LM runs
+    assert DAPEV2FIRE(ctx(heads=2), l0=256).base.l0 == 256.0
+    with pytest.raises(LenbenchError):
+        DAPEFIRE(ctx(heads=2), l0=0)
+
+
 # --- RoPE scaling -----------------------------------------------------------------------------------
 
 
@@ -200,6 +221,15 @@ def test_yarn_frequencies_and_mscale(length: int, s: int, k_low: int, k_high: in
     assert (qr_long[..., 0, :] * kr_long[..., 0, :]).sum().item() == pytest.approx(
         mscale**2 * (q * q).sum().item(), rel=1e-3
     )
+    # at every position both cos and sin carry m: the rotation is m times a rotation (norm m |q|), and
+    # q.k is m^2 times the plain rotary dot product at YaRN's frequencies (only q_pos - k_pos matters)
+    assert torch.allclose(qr_long.norm(dim=-1), mscale * q.norm(dim=-1).expand(1, 1, s * length), rtol=1e-4)
+    plain = RoPE(ctx(heads=1, dim=64, train_length=length))
+    plain.inv_freq = inv
+    q1, k1 = plain.rotate(q.expand(1, 1, s * length, 64), q.expand(1, 1, s * length, 64), torch.arange(s * length),
+                          torch.arange(s * length))
+    dots, plain_dots = (qr_long[0, 0, 100] * kr_long[0, 0, 37]).sum(), (q1[0, 0, 100] * k1[0, 0, 37]).sum()
+    assert dots.item() == pytest.approx(mscale**2 * plain_dots.item(), rel=1e-4, abs=1e-4)
 
 
 def test_yarn_ramp_blends_pairs_1_to_3_at_l128() -> None:
@@ -335,67 +365,147 @@ def test_score_mod_matches_materialized_bias(spec: str, causal: bool) -> None:
     assert torch.allclose(out, F.scaled_dot_product_attention(*qkv, attn_mask=mask[None]), atol=1e-5)
 
 
-# --- whole-model checks -------------------------------------------------------------------------------
+# --- whole-model checks, every registered PE ------------------------------------------------------
+#
+# The lists below are PES.names(): a PE registered later is covered by these tests without an edit
+# (the parameter-count table asserts it has an entry).
+
+ALL_PES = PES.names()
 
 
-def make_pair(spec: str, causal: bool) -> tuple[Attention, Attention]:
-    cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=1, heads=4, causal=causal, train_length=8, max_length=64)
-    pe = build_pes(cfg, parse_pe_spec(spec))[0]
-    fast = Attention(32, 4, pe, causal, backend="auto")
-    ref = Attention(32, 4, pe, causal, backend="explicit")
-    ref.load_state_dict(fast.state_dict())
-    return fast, ref
+def textbook_attention(att: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Unblocked reference: full ``[B, H, N, N]`` logits ``qk^T/sqrt(d)``, then the PE's rotate and
+    its scores hook or bias, the causal mask and a plain softmax (DESIGN.md hooks)."""
+    b, n, _ = x.shape
+    q, k, v = att.qkv(x).view(b, n, 3, att.heads, att.head_dim).permute(2, 0, 3, 1, 4)
+    pe = att.pe
+    pos = pe.positions(n, x.device)
+    q, k = pe.rotate(q, k, pos, pos)
+    s = q @ k.transpose(-1, -2) / math.sqrt(att.head_dim)
+    if type(pe).has_hook("scores"):
+        s = pe.scores(s, q, k, pos, pos)
+    elif type(pe).has_hook("bias"):
+        s = s + pe.bias(pos, pos)
+    if att.causal:
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    y = torch.softmax(s, -1) @ v
+    return att.out(y.transpose(1, 2).reshape(b, n, att.dim))
+
+
+def backends_of(pe_type: type) -> list[str]:
+    """The backends that apply to a PE: every bias backend for a static bias, blocked explicit
+    attention for a scores hook, SDPA otherwise (compiled Flex is covered by the score_mod test)."""
+    if pe_type.has_hook("scores"):
+        return ["explicit"]
+    if pe_type.has_hook("bias"):
+        return ["auto", "sdpa_bias", "blocked_bias", "explicit"]
+    return ["auto", "explicit"]
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("spec", NEW_PES)
-def test_backends_agree(spec: str, causal: bool) -> None:
+@pytest.mark.parametrize("spec", ALL_PES)
+def test_backends_agree(monkeypatch: pytest.MonkeyPatch, spec: str, causal: bool) -> None:
+    """Every backend of every PE against the textbook reference: outputs to 1e-5, gradients to 1e-4,
+    with query blocks of 5 (the last one short) in the blocked backends."""
+    n, heads = 19, 4  # 19 > 2 x train length 8: the scaled RoPEs are active
+    cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=1, heads=heads, causal=causal, train_length=8,
+                      max_length=64)
     torch.manual_seed(0)
-    fast, ref = make_pair(spec, causal)
-    x = torch.randn(2, 19, 32)  # 19 > 2 x train length: the scaled RoPEs are active
+    pe = build_pes(cfg, parse_pe_spec(spec))[0]
+    with torch.no_grad():  # CoPE's zero-initialised tables would hide its position term
+        for p in pe.parameters():
+            if not p.any():
+                p.normal_(std=0.5)
+    monkeypatch.setattr(attention_module, "BIAS_BLOCK", 5)
+    width = max(heads, int(getattr(pe, "hidden", 0)) + 2 * heads)
+    monkeypatch.setattr(attention_module, "BLOCK_BUDGET", 2 * n * width * 5)
+    x = torch.randn(2, n, 32)
 
-    def run(attn: Attention) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        torch.manual_seed(1)  # the same random positions for both backends
-        for p in attn.parameters():
-            p.grad = None
-        y = attn(x)
-        y.square().sum().backward()
-        return y, [p.grad.clone() for p in attn.parameters() if p.grad is not None]
+    def run(attn: Attention, reference: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(1)  # the same random positions for every backend
+        attn.zero_grad()
+        y = textbook_attention(attn, x) if reference else attn(x)
+        y.square().sum().backward()  # before the next forward: Kerple clamps its parameters in place
+        return y.detach(), {k: p.grad.clone() for k, p in attn.named_parameters() if p.grad is not None}
 
-    (y_fast, g_fast), (y_ref, g_ref) = run(fast), run(ref)
-    assert ref.last_backend == "explicit"
-    assert torch.allclose(y_fast, y_ref, atol=1e-5), (spec, fast.last_backend)
-    for a, b in zip(g_fast, g_ref, strict=True):
-        assert torch.allclose(a, b, atol=1e-4)
+    ref = Attention(32, heads, pe, causal, backend="explicit")
+    y_ref, g_ref = run(ref, reference=True)
+    for backend in backends_of(type(pe)):
+        att = Attention(32, heads, pe, causal, backend=backend)
+        att.load_state_dict(ref.state_dict())
+        y, g = run(att)
+        assert backend == "auto" or att.last_backend == backend
+        assert torch.allclose(y, y_ref, atol=1e-5), (spec, backend, att.last_backend)
+        assert g.keys() == g_ref.keys()
+        for key, grad in g.items():
+            assert torch.allclose(grad, g_ref[key], atol=1e-4), (spec, backend, key)
+
+
+def test_backends_test_can_fail() -> None:
+    """The textbook reference differs from attention that drops the PE term (the check has teeth)."""
+    cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=1, heads=4, causal=True, train_length=8)
+    torch.manual_seed(0)
+    pe = build_pes(cfg, parse_pe_spec("kerple"))[0]
+    att = Attention(32, 4, pe, True)
+    x = torch.randn(2, 19, 32)
+    plain = F.scaled_dot_product_attention(
+        *att.qkv(x).view(2, 19, 3, 4, 8).permute(2, 0, 3, 1, 4), is_causal=True
+    )
+    assert not torch.allclose(att.out(plain.transpose(1, 2).reshape(2, 19, 32)), textbook_attention(att, x), atol=1e-3)
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_every_new_pe_runs_4x_past_its_training_length(causal: bool) -> None:
-    for spec in NEW_PES:
-        cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=2, heads=4, causal=causal, prenorm=causal,
-                          train_length=8, max_length=32)
-        model = Transformer(cfg, parse_pe_spec(spec)).eval()
-        with torch.no_grad():
-            out = model(torch.randint(0, 5, (2, 32)))
-        assert out.shape == (2, 32, 3) and torch.isfinite(out).all(), spec
+@pytest.mark.parametrize("spec", ALL_PES)
+def test_every_pe_runs_4x_past_its_training_length(spec: str, causal: bool) -> None:
+    """One training step at length 8 (gradients reach the PE), then evaluation at 32 = 4 x 8."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=2, heads=4, causal=causal, prenorm=causal,
+                      train_length=8, max_length=32)
+    model = Transformer(cfg, parse_pe_spec(spec))
+    model(torch.randint(0, 5, (2, 8))).square().mean().backward()
+    pe_params = [p for blk in model.blocks for p in blk.attn.pe.parameters()]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in pe_params), spec
+    with torch.no_grad():
+        out = model.eval()(torch.randint(0, 5, (2, 32)))
+    assert out.shape == (2, 32, 3) and torch.isfinite(out).all(), spec
 
 
-def test_parameter_counts_follow_the_formulas() -> None:
-    layers, heads, dim = 2, 4, 32
+def pe_parameter_formulas(causal: bool, layers: int, heads: int, dim: int, train_length: int) -> dict[str, int]:
+    """Parameters each registered PE adds to a model, from its formula (docstrings; pe_zoo.md, dape.md)."""
+    h, dh, sides = heads, dim // heads, 1 if causal else 2
+    kerple = 2 * sides * h  # r1, r2 per head (and per side in the encoder)
+    fire = 1 * 32 + 32 + 32 * h + h + 1 + 1  # Linear(1, 32), Linear(32, H), c, L multiplier
+    mlp = 2 * h * 32 + 32 + 32 * h + h  # DAPE: Linear(2H, 32), Linear(32, H)
+    conv = 2 * h * 32 * 3 + 32 + 32 * h * 3 + h  # DAPE V2: Conv(2H -> 32, 1x3), Conv(32 -> H, 1x3)
+    randomized_l = 4 * train_length if causal else 2048
+    per_layer = {
+        "nope": 0, "sinusoidal": 0, "rope": 0, "rope-pi": 0, "rope-ntk": 0, "yarn": 0,
+        "randomized-sinusoidal": 0, "randomized-rope": 0, "alibi": 0, "randomized-alibi": 0,
+        "kerple": kerple, "kerple-power": kerple, "fire": fire,
+        "cope": sides * dh * 64, "transformer-xl": 2 * h * dh + dim * h * dh,
+        "dape": mlp + kerple, "dape-kerple": mlp + kerple, "dape-alibi": mlp, "dape-fire": mlp + fire,
+        "dape-v2-kerple": conv + kerple, "dape-v2-alibi": conv, "dape-v2-fire": conv + fire,
+    }
+    shared = {"learned": 64 * dim, "randomized-learned": randomized_l * dim, "t5": 32 * h}  # one for all layers
+    return {**{k: layers * v for k, v in per_layer.items()}, **shared}
 
-    def count(spec: str, causal: bool) -> int:
-        cfg = ModelConfig(vocab_size=5, out_size=3, dim=dim, layers=layers, heads=heads, causal=causal, max_length=64)
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_parameter_counts_follow_the_formulas(causal: bool) -> None:
+    layers, heads, dim, train_length = 2, 4, 32, 16
+
+    def count(spec: str) -> int:
+        cfg = ModelConfig(vocab_size=5, out_size=3, dim=dim, layers=layers, heads=heads, causal=causal,
+                          train_length=train_length, max_length=64)
         return Transformer(cfg, parse_pe_spec(spec)).num_parameters()
 
-    fire = 1 * 32 + 32 + 32 * heads + heads + 1 + 1  # Linear(1,32), Linear(32,H), c, L multiplier
-    dape = 2 * heads * 32 + 32 + 32 * heads + heads  # Linear(2H, 32), Linear(32, H)
-    for causal in (True, False):
-        base = count("nope", causal)
-        sides = 1 if causal else 2
-        assert count("fire", causal) - base == layers * fire  # one FIRE per layer
-        assert count("dape-fire", causal) - base == layers * (fire + dape)
-        assert count("t5", causal) - base == 32 * heads  # one table shared by all layers
-        assert count("kerple-power", causal) - base == layers * 2 * sides * heads
-        assert count("randomized-learned:max_position=100", causal) - base == 100 * dim
-        for spec in ("randomized-sinusoidal", "randomized-rope", "randomized-alibi", "yarn", "rope-pi", "rope-ntk"):
-            assert count(spec, causal) == base, spec
+    formulas = pe_parameter_formulas(causal, layers, heads, dim, train_length)
+    assert sorted(formulas) == sorted(ALL_PES)  # every registered PE has a formula
+    base = count("nope")
+    for spec, expected in formulas.items():
+        assert count(spec) - base == expected, spec
+    assert count("randomized-learned:max_position=100") - base == 100 * dim
+    add_residual = heads * 16 + 16 + 16 * heads + heads  # Linear(H, 16), Linear(16, H)
+    kerple = 2 * (1 if causal else 2) * heads
+    assert count("dape-kerple:variant=add_residual,hidden=16") - base == layers * (add_residual + kerple)
+    assert count("dape-v2-alibi:kernel=5,hidden=7") - base == layers * (2 * heads * 7 * 5 + 7 + 7 * heads * 5 + heads)

@@ -83,3 +83,20 @@ def test_plugin_by_entry_point_trains(tmp_path: Path, monkeypatch: pytest.Monkey
     assert PES.get("linear-bias").__module__ == "lenbench_demo_plugin"
     state, log = train_cell("linear-bias:init=0.3", tmp_path / "results")
     assert_trained(state, log, 0.3)
+
+
+def test_plugin_by_path_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``lenbench run --pe path/to/file.py:ClassName`` trains and evaluates a cell, lenbench untouched."""
+    from lenbench.cli import main
+
+    plugin = tmp_path / "my_pe.py"
+    plugin.write_text(EXAMPLE.read_text())
+    out = tmp_path / "results"
+    args = ["run", "--suite", "che", "--pe", f"{plugin}:LinearBias:init=0.2", "--task", "parity_check", "--seeds", "0",
+            "--profile", "quick", "--steps", "4", "--batch-size", "8", "--test-lengths", "41", "--eval-samples", "8",
+            "--layers", "1", "--dim", "16", "--heads", "2", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    (done,) = out.rglob("DONE")
+    state = torch.load(next(done.parent.rglob("*.pt")), map_location="cpu", weights_only=False)
+    w = state["model"]["blocks.0.attn.pe.w"]
+    assert w.shape == (2, 2) and not torch.allclose(w, torch.full_like(w, 0.2))

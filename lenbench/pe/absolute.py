@@ -26,7 +26,7 @@ class NoPE(PositionalEncoding):
     comes only from the mask."""
 
     name = "nope"
-    description = "no positional encoding (order only from the causal mask)"
+    description = "no positional encoding (order only from the causal mask; none in the encoder)"
     shared = True
 
 

@@ -155,7 +155,13 @@ def sample_positions(n: int, limit: int, device: torch.device | None = None) -> 
 
 
 class RandomizedPositions(PositionalEncoding):
-    """Mixin: :meth:`positions` returns sorted random positions from ``[0, L)`` (module docstring).
+    """Mixin: :meth:`positions` returns ``n`` sorted distinct positions drawn from ``[0, L)``.
+
+    Policy (the comment block above, Ruoss et al. 2023): ``max_position`` L defaults to 2048 for
+    the CHE encoder and ``4 * train_length`` for the LM; a fresh draw per call (per forward for
+    input-level PEs, per layer and forward in attention), also in eval mode unless
+    ``eval_random=False``; for ``n > L`` ``overflow="arange"`` uses ``0..n-1`` and
+    ``overflow="error"`` raises.
 
     The latest draw is kept in ``self.sample`` so that :meth:`score_mod` (which receives no
     positions) can use the very positions :meth:`bias` was given in the same forward.

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from lenbench.errors import LenbenchError
 from lenbench.pe.base import (
@@ -83,7 +83,7 @@ class ALiBi(PositionalEncoding):
         slopes = self.slopes.detach()
         causal = self.ctx.causal
 
-        def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
+        def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             return score + slopes[h] * alibi_distance((q - kv).to(torch.float32), causal)
 
         return mod
@@ -109,7 +109,7 @@ class _KerpleBase(PositionalEncoding):
         raise NotImplementedError
 
     def clamp_(self) -> None:
-        """KER's constraint: in-place clamp of ``.data`` before every forward (pe_zoo.md §12)."""
+        """KER's constraint: in-place clamp of ``.data`` before every bias (pe_zoo.md §12)."""
         raise NotImplementedError
 
     def kernel(self, dist: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class _KerpleBase(PositionalEncoding):
         r1, r2 = self.r1.detach().clone(), self.r2.detach().clone()
         causal, kernel = self.ctx.causal, self.kernel
 
-        def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
+        def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             d = (q - kv).to(torch.float32)
             past = kernel(d.clamp(min=0), r1[0, h], r2[0, h])
             if causal:
@@ -162,9 +162,10 @@ class KerpleLog(_KerpleBase):
         return torch.rand(sides, heads)
 
     def clamp_(self) -> None:
-        with torch.no_grad():
-            self.r1.clamp_(min=0.01)
-            self.r2.clamp_(min=0.01)
+        # On ``.data`` as KER does: no autograd version bump, so a forward that calls bias() once per
+        # query block (explicit attention, DAPE) can still backpropagate; idempotent within a forward.
+        self.r1.data.clamp_(min=0.01)
+        self.r2.data.clamp_(min=0.01)
 
     def kernel(self, dist: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
         return -r1 * torch.log1p(r2 * dist)
@@ -191,9 +192,9 @@ class KerplePower(_KerpleBase):
         return 2.0 * torch.rand(sides, heads)
 
     def clamp_(self) -> None:
-        with torch.no_grad():
-            self.r1.clamp_(min=0.01)
-            self.r2.clamp_(min=0.01, max=2.0)
+        # On ``.data`` (see KerpleLog.clamp_): the exponent is saved for backward by ``pow``.
+        self.r1.data.clamp_(min=0.01)
+        self.r2.data.clamp_(min=0.01, max=2.0)
 
     def kernel(self, dist: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
         return -r1 * dist.pow(r2)
@@ -250,8 +251,17 @@ def t5_bucket(rel: torch.Tensor, lut: torch.Tensor, half: int = 0) -> torch.Tens
 
 @PES.register("t5")
 class T5Bias(PositionalEncoding):
-    """T5's bucketed learned bias (see module docstring): causal buckets for the LM, bidirectional
-    halves (past | future) for the CHE encoder. Options ``num_buckets=32``, ``max_distance=128``."""
+    """T5's bucketed learned bias (Raffel et al. 2020; HF ``_relative_position_bucket``; pe_zoo.md §10).
+
+    ``B_h(i, j) = T[bucket(i - j), h]``, ``T`` learned ``[num_buckets, H]``, init ``N(0, 0.02)``, one
+    table for all layers, added to the scaled logits without a sqrt(d_h) factor.
+    Causal (LM): ``n = max(i - j, 0)`` over all buckets. Bidirectional (CHE encoder): half the buckets
+    for past keys (``n = i - j >= 0``), the other half (offset ``num_buckets / 2``) for future keys
+    (``n = j - i``). Per side with ``e`` = half its buckets: ``bucket = n`` for ``n < e``, else
+    ``min(e + floor(ln(n / e) / ln(max_distance / e) (buckets - e)), buckets - 1)``
+    (:func:`t5_magnitude_buckets`). Options ``num_buckets=32``, ``max_distance=128``.
+    Parameters: ``num_buckets * H`` in all.
+    """
 
     name = "t5"
     description = "T5 bucketed learned bias (Raffel et al. 2020), 32 buckets / 128, shared table; encoder: halves"
@@ -281,7 +291,7 @@ class T5Bias(PositionalEncoding):
     def score_mod(self) -> ScoreMod | None:
         table, lut, half = self.table.detach().to(torch.float32).clone(), self.lut, self.half
 
-        def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
+        def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             return score + table[t5_bucket(q - kv, lut, half), h]
 
         return mod
@@ -339,8 +349,19 @@ def activation(z: torch.Tensor, negative_slope: float) -> torch.Tensor:
 
 @PES.register("fire")
 class FIRE(PositionalEncoding):
-    """FIRE bias (see module docstring). Options: ``mlp_width=32``, ``init_c=0.1``, ``l0=512``, ``eps=1e-6``.
+    """FIRE bias (Li et al., ICLR 2024; DAPE ``FIRE`` L451, ARITH ``FIRE``; pe_zoo.md §13).
 
+    ``psi(x) = log(|c x| + 1)``, ``L = |L_mult * l0|``, ``f = Linear(1, 32) -> ReLU -> Linear(32, H)``.
+    Causal (LM): ``B(i, j) = f(psi(i - j) / (psi(max(i, L)) + eps))`` for ``j <= i`` (future entries
+    use distance 0 and are masked): for ``i <= L`` the normaliser is the constant ``psi(L)``, past it
+    ``psi(i)`` (progressive interpolation, inputs stay in [0, 1] at any length).
+    Bidirectional (CHE encoder; ours, no source defines one, pe_zoo.md §13 proposal):
+    ``B(i, j) = f(sign(i - j) psi(|i - j|) / (psi(max(i, j, L)) + eps))``, in [-1, 1], left and right
+    distinguishable.
+
+    Options: ``mlp_width=32``, ``init_c=0.1``, ``l0=512`` (the class default of ARITH and DAPE's
+    ``DAPE.py``, pe_zoo.md §13 recommendation; DAPE's NeoX LM runs used 64), ``eps=1e-6``. ``c`` and
+    ``L_mult`` (init 1) learn; ``l0`` is fixed. MLP: PyTorch default init. One FIRE per layer.
     Parameters per layer: ``32 + 32`` (first linear), ``32 H + H`` (second), ``c``, ``L_mult``.
     """
 
@@ -397,7 +418,7 @@ class FIRE(PositionalEncoding):
         w2, b2 = self.fc2.weight.detach().clone(), self.fc2.bias.detach().clone()
         causal, eps, width, slope = self.ctx.causal, self.eps, self.fc1.out_features, self.negative_slope
 
-        def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
+        def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             x = fire_input(q.to(torch.float32), kv.to(torch.float32), c[0], threshold[0], causal, eps)
             out = b2[h]
             for u in range(width):
@@ -478,7 +499,7 @@ class RandomizedALiBi(RandomizedPositions, ALiBi):
         causal, by_position = self.ctx.causal, self.mode == "positions"
         last = sample.shape[0] - 1
 
-        def mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor):
+        def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             if by_position:
                 r = sample[q] - sample[kv]
             else:

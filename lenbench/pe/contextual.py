@@ -120,9 +120,11 @@ class TransformerXL(PositionalEncoding):
     ``add_negative_side`` form; ``R_{-delta}`` differs from ``R_delta`` in its sine half, so the two
     sides are distinguishable.
 
-    One module per layer with its own ``u``, ``v`` and ``W_R``, as DAPE's ``xl_bias`` baseline does;
-    the official TXL shares ``u, v`` across layers (pe_zoo.md §15), which the per-layer PE interface
-    cannot express. ``clamp_len > 0`` caps ``|i - j|`` (TXL ``clamp_len``; default off).
+    One module per layer with its own ``u``, ``v`` and ``W_R``, as DAPE's ``xl_bias`` baseline does
+    (the TXL run of the DAPE paper). The official TXL shares one ``u, v`` pair across layers
+    (pe_zoo.md §15, §18); the model builds a PE either once for all layers or once per layer, so
+    sharing ``u, v`` alone is not offered. ``clamp_len > 0`` caps ``|i - j|`` (TXL ``clamp_len``;
+    default off).
     Parameters per layer: ``2 H d_h + d_model * H d_h``.
     """
 

@@ -29,7 +29,14 @@ VARIANTS = ("concat_residual", "concat", "add_residual")
 
 
 class DAPE(PositionalEncoding):
-    """DAPE over a base bias PE: logits ``S + B + f([S; B])`` (see module docstring)."""
+    """DAPE over a base bias PE: logits ``S + B + f([S; B])`` (variants in the module docstring).
+
+    Causal (LM) and bidirectional (CHE encoder) forms are the same formula: f is point-wise in
+    (i, j), so each form is DAPE over the base's own causal or bidirectional ``B`` (e.g. Kerple's
+    separate past/future parameters). In the causal form f also sees future entries of S and B;
+    their outputs are overwritten by the mask, so nothing leaks (dape.md §1.3).
+    Parameters per layer: ``(2h or h) D + D + D h + h`` plus the base's.
+    """
 
     base_class: ClassVar[type[PositionalEncoding]]
     shared = False
@@ -42,10 +49,14 @@ class DAPE(PositionalEncoding):
             raise LenbenchError(f"DAPE hidden width must be >= 1, got {hidden}")
         self.variant = variant
         self.hidden = int(hidden)
-        self.base = self.base_class(ctx)
+        self.base = self.base_class(ctx, **self.base_options())
         h = ctx.heads
         self.fc1 = nn.Linear(h if variant == "add_residual" else 2 * h, self.hidden)
         self.fc2 = nn.Linear(self.hidden, h)
+
+    def base_options(self) -> dict[str, Any]:
+        """Options for the base bias (DAPE-FIRE passes its ``l0``); none by default."""
+        return {}
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """The base bias B (DAPE's own output depends on the scores, see :meth:`scores`)."""
@@ -106,12 +117,23 @@ class DAPEALiBi(DAPE):
     base_class = ALiBi
 
 
+class _FIREBaseOption:
+    """Mixin for the DAPE forms over FIRE: option ``l0`` (FIRE's fixed threshold part, default 512,
+    :class:`~lenbench.pe.bias.FIRE`) reaches the base; DAPE's NeoX LM runs used ``l0=64``
+    (``noise_seq_length // 2``, dape.md §1.5)."""
+
+    def __init__(self, ctx: PEContext, l0: float = 512.0, **options: Any) -> None:
+        self.l0 = float(l0)
+        super().__init__(ctx, **options)  # type: ignore[call-arg]
+
+    def base_options(self) -> dict[str, Any]:
+        return {"l0": self.l0}
 
 
 @PES.register("dape-fire")
-class DAPEFIRE(DAPE):
+class DAPEFIRE(_FIREBaseOption, DAPE):
     """DAPE over FIRE (dape.md §1.5): ``S + B_fire + f([S; B_fire])``. As in DAPE's ``FIRE_C``, the
-    FIRE MLP inside uses LeakyReLU(0.01); FIRE's defaults (l0 512) and both forms otherwise."""
+    FIRE MLP inside uses LeakyReLU(0.01); FIRE's defaults and both forms otherwise; ``l0`` option."""
 
     name = "dape-fire"
     description = "DAPE (Zheng et al. 2024) over FIRE (LeakyReLU MLP): S + B + MLP([S;B]) per layer"
@@ -169,10 +191,14 @@ class DAPEV2(PositionalEncoding):
         self.zero_future = bool(zero_future)
         # Without zeroing, a causal model's visible logits read future keys (attention keeps them all).
         self.reads_future_keys = ctx.causal and not self.zero_future
-        self.base = self.base_class(ctx)
+        self.base = self.base_class(ctx, **self.base_options())
         h = ctx.heads
         self.conv1 = nn.Conv2d(2 * h, self.hidden, (1, self.kernel), padding=(0, self.kernel // 2))
         self.conv2 = nn.Conv2d(self.hidden, h, (1, self.kernel), padding=(0, self.kernel // 2))
+
+    def base_options(self) -> dict[str, Any]:
+        """Options for the base bias (DAPE-V2-FIRE passes its ``l0``); none by default."""
+        return {}
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """The base bias B (DAPE V2's own output depends on the scores, see :meth:`scores`)."""
@@ -219,9 +245,10 @@ class DAPEV2ALiBi(DAPEV2):
 
 
 @PES.register("dape-v2-fire")
-class DAPEV2FIRE(DAPEV2):
+class DAPEV2FIRE(_FIREBaseOption, DAPEV2):
     """DAPE V2 over FIRE (dape.md §2.1, ``FIRE_DAPEV2``); as in that code the FIRE MLP inside uses
-    LeakyReLU(0.01) (:class:`~lenbench.pe.bias.LeakyFIRE`, FIRE's defaults and both forms otherwise)."""
+    LeakyReLU(0.01) (:class:`~lenbench.pe.bias.LeakyFIRE`, FIRE's defaults and both forms otherwise);
+    ``l0`` option (the V2 configs' ``noise_seq_length: 512`` gives DAPE's ``l0 = 256``)."""
 
     name = "dape-v2-fire"
     description = "DAPE V2 (1xk conv over keys, k=3) over FIRE (LeakyReLU MLP), future entries zeroed"
