@@ -49,7 +49,7 @@ def child(args: argparse.Namespace) -> None:
         "profile": {
             "model": {"layers": args.layers, "dim": args.dim, "heads": args.heads, "dropout": 0.1},
             "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": 1e-3, "checkpoint_every": 0,
-                      "log_every": args.steps},
+                      "log_every": args.steps, "compile": args.compile},
             "eval": {"lengths": [41], "samples": 1, "batch_size": 1},
         },
     }
@@ -62,6 +62,7 @@ def child(args: argparse.Namespace) -> None:
             super().__init__()
             self.stamps: list[float] = []
             self.lengths: list[int] = []
+            self.compile_seconds = 0.0
 
         def train_step(self, step: int, metrics: dict[str, float]) -> None:
             self.stamps.append(time.time())
@@ -70,8 +71,10 @@ def child(args: argparse.Namespace) -> None:
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as root:
-        run_in_process([cell], ResultStore(Path(root)), module, clock)
-    print(json.dumps({"stamps": clock.stamps, "lengths": clock.lengths, "params": params, "end": time.time()}))
+        (outcome,) = run_in_process([cell], ResultStore(Path(root)), module, clock)
+    clock.compile_seconds = float((outcome.summary or {}).get("compile_seconds_this_run", 0.0))
+    print(json.dumps({"stamps": clock.stamps, "lengths": clock.lengths, "params": params, "end": time.time(),
+                      "compile_seconds": clock.compile_seconds}))
 
 
 def flops(params: int, lengths: list[int], batch: int, layers: int, dim: int) -> float:
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile(dynamic=True)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -110,6 +114,8 @@ def main() -> None:
     print(f"config: {args.task}, {args.pe}, {args.layers}x{args.dim}, {args.heads} heads, batch {args.batch_size}, "
           f"{args.steps} steps, {result['params']:,} parameters")
     print(f"time to first step   {first:8.1f} s")
+    if args.compile:
+        print(f"compiling            {result['compile_seconds']:8.1f} s (wall clock of the steps that compiled)")
     print(f"steps/s after first  {rate:8.2f}")
     print(f"training wall clock  {train_seconds:8.1f} s (process start to last step)")
     print(f"total wall clock     {wall:8.1f} s (with evaluation and exit)")

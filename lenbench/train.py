@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,6 +59,34 @@ class Checkpointer(Protocol):
 StepFn = Callable[[nn.Module, np.random.Generator, int], tuple[torch.Tensor, dict[str, float]]]
 
 
+class CompileClock:
+    """Seconds spent in training steps that compiled a new graph (``torch.compile``'s cost).
+
+    A step counts when dynamo's count of compiled frames grew during it; its whole wall clock is
+    charged (compilation dominates such a step: seconds against milliseconds of compute).
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._t0 = 0.0
+        self._frames = 0
+
+    @staticmethod
+    def frames() -> int:
+        from torch._dynamo.utils import counters
+
+        return int(sum(counters["frames"].values())) + int(sum(counters["stats"].values()))
+
+    def begin(self) -> None:
+        self._frames = self.frames()
+        self._t0 = time.perf_counter()
+
+    def end(self) -> None:
+        elapsed = time.perf_counter() - self._t0
+        if self.frames() != self._frames:
+            self.seconds += elapsed
+
+
 def lr_lambda(cfg: OptimConfig) -> Callable[[int], float]:
     """Multiplier of the base LR at a step: constant, or linear warmup then cosine decay."""
     warmup = int(cfg.warmup_frac * cfg.steps)
@@ -73,15 +102,25 @@ def lr_lambda(cfg: OptimConfig) -> Callable[[int], float]:
     return factor
 
 
+def fused_ok(model: nn.Module) -> bool | None:
+    """Fused Adam(W) (one kernel over all parameters: the same update, less per-parameter overhead)
+    when every parameter is a floating tensor on the CPU or CUDA; ``None`` lets torch choose otherwise."""
+    params = list(model.parameters())
+    ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return True if ok else None
+
+
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam (CHE) or AdamW with decay on weights only, not biases or norms (dape.md §1.4)."""
     if cfg.weight_decay == 0:
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        return torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused_ok(model)
+        )
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if name.endswith(".bias") or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused_ok(model))
 
 
 def train(
@@ -93,12 +132,17 @@ def train(
     checkpoint_every: int = 0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    compile_clock: CompileClock | None = None,
 ) -> int:
     """Train for ``cfg.steps`` steps (resuming from the checkpointer if it has state).
 
     ``step_fn(model, rng, step)`` returns ``(loss, metrics)``; ``on_step(step, metrics)`` sees every
     completed step (1-based); ``on_start(step)`` is called once with the step training starts
     from (non-zero when resuming). Returns the step it resumed from (0 for a fresh run).
+
+    With a ``compile_clock`` the model runs through ``torch.compile(dynamic=True)`` and the clock
+    sums the wall clock of the steps that compiled a graph (kept out of the metrics, which must
+    replay identically on resume).
     """
     from lenbench.distributed import current
 
@@ -122,12 +166,16 @@ def train(
             rng.bit_generator.state = rngs["numpy"]
             random.setstate(rngs["python"])
             torch.set_rng_state(rngs["torch"])
+            if rngs.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rngs["cuda"])
         start = int(state["step"])
     if on_start is not None:
         on_start(start)
 
     def rng_states() -> dict[str, Any]:
-        return {"numpy": rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state()}
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None  # dropout draws there on GPU
+        return {"numpy": rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
+                "cuda": cuda}
 
     def snapshot(step: int) -> dict[str, Any]:
         snap = {
@@ -143,7 +191,12 @@ def train(
 
     model.train()
     net = model if par is None else par.wrap(model)
+    clock = compile_clock
+    if clock is not None:
+        net = torch.compile(net, dynamic=True)
     for step in range(start, cfg.steps):
+        if clock is not None:
+            clock.begin()
         loss, metrics = step_fn(net, rng, step)
         value = float(loss.detach()) if par is None else par.mean(loss)
         if not math.isfinite(value):
@@ -155,6 +208,8 @@ def train(
         optimizer.step()
         scheduler.step()
         metrics = {"loss": value, **metrics, "lr": scheduler.get_last_lr()[0]}
+        if clock is not None:
+            clock.end()
         if on_step is not None:
             on_step(step + 1, metrics)
         done = step + 1

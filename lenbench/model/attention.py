@@ -125,37 +125,55 @@ class Attention(nn.Module):
             if exact_positions and not trains_pe and flex_available(device) and self.pe.score_mod() is not None:
                 return "flex"
             return "sdpa_bias"
+        if torch.compiler.is_compiling():
+            return "sdpa_bias"  # one graph for every length: no Python loop over query blocks to specialize
         evaluating = not torch.is_grad_enabled()
         fused_wins = evaluating and n >= FLEX_CPU_MIN_LENGTH
         if fused_wins and exact_positions and flex_available(device) and self.pe.score_mod() is not None:
             return "flex"
         return "blocked_bias"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """``[B, N, E] -> [B, N, E]``, or ``[B, last, E]``: only the last ``last`` queries (encoder only).
+
+        With ``last`` every token is still a key and value; a static bias then goes through
+        ``sdpa_bias`` on its ``[H, last, N]`` slice (small: it is the final layer's few read rows).
+        """
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         pos = self.pe.positions(n, x.device)
         q, k = self.pe.rotate(q, k, pos, pos)
         backend = self.backend if self.backend in ("explicit",) else self.choose_backend(x.device, n)
+        if last is not None:
+            if self.causal:
+                raise ValueError("reading only the last positions is for the bidirectional encoder")
+            q = q[:, :, n - last :]
+            if backend in ("blocked_bias", "flex"):
+                backend = "sdpa_bias"
+        nq = q.shape[-2]
         self.last_backend = backend
         if backend == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         elif backend == "sdpa_bias":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.materialized_mask(pos, q.dtype))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.materialized_mask(pos, q.dtype, nq))
         elif backend == "blocked_bias":
             y = self.blocked_bias(q, k, v, pos)
         elif backend == "flex":
             y = self.flex(q, k, v)
         else:
             y = self.explicit(q, k, v, pos)
-        return self.out(y.transpose(1, 2).reshape(b, n, self.dim))
+        return self.out(y.transpose(1, 2).reshape(b, nq, self.dim))
 
-    def materialized_mask(self, pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``[1, H, N, N]`` float mask: the PE bias plus -inf on future keys when causal."""
-        mask = self.pe.bias(pos, pos)
+    def materialized_mask(self, pos: torch.Tensor, dtype: torch.dtype, queries: int | None = None) -> torch.Tensor:
+        """``[1, H, Nq, N]`` float mask for the last ``queries`` (default all N) positions as queries.
+
+        The PE bias plus -inf on future keys when causal.
+        """
+        n = pos.shape[0]
+        first = n - (n if queries is None else queries)
+        mask = self.pe.bias(pos[first:], pos)
         if self.causal:
-            n = pos.shape[0]
-            future = torch.ones(n, n, dtype=torch.bool, device=pos.device).triu(1)
+            future = torch.ones(n - first, n, dtype=torch.bool, device=pos.device).triu(1 + first)
             mask = mask.masked_fill(future, float("-inf"))
         return mask.to(dtype)[None]
 
@@ -194,7 +212,7 @@ class Attention(nn.Module):
                     q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], attn_mask=mask.to(q.dtype)[None]
                 )
             )
-        return torch.cat(outs, dim=2)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from torch.nn.attention.flex_attention import create_block_mask
@@ -222,17 +240,19 @@ class Attention(nn.Module):
 
     def explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Reference attention over query blocks; the PE's ``scores`` (or ``bias``) hook applies."""
-        b, _, n, _ = q.shape
+        b, _, nq, _ = q.shape
+        n = k.shape[-2]
+        first = n - nq  # q holds the last nq queries (all of them unless the encoder reads only those)
         scale = 1.0 / math.sqrt(self.head_dim)
         has_scores = type(self.pe).has_hook("scores")
         has_bias = type(self.pe).has_hook("bias")
         step = self.block_size(b, n)
         skip_future = self.causal and not getattr(self.pe, "reads_future_keys", False)
         outs = []
-        for start in range(0, n, step):
+        for start in range(first, n, step):
             stop = min(n, start + step)
             kv_end = stop if skip_future else n
-            qb = q[:, :, start:stop]
+            qb = q[:, :, start - first : stop - first]
             s = torch.matmul(qb, k[:, :, :kv_end].transpose(-1, -2)) * scale
             q_pos, k_pos = pos[start:stop], pos[:kv_end]
             if has_scores:
@@ -244,4 +264,4 @@ class Attention(nn.Module):
                 cols = torch.arange(kv_end, device=q.device)[None, :]
                 s = s.masked_fill(cols > rows, float("-inf"))
             outs.append(torch.matmul(torch.softmax(s, dim=-1), v[:, :, :kv_end]))
-        return torch.cat(outs, dim=2)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

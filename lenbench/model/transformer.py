@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenbench.model.attention import Attention
+from lenbench.model.dropout import Dropout
 from lenbench.pe.base import PEContext, PositionalEncoding
 from lenbench.pe.registry import PESpec, pe_class
 
@@ -57,16 +58,18 @@ class Block(nn.Module):
         self.ff_in = nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim)
         self.ff_out = nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim)
         self.act = nn.ReLU() if cfg.activation == "relu" else nn.GELU()
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.ff_out(self.act(self.ff_in(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """Outputs at every position, or at the last ``last`` ones only (keys still see every token)."""
+        skip = x if last is None else x[:, -last:]
         if self.prenorm:
-            x = x + self.drop(self.attn(self.norm1(x)))
+            x = skip + self.drop(self.attn(self.norm1(x), last))
             return x + self.drop(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attn(x)))
+        x = self.norm1(skip + self.drop(self.attn(x, last)))
         return self.norm2(x + self.drop(self.ffn(x)))
 
 
@@ -96,7 +99,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, p) for p in pes)
         self.final_norm = nn.LayerNorm(cfg.dim) if cfg.final_norm else nn.Identity()
         self.head = nn.Linear(cfg.dim, cfg.out_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.embeds_positions = type(self.pe_input).has_hook("embed")
         self.reset_parameters()
 
@@ -114,14 +117,24 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.embed.weight, std=0.02, a=-0.04, b=0.04)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """Logits at every position, or ``[B, last, C]`` at the last ``last`` positions only.
+
+        With ``last``, the final block computes queries, feed-forward and head for those positions
+        alone (its keys and values still cover every token), which equals slicing the full output:
+        an encoder's other final-layer outputs are never read (CHE reads the last
+        ``output_length(N)`` positions, che.md §2.1). Causal models never need it.
+        """
         x = self.embed(ids)
         if self.cfg.embed_scale:
             x = x * math.sqrt(self.cfg.dim)
         if self.embeds_positions:
             x = self.drop(self.pe_input.embed(x, self.pe_input.positions(ids.shape[1], ids.device)))
-        for block in self.blocks:
-            x = block(x)
+        if last is not None and not 0 < last <= ids.shape[1]:
+            raise ValueError(f"cannot read the last {last} of {ids.shape[1]} positions")
+        final = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, last if i == final and last is not None and last < ids.shape[1] else None)
         return self.head(self.final_norm(x))
 
     def num_parameters(self) -> int:
