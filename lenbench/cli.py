@@ -55,6 +55,14 @@ def run(
     train_length: Annotated[int | None, typer.Option(help="ppl: training sequence length.")] = None,
     eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths, e.g. 128,256,512.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="ppl: 'bytes' (default) or hf:<name>.")] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="Train through torch.compile (compile time reported apart)."),
+    ] = None,
+    set_values: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any suite value, e.g. --set profile.train.grad_clip=0.5 (repeatable; YAML)."),
+    ] = None,
     out_dir: Annotated[str, typer.Option("--out", help="Results root folder.")] = "results",
     executor: Annotated[
         str, typer.Option(help="inprocess (one cell after another, here), local (a process pool) or slurm.")
@@ -95,6 +103,7 @@ def run(
         suite, profile, pe=pe, task=task, seeds=seeds, steps=steps, batch_size=batch_size, lr=lr,
         test_lengths=test_lengths, eval_samples=eval_samples, layers=layers, dim=dim, heads=heads, dataset=dataset,
         model=model, train_length=train_length, eval_lengths=eval_lengths, tokenizer=tokenizer,
+        compile_model=compile_model, set_values=set_values,
     )
     if isinstance(runner, DataParallelExecutor):
         runner.check(cells)
@@ -130,7 +139,23 @@ GRID_FLAGS = {  # run's (and status's) grid and profile flags -> where they go i
     "train_length": "profile.train.length",
     "eval_lengths": "profile.eval.lengths",
     "tokenizer": "profile.data.tokenizer",
+    "compile_model": "profile.train.compile",
 }
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """``--set grid.seeds=0-4`` or ``profile.train.grad_clip=0.5`` -> (path, YAML-parsed value)."""
+    import yaml
+
+    path, sep, raw = text.partition("=")
+    keys = path.strip().split(".")
+    if not sep or keys[0] not in ("grid", "profile") or len(keys) < 2 or not all(keys):
+        raise LenbenchError(f"--set takes grid.KEY=VALUE or profile.SECTION.KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise LenbenchError(f"--set {text!r}: the value is not valid YAML ({type(exc).__name__})") from exc
+    return ".".join(keys), value
 
 
 def _grid(suite: str, profile: str, **flags: Any) -> tuple[str, list[Any], str]:
@@ -144,9 +169,12 @@ def _grid(suite: str, profile: str, **flags: Any) -> tuple[str, list[Any], str]:
     module = load_suite_module(suite_file.name)
     chosen, reason = choose_profile(suite_file, profile, torch.cuda.is_available())
     overrides: dict[str, Any] = {}
+    set_values = flags.pop("set_values", None) or []
     for flag, value in flags.items():
         if value is not None:
             _set(overrides, GRID_FLAGS[flag], value)
+    for path, value in map(parse_set, set_values):
+        _set(overrides, path, value)
     return suite_file.name, module.expand(suite_file, chosen, overrides), reason
 
 
@@ -171,6 +199,8 @@ def status(
     train_length: Annotated[int | None, typer.Option(help="ppl: training length.")] = None,
     eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="ppl: tokenizer.")] = None,
+    compile_model: Annotated[bool | None, typer.Option("--compile/--no-compile", help="As given to run.")] = None,
+    set_values: Annotated[list[str] | None, typer.Option("--set", help="As given to run.")] = None,
 ) -> None:
     """State of each cell from the result folders: done, running (lock held), failed (why), pending.
 
@@ -184,7 +214,8 @@ def status(
     flags = dict(
         pe=pe, task=task, seeds=seeds, steps=steps, batch_size=batch_size, lr=lr, test_lengths=test_lengths,
         eval_samples=eval_samples, layers=layers, dim=dim, heads=heads, dataset=dataset, model=model,
-        train_length=train_length, eval_lengths=eval_lengths, tokenizer=tokenizer,
+        train_length=train_length, eval_lengths=eval_lengths, tokenizer=tokenizer, compile_model=compile_model,
+        set_values=set_values,
     )
     if profile is not None or any(v is not None for v in flags.values()):
         suite_name, cells, reason = _grid(suite or "che", profile or "auto", **flags)
@@ -280,6 +311,8 @@ def print_perplexities(outcomes: list[Any]) -> None:
 @app.command("list")
 def list_things() -> None:
     """Registered PEs, CHE tasks, suites with their profiles, and model sizes."""
+    from rich.markup import escape
+
     from lenbench.config import load_suite, suite_files
     from lenbench.model.sizes import SIZES
     from lenbench.pe import PES
@@ -289,27 +322,27 @@ def list_things() -> None:
     t.add_column("name")
     t.add_column("description")
     for name, cls in PES.items():
-        t.add_row(name, cls.description)
+        t.add_row(name, escape(cls.description))
     out.print(t)
     t = Table(title="CHE tasks (--task)")
     for col in ("name", "level", "chance", "description"):
         t.add_column(col)
     for name, cls in TASKS.items():
         task = cls()
-        t.add_row(name, task.level, f"{100 * task.chance:.1f}%", task.description)
+        t.add_row(name, task.level, f"{100 * task.chance:.1f}%", escape(task.description))
     out.print(t)
     t = Table(title="suites (--suite) and profiles (--profile)")
     for col in ("suite", "profiles", "description"):
         t.add_column(col)
     for name in suite_files():
         s = load_suite(name)
-        t.add_row(name, ", ".join(s.profiles), s.description)
+        t.add_row(name, ", ".join(s.profiles), escape(s.description))
     out.print(t)
     t = Table(title="model sizes")
     for col in ("name", "layers", "width", "heads", "description"):
         t.add_column(col)
     for name, size in SIZES.items():
-        t.add_row(name, str(size.layers), str(size.dim), str(size.heads), size.description)
+        t.add_row(name, str(size.layers), str(size.dim), str(size.heads), escape(size.description))
     out.print(t)
 
 
@@ -353,7 +386,6 @@ def timing(
     err.print(f"[dim]{reason}[/dim]")
     store = ResultStore(out_dir)
     store.check_writable()
-    err.print(f"[dim]{reason}[/dim]")
     err.print(f"{len(cells)} cell(s) of suite 'timing' -> {store.root}/timing/")
     with RichReporter(err) as reporter:
         outcomes = run_in_process(cells, store, module, reporter)
@@ -399,7 +431,7 @@ def print_timing(records: list[dict[str, Any]]) -> None:
             for n in t.lengths[size]:
                 head = f"{size}\nN={n}"
                 kinds = [f"{timed}L ms", "est. ms"] if t.sliced(size) else ["ms"]
-                for kind in [*kinds, "Ratio"]:
+                for kind in [*kinds, f"Ratio (PE/{t.reference or 'dape-kerple'})"]:
                     table.add_column(f"{head}\n{kind}", justify="right", no_wrap=True)
         for p in t.pes:
             row = [p, t.backends.get(p, "-")]

@@ -8,6 +8,7 @@ the suite's dataclasses, rejecting unknown keys and wrong types with the file an
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -102,7 +103,9 @@ def choose_profile(suite: SuiteFile, requested: str, cuda: bool) -> tuple[str, s
     else:
         name, reason = requested, f"profile {requested!r}"
     if name not in suite.profiles:
-        raise LenbenchError(f"suite {suite.name!r} has no profile {name!r} (has: {', '.join(suite.profiles)})")
+        close = difflib.get_close_matches(name, list(suite.profiles), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise LenbenchError(f"suite {suite.name!r} has no profile {name!r} (has: {', '.join(suite.profiles)}){hint}")
     return name, reason
 
 

@@ -89,3 +89,37 @@ def test_corrupted_files_give_clear_errors(tmp_path: Path) -> None:
     cell.checkpoint_path.write_bytes(b"garbage")
     with pytest.raises(LenbenchError, match="corrupted checkpoint"):
         cell.load_checkpoint()
+
+
+def test_environment_manifest_has_versions_git_and_device() -> None:
+    import platform
+    import re
+
+    import torch
+
+    import lenbench
+    from lenbench.results import environment_manifest
+
+    m = environment_manifest("cpu")
+    assert (m["device"], m["torch"], m["lenbench"]) == ("cpu", torch.__version__, lenbench.__version__)
+    assert m["python"] == platform.python_version() and m["numpy"]
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", m["git"]), m["git"]
+
+
+def test_done_marker_is_renamed_into_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    cell = ResultStore(tmp_path).cell("che", "x", {})
+    cell.prepare({}, {})
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        assert not Path(dst).exists() or Path(dst).name != "DONE"
+        renames.append((Path(src).name, Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr("os.replace", spy)
+    cell.mark_done({"score": 1.0})
+    assert renames == [(".DONE.tmp-" + str(os.getpid()), "DONE")]
+    assert json.loads(cell.done_path.read_text()) == {"score": 1.0}

@@ -5,12 +5,16 @@ unmasked cross-entropy, Adam with global-norm clipping; each test length gets ``
 samples in sub-batches, per-sub-batch accuracy pooled over masked tokens, per-length accuracy the
 mean over sub-batches, and the cell's score the mean over test lengths. Dropout is off at
 evaluation (che.md §7.6: the reference leaves it on; ``eval.dropout: true`` restores that).
+Cells train on CUDA when it is available (the ``paper`` profile's device), else on the CPU; batches
+are drawn on the CPU from numpy and moved to the model's device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,13 +22,14 @@ import numpy as np
 import torch
 
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
+from lenbench.devices import PRECISIONS, device_and_autocast
 from lenbench.errors import LenbenchError
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec, resolve_pes
 from lenbench.results import CellDir, atomic_write_json
 from lenbench.suites.base import Cell, Reporter
 from lenbench.tasks.che import TASKS, CheTask
-from lenbench.train import OptimConfig, train
+from lenbench.train import CompileClock, OptimConfig, train
 
 name = "che"
 
@@ -47,6 +52,8 @@ class CheTrain:
     max_length: int = 40
     checkpoint_every: int = 500
     log_every: int = 25
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the model for training (compile seconds reported apart)
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,22 @@ def resolve_tasks(value: str | list[str]) -> list[str]:
     return names
 
 
+def compute_device() -> torch.device:
+    """The device cells run on: CUDA when available, else the CPU."""
+    return device_and_autocast("auto")[0]
+
+
+def check_model(model: CheModel) -> None:
+    """Reject encoder shapes that cannot be built, before any cell starts."""
+    for what, value in (("layers", model.layers), ("width (dim)", model.dim), ("heads", model.heads)):
+        if value < 1:
+            raise LenbenchError(f"{what} must be >= 1, got {value}")
+    if model.dim % model.heads:
+        raise LenbenchError(f"width {model.dim} is not divisible by {model.heads} heads")
+    if not 0.0 <= model.dropout < 1.0:
+        raise LenbenchError(f"dropout must be in [0, 1), got {model.dropout}")
+
+
 def check_lengths(train_cfg: CheTrain, lengths: list[int]) -> None:
     if train_cfg.min_length < 1 or train_cfg.max_length < train_cfg.min_length:
         raise LenbenchError(
@@ -100,6 +123,8 @@ def check_lengths(train_cfg: CheTrain, lengths: list[int]) -> None:
             raise LenbenchError(f"{what} must be >= 1, got {value}")
     if train_cfg.lr <= 0:
         raise LenbenchError(f"learning rate must be > 0, got {train_cfg.lr}")
+    if train_cfg.precision not in PRECISIONS:
+        raise LenbenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {train_cfg.precision!r}")
 
 
 def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
@@ -110,7 +135,10 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
     tasks = resolve_tasks(grid.tasks)
     pes = resolve_pes(grid.pes, prof.pe_defaults)
     seeds = parse_int_list(grid.seeds, "seeds")
+    if any(seed < 0 for seed in seeds):
+        raise LenbenchError(f"seeds must be >= 0, got {min(seeds)}")
     lengths = parse_int_list(prof.eval.lengths, "test lengths")
+    check_model(prof.model)
     check_lengths(prof.train, lengths)
     if prof.eval.samples < 1 or prof.eval.batch_size < 1:
         raise LenbenchError("evaluation samples and batch size must be >= 1")
@@ -133,14 +161,18 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
 
 def pack(task: CheTask, inputs: torch.Tensor, out_len: int) -> torch.Tensor:
     """Append ``out_len`` empty tokens (id ``input_size``) to the inputs (che.md §2.1)."""
-    empty = torch.full((inputs.shape[0], out_len), task.input_size, dtype=torch.long)
+    empty = torch.full((inputs.shape[0], out_len), task.input_size, dtype=torch.long, device=inputs.device)
     return torch.cat([inputs, empty], dim=1)
 
 
 def predict(model: Transformer, task: CheTask, inputs: torch.Tensor, length: int) -> torch.Tensor:
-    """Logits ``[B, T_out, C]`` read from the last ``output_length(N)`` positions."""
+    """Logits ``[B, T_out, C]`` read from the last ``output_length(N)`` positions.
+
+    The final block computes only those positions (``Transformer.forward(ids, last)``): the same
+    logits as slicing a full forward, for less work.
+    """
     out_len = task.output_length(length)
-    return model(pack(task, inputs, out_len))[:, -out_len:]
+    return model(pack(task, inputs, out_len), last=out_len)
 
 
 def masked_accuracy(task: CheTask, logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -171,11 +203,13 @@ def build_model(cfg: dict[str, Any], task: CheTask) -> Transformer:
 
 
 def evaluate(
-    model: Transformer, task: CheTask, cfg: dict[str, Any], cell_dir: CellDir | None, reporter: Reporter, label: str
+    model: Transformer, task: CheTask, cfg: dict[str, Any], cell_dir: CellDir | None, reporter: Reporter, label: str,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> dict[int, float]:
     """Accuracy per test length; progress is saved after each length so a kill resumes here."""
     ev = cfg["eval"]
     partial_path = cell_dir.path / "eval_partial.json" if cell_dir is not None else None
+    device = next(model.parameters()).device
     done: dict[int, float] = {}
     if partial_path is not None and partial_path.exists():
         try:
@@ -191,8 +225,10 @@ def evaluate(
                 accs = []
                 for start in range(0, ev["samples"], ev["batch_size"]):
                     batch = min(ev["batch_size"], ev["samples"] - start)
-                    inputs, targets = task.sample(rng, batch, length)
-                    accs.append(masked_accuracy(task, predict(model, task, inputs, length), targets))
+                    inputs, targets = (t.to(device) for t in task.sample(rng, batch, length))
+                    with autocast():
+                        logits = predict(model, task, inputs, length)
+                    accs.append(masked_accuracy(task, logits, targets))
                 done[length] = float(np.mean(accs))
                 if partial_path is not None:
                     atomic_write_json(partial_path, {str(k): v for k, v in done.items()})
@@ -206,16 +242,20 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     task = TASKS.get(cfg["task"])()
     t = cfg["train"]
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg, task)
+    device = compute_device()
+    autocast = device_and_autocast(t.get("precision", "auto"))[1]
+    model = build_model(cfg, task).to(device)
 
     def step_fn(model: Transformer, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         length = int(rng.integers(t["min_length"], t["max_length"] + 1))
-        inputs, targets = task.sample(rng, t["batch_size"], length)
-        logits = predict(model, task, inputs, length)
+        inputs, targets = (x.to(device) for x in task.sample(rng, t["batch_size"], length))
+        with autocast():
+            logits = predict(model, task, inputs, length)
         loss = cross_entropy(logits, targets)
         return loss, {"acc": masked_accuracy(task, logits.detach(), targets), "length": length}
 
     resumed = {"from": 0}
+    clock = CompileClock() if t.get("compile", False) else None
 
     def on_start(step: int) -> None:
         resumed["from"] = step
@@ -229,10 +269,12 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
 
     optim = OptimConfig(steps=t["steps"], lr=t["lr"], grad_clip=t["grad_clip"])
     started = time.perf_counter()
-    train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start)
+    train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
+          compile_clock=clock)
     trained = time.perf_counter()
-    accuracies = evaluate(model, task, cfg, cell_dir, reporter, cell.label)
+    accuracies = evaluate(model, task, cfg, cell_dir, reporter, cell.label, autocast)
     seconds = {"train_seconds_this_run": round(trained - started, 2),
+               "compile_seconds_this_run": round(clock.seconds if clock is not None else 0.0, 2),
                "eval_seconds_this_run": round(time.perf_counter() - trained, 2)}
     score = float(np.mean(list(accuracies.values())))
     common = {"suite": name, "task": cfg["task"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": t["max_length"]}
