@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -118,15 +120,52 @@ def test_embedded_default_is_deterministic() -> None:
 
 
 def test_unreachable_hub_dataset_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    retry_logger = logging.getLogger("huggingface_hub.utils._http")
+    warned: list[bool] = []
+
     def offline(repo: str, config: str | None, split: str | None) -> Any:
+        # huggingface_hub logs a warning per HTTP retry: lenbench silences them, its one line is all
+        warned.append(retry_logger.isEnabledFor(logging.WARNING))
         raise ConnectionError(f"Couldn't reach '{repo}' on the Hub (OfflineModeIsEnabled)\nmore detail")
 
     monkeypatch.setattr(corpora, "_hub_load", offline)
+    level = retry_logger.getEffectiveLevel()
     with pytest.raises(LenbenchError) as info:
         load_corpus(parse_dataset("hf:someone/corpus:en", {}), 0.05)
     message = str(info.value)
     assert "\n" not in message
     assert "hf:someone/corpus:en" in message and "--dataset default" in message and "local files" in message
+    assert warned == [False] and retry_logger.getEffectiveLevel() == level  # silenced, then restored
+    with pytest.raises(LenbenchError, match=r"cannot load dataset arxiv \(hf:some/arxiv\) from the Hugging"):
+        load_corpus(parse_dataset("arxiv", {"arxiv": {"source": "hf:some/arxiv", "field": "text"}}), 0.05)
+
+
+# A fresh interpreter, as the CLI is: importing huggingface_hub inside the load (as the real loader
+# does) configures its logger then, and its retry warnings must still not reach stderr. The retries
+# go to a closed port on the loopback interface: no network call.
+RETRYING_LOADER = """
+import sys
+from lenbench.data import corpora
+from lenbench.errors import LenbenchError
+
+def retrying(repo, config, split):
+    from huggingface_hub.utils import http_backoff
+
+    http_backoff("HEAD", "http://127.0.0.1:9/" + repo, max_retries=2, base_wait_time=0, max_wait_time=0)
+
+corpora._hub_load = retrying
+try:
+    corpora.load_corpus(corpora.parse_dataset("hf:someone/corpus", {}), 0.05)
+except LenbenchError as exc:
+    print(exc, file=sys.stderr)
+"""
+
+
+def test_hub_retry_warnings_are_silenced() -> None:
+    done = subprocess.run([sys.executable, "-c", RETRYING_LOADER], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("cannot load dataset hf:someone/corpus from the Hugging Face Hub")
 
 
 def test_real_loader_offline_gives_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,6 +97,56 @@ def test_eval_windows_long_documents_then_concatenation() -> None:
     assert np.array_equal(windows.reshape(-1), split.tokens[: windows.size])
     with pytest.raises(LenbenchError, match="fewer than one sequence"):
         ppl.eval_windows(split, 10_000, samples=4, min_sequences=2)
+    said = ppl.describe_documents(
+        {32: {"n_sequences": 4, "concatenated": False, "long_documents": 4},
+         45: {"n_sequences": len(windows), "concatenated": True, "long_documents": 1}},
+        256,
+    )  # fmt: skip
+    assert said.endswith(
+        f"32: 4 of the 4 documents of >= 33 tokens; 45: {len(windows)} windows of the joined documents "
+        "(only 1 of >= 46 tokens)"
+    )
+
+
+class NeedsSmallBatches(Uniform):
+    """Uniform logits, but a forward over more than ``fits`` sequences raises an out-of-memory error."""
+
+    def __init__(self, vocab: int, fits: int, error: type[Exception] = torch.OutOfMemoryError) -> None:
+        super().__init__(vocab)
+        self.fits, self.error, self.batches = fits, error, []
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.batches.append(ids.shape[0])
+        if ids.shape[0] > self.fits:
+            message = (
+                "DefaultCPUAllocator: can't allocate memory" if self.error is RuntimeError else "CUDA out of memory"
+            )
+            raise self.error(message)
+        return super().forward(ids)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, RuntimeError])
+def test_evaluation_batch_halves_when_memory_runs_out(error: type[Exception]) -> None:
+    windows = counting_windows(7, 40, 257)
+    notes: list[str] = []
+    model = NeedsSmallBatches(257, fits=2, error=error)
+    last, full, batch = ppl.adaptive_perplexity(model, windows, 8, note=notes.append)
+    assert batch == 2 and last == pytest.approx(257) and full == pytest.approx(257)
+    assert model.batches[:2] == [7, 4] and model.batches[2:] == [2, 2, 2, 1]  # 7 and 4 do not fit
+    assert notes == [
+        "L=40: out of memory, evaluating 4 sequence(s) per batch",
+        "L=40: out of memory, evaluating 2 sequence(s) per batch",
+    ]
+    with pytest.raises(LenbenchError, match="runs out of memory with one sequence per batch") as info:
+        ppl.adaptive_perplexity(NeedsSmallBatches(257, fits=0, error=error), windows, 4)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError):  # anything but out-of-memory propagates unchanged
+
+        class Broken(Uniform):
+            def forward(self, ids: torch.Tensor) -> torch.Tensor:
+                raise ValueError("bug")
+
+        ppl.adaptive_perplexity(Broken(257), windows, 4)
 
 
 def test_eval_batch_adapts_to_length_and_vocab() -> None:
@@ -142,10 +192,23 @@ def run(cells: list, root: Path, reporter: Any = None) -> list:
     return run_in_process(cells, ResultStore(root), load_suite_module("ppl"), reporter or SilentReporter())
 
 
+# The real run of the issue: the `tiny` preset (2 x 128, 4 heads) as shipped, a few hundred steps.
+SHORT = {
+    "model": {"size": "tiny"},
+    "train": {"length": 64, "steps": 300, "batch_size": 8, "lr": 3e-3, "checkpoint_every": 0, "log_every": 10},
+    "eval": {"lengths": [64, 128], "samples": 8, "min_sequences": 4},
+}
+
+
 def test_short_run_beats_unigram(tmp_path: Path) -> None:
-    (outcome,) = run(expand(grid={"pes": "alibi"}, profile=SMALL), tmp_path)
+    reporter = SilentReporter()
+    (outcome,) = run(expand(grid={"pes": "alibi"}, profile=SHORT), tmp_path, reporter)
     assert outcome.status == "done"
+    assert outcome.cell.config["model"] == {"size": "tiny", "layers": 2, "dim": 128, "heads": 4, "dropout": 0.0}
     summary = outcome.summary
+    long_docs = {n: summary["eval"][n]["long_documents"] for n in ("64", "128")}
+    said = f"64: 8 of the {long_docs['64']} documents of >= 65 tokens; 128: 8 of the {long_docs['128']} documents"
+    assert said in reporter.messages[-1]
     assert 10 < summary["unigram_ppl"] < 100  # bytes of Python source, whole validation split
     for length in ("64", "128"):  # the unigram model scored on the same evaluation tokens
         assert summary["ppl_all"][length] < 0.7 * summary["eval"][length]["unigram_ppl_all"], summary
@@ -190,7 +253,8 @@ def test_eval_at_eight_times_training_length(pe: str) -> None:
     if pe == "randomized-learned":  # its table has 4 x 16 = 64 rows: longer inputs are refused, by policy
         with pytest.raises(LenbenchError, match="max_position"):
             ppl.perplexity(model, windows, batch_size=2)
-        return
+        # ... and a table as long as the evaluation (the option the error names) runs at 8x
+        model = Transformer(ppl.model_config(cfg, 257), parse_pe_spec(f"{pe}:max_position=128")).eval()
     last, full = ppl.perplexity(model, windows, batch_size=2)
     assert math.isfinite(last) and math.isfinite(full) and 1 < full < 1e4
 
@@ -204,8 +268,8 @@ def test_cli_unreachable_dataset_is_one_line(tmp_path: Path, capsys: pytest.Capt
     original = corpora._hub_load
     corpora._hub_load = offline
     try:
-        code = main(["run", "--suite", "ppl", "--profile", "quick", "--dataset", "hf:nobody/corpus",
-                     "--pe", "rope", "--steps", "1", "--out", str(tmp_path)])
+        args = "run --suite ppl --profile quick --dataset hf:nobody/corpus --pe rope --steps 1 --out".split()
+        code = main([*args, str(tmp_path)])
     finally:
         corpora._hub_load = original
     err = capsys.readouterr().err.strip().splitlines()
@@ -215,8 +279,10 @@ def test_cli_unreachable_dataset_is_one_line(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_cli_run_prints_a_perplexity_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["run", "--suite", "ppl", "--profile", "quick", "--pe", "alibi,rope", "--steps", "3", "--model", "tiny",
-            "--train-length", "32", "--eval-lengths", "32,64", "--out", str(tmp_path)]
+    args = (
+        "run --suite ppl --profile quick --pe alibi,rope --steps 3 --model tiny --train-length 32"
+        " --eval-lengths 32,64 --out"
+    ).split() + [str(tmp_path)]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "trained at 32" in table

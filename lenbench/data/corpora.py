@@ -23,15 +23,19 @@ fingerprints and the tokenizer, and memory-mapped on later runs.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import importlib
 import json
+import logging
 import os
 import platform
 import shutil
 import sys
 import sysconfig
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +212,33 @@ def _reason(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
+# Libraries whose warnings are silenced while a Hub dataset loads: ``huggingface_hub`` logs two
+# lines per HTTP retry ("... thrown while requesting HEAD ...", "Retrying in 1s [Retry 1/5]"), so an
+# unreachable Hub would print ten lines before lenbench's one-line error.
+QUIET_LOGGERS = ("huggingface_hub", "datasets")
+
+
+@contextlib.contextmanager
+def quiet_hub_logs() -> Iterator[None]:
+    """Raise the :data:`QUIET_LOGGERS` to ``ERROR`` for the duration, then restore their levels.
+
+    The libraries are imported first: importing one configures its root logger (handler, level
+    from ``HF_HUB_VERBOSITY``), which would undo a level set before.
+    """
+    for name in QUIET_LOGGERS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _hub_load(repo: str, config: str | None, split: str | None) -> Any:
     """``datasets.load_dataset`` on the Hub (separate so tests can replace it)."""
     import datasets
@@ -226,13 +257,19 @@ def _text_column(ds: Any, spec: DatasetSpec, where: str) -> Any:
 
 
 def hub_corpus(spec: DatasetSpec, fraction: float) -> Corpus:
-    """A Hub dataset; unreachable or unknown ones give one line naming the dataset and the ways out."""
+    """A Hub dataset; unreachable or unknown ones give one line naming the dataset and the ways out.
+
+    The line names the catalogue entry too (``arxiv (hf:timaeus/pile-arxiv)``); the Hub client's
+    retry warnings are silenced meanwhile (:func:`quiet_hub_logs`), so that line is all that shows.
+    """
     shown = f"hf:{spec.source}" + (f":{spec.config}" if spec.config else "")
+    named = shown if spec.name.startswith("hf:") else f"{spec.name} ({shown})"
     try:
-        loaded = _hub_load(spec.source, spec.config, spec.split)
+        with quiet_hub_logs():
+            loaded = _hub_load(spec.source, spec.config, spec.split)
     except Exception as exc:
         raise LenbenchError(
-            f"cannot load dataset {shown} from the Hugging Face Hub ({_reason(exc)}); "
+            f"cannot load dataset {named} from the Hugging Face Hub ({_reason(exc)}); "
             "pass local files (--dataset path/to/*.jsonl) or use --dataset default"
         ) from exc
     info: dict[str, Any] = {"kind": "hf", "source": shown, "field": spec.field}

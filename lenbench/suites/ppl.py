@@ -19,7 +19,9 @@ Logits and labels are sliced alike (position t predicts token t + 1), fixing the
 eval step (dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
 evaluated with FlexAttention from 1024 tokens and query-blocked SDPA below (``model.attention``),
 ``scores`` PEs with query-blocked explicit attention: memory O(block * L), never O(H * L^2), so
-L = 8192 fits a 24 GB machine for every PE.
+L = 8192 fits a 24 GB machine for every PE. The batch per length is ``tokens_per_batch // L``
+sequences with the fp32 logits capped at 1 GiB (:func:`eval_batch_size`), halved again while a
+forward runs out of memory (:func:`adaptive_perplexity`); the batch used is stored.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,6 +51,7 @@ from lenbench.data.corpora import (
     tokenize_corpus,
 )
 from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer
+from lenbench.devices import PRECISIONS, device_and_autocast
 from lenbench.distributed import shard_size
 from lenbench.errors import LenbenchError
 from lenbench.model.sizes import SIZES
@@ -55,13 +59,12 @@ from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec, resolve_pes
 from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json
 from lenbench.suites.base import Cell, Reporter
-from lenbench.train import OptimConfig, train
+from lenbench.train import CompileClock, OptimConfig, train
 
 name = "ppl"
 EVAL_SEED = 0  # the evaluation documents are the same for every cell
 LOGIT_BUDGET = 1 << 28  # fp32 logits elements per evaluation batch (1 GiB)
-PRECISIONS = ("auto", "fp32", "bf16")
-EVAL_FIELDS = ("n_sequences", "concatenated", "long_documents", "unigram_ppl_all")
+EVAL_FIELDS = ("n_sequences", "concatenated", "long_documents", "batch_size", "unigram_ppl_all")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class PplTrain:
     checkpoint_every: int = 500
     log_every: int = 25
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the model for training (compile seconds reported apart)
 
 
 @dataclass(frozen=True)
@@ -231,19 +235,6 @@ def model_config(cfg: dict[str, Any], vocab_size: int) -> ModelConfig:
     )
 
 
-def device_and_autocast(precision: str) -> tuple[torch.device, Any]:
-    """CUDA when available; autocast bf16 on CUDA for ``auto``/``bf16``, fp32 on CPU unless ``bf16``."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-    def autocast() -> Any:
-        if not use_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-
-    return device, autocast
-
-
 def sample_windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, length: int) -> torch.Tensor:
     """``[batch, length + 1]`` windows at uniform start offsets in ``[0, len(tokens) - length - 1]``."""
     starts = rng.integers(0, len(tokens) - length, size=batch)
@@ -251,9 +242,7 @@ def sample_windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, len
     return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
 
 
-def eval_windows(
-    split: TokenSplit, length: int, samples: int, min_sequences: int
-) -> tuple[np.ndarray, bool, int]:
+def eval_windows(split: TokenSplit, length: int, samples: int, min_sequences: int) -> tuple[np.ndarray, bool, int]:
     """Evaluation sequences of ``length + 1`` tokens -> (windows, concatenated, long documents).
 
     The first ``length + 1`` tokens of each validation document at least that long (a fixed random
@@ -316,6 +305,67 @@ def perplexity(
     return math.exp(total_last / (n * k)), math.exp(total_all / (n * length))
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """``torch.OutOfMemoryError`` (CUDA), or the CPU allocator's ``RuntimeError`` ("can't allocate memory")."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def adaptive_perplexity(
+    model: nn.Module,
+    windows: np.ndarray,
+    batch_size: int,
+    last_tokens: int = 256,
+    device: torch.device | None = None,
+    autocast: Any = contextlib.nullcontext,
+    note: Callable[[str], None] | None = None,
+) -> tuple[float, float, int]:
+    """:func:`perplexity` at ``batch_size``, halved after each out-of-memory error -> (last, all, batch used).
+
+    The planned batch (:func:`eval_batch_size`) bounds the logits; this is the fallback when the
+    machine has less memory than that plan assumes. One sequence that does not fit is a one-line
+    :class:`LenbenchError`. Halving repeats the whole length, so the result equals a run at the
+    smaller batch (the sums are batch-independent).
+    """
+    length = windows.shape[1] - 1
+    while True:
+        try:
+            last, full = perplexity(model, windows, batch_size, last_tokens, device, autocast)
+            return last, full, batch_size
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(exc):
+                raise
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            if batch_size == 1:
+                raise LenbenchError(
+                    f"evaluation at length {length} runs out of memory with one sequence per batch ({reason}); "
+                    "use shorter --eval-lengths or a machine with more memory"
+                ) from exc
+        # retried outside the except block, so the failed attempt's tensors are already freed
+        batch_size = max(1, batch_size // 2)
+        if device is not None and device.type == "cuda":
+            torch.cuda.empty_cache()
+        if note is not None:
+            note(f"L={length}: out of memory, evaluating {batch_size} sequence(s) per batch")
+
+
+def describe_documents(results: dict[int, dict[str, Any]], last_tokens: int) -> str:
+    """One line: per evaluation length, how many validation documents were used, or that they were joined."""
+    parts = []
+    for length, r in results.items():
+        if r["concatenated"]:
+            parts.append(
+                f"{length}: {r['n_sequences']} windows of the joined documents "
+                f"(only {r['long_documents']} of >= {length + 1} tokens)"
+            )
+        else:
+            long_docs = f"the {r['long_documents']} documents of >= {length + 1} tokens"
+            parts.append(f"{length}: {r['n_sequences']} of {long_docs}")
+    return f"evaluation sequences (ppl over the last min({last_tokens}, L) tokens and over all): " + "; ".join(parts)
+
+
 def unigram_logprobs(train: TokenSplit, vocab_size: int) -> np.ndarray:
     """``log p(token)`` from add-one-smoothed token frequencies of the training split."""
     counts = np.bincount(np.asarray(train.tokens), minlength=vocab_size).astype(np.float64) + 1.0
@@ -338,10 +388,12 @@ def evaluate(
     reporter: Reporter,
     label: str,
 ) -> dict[int, dict[str, Any]]:
-    """Per evaluation length: ppl_last256, ppl_all, n_sequences, concatenated, long_documents, and
-    unigram_ppl_all (the training unigram model on the same predicted tokens, a reference).
+    """Per evaluation length: ppl_last256, ppl_all, n_sequences, concatenated, long_documents,
+    batch_size (sequences per forward after any out-of-memory halving) and unigram_ppl_all (the
+    training unigram model on the same predicted tokens, a reference).
 
     Progress is saved after each length (``eval_partial.json``), so a killed cell resumes there.
+    The reporter gets one line saying how many documents each length used, or that it joined them.
     """
     ev = cfg["eval"]
     partial = cell_dir.path / "eval_partial.json" if cell_dir is not None else None
@@ -359,19 +411,24 @@ def evaluate(
                 corpus.validation, length, ev["samples"], ev["min_sequences"]
             )
             batch = eval_batch_size(length, vocab, ev["tokens_per_batch"], ev["samples"])
-            last, full = perplexity(model, windows, batch, ev["last_tokens"], device, autocast)
+            last, full, batch = adaptive_perplexity(
+                model, windows, batch, ev["last_tokens"], device, autocast, reporter.message
+            )
             done[length] = {
                 "ppl_last256": last,
                 "ppl_all": full,
                 "n_sequences": len(windows),
                 "concatenated": concatenated,
                 "long_documents": long_docs,
+                "batch_size": min(batch, len(windows)),
                 "unigram_ppl_all": unigram_perplexity(logp, windows[:, 1:]),
             }
             if partial is not None:
                 atomic_write_json(partial, {str(k): v for k, v in done.items()})
         reporter.eval_step(i + 1, f"L={length} ppl", done[length]["ppl_last256"])
-    return {n: done[n] for n in ev["lengths"]}
+    results = {n: done[n] for n in ev["lengths"]}
+    reporter.message(f"{label}: {describe_documents(results, ev['last_tokens'])}")
+    return results
 
 
 def save_model(cell_dir: CellDir, model: Transformer, cfg: dict[str, Any], corpus: TokenizedCorpus) -> None:
@@ -465,8 +522,10 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
         warmup_frac=t["warmup_frac"],
         min_lr_ratio=t["min_lr_ratio"],
     )
+    clock = CompileClock() if t.get("compile", False) else None
     started = time.perf_counter()
-    train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start)
+    train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
+          compile_clock=clock)
     train_seconds = time.perf_counter() - started
     save_model(cell_dir, model, cfg, corpus)
     started = time.perf_counter()
@@ -489,12 +548,13 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     return {
         "ppl_last256": {str(n): r["ppl_last256"] for n, r in results.items()},
         "ppl_all": {str(n): r["ppl_all"] for n, r in results.items()},
-        "eval": {str(n): {k: r[k] for k in EVAL_FIELDS} for n, r in results.items()},
+        "eval": {str(n): {k: r.get(k) for k in EVAL_FIELDS} for n, r in results.items()},
         "unigram_ppl": unigram_perplexity(unigram_logprobs(corpus.train, vocab), corpus.validation.tokens),
         "corpus": corpus.info,
         "train_len": length,
         "params": model.num_parameters(),
         "resumed_from": resumed["from"],
         "train_seconds_this_run": round(train_seconds, 2),
+        "compile_seconds_this_run": round(clock.seconds if clock is not None else 0.0, 2),
         "eval_seconds_this_run": round(eval_seconds, 2),
     }
