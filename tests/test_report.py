@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -175,12 +176,20 @@ def test_ppl_table_per_length_lowest_bold_and_failed_pe(results: Path) -> None:
 
 
 def test_timing_table_ratio_to_dape_kerple_and_oom(results: Path) -> None:
-    (table,), _ = T.timing_report_tables(collect(results, "timing").frame)
-    assert table.header[:5] == ["PE", "backend", "N=512 ms", "N=512 est. ms", "N=512 Ratio"]
+    (table, memory), summary = T.timing_report_tables(collect(results, "timing").frame)
+    # the slice is labelled (1L), the estimate is "est.", and the Ratio header says which way it goes
+    assert table.header[:5] == ["PE", "backend", "N=512 1L ms", "N=512 est. ms", "N=512 Ratio (PE/dape-kerple)"]
     rows = texts(table)
     # est. = ms x 24 layers / 1 + 4 ms embedding-and-head; Ratio = est / dape-kerple's est
     assert rows["kerple"][1:] == ["10.0", "244", f"{244 / 484:.2f}", "20.0", "484", "—"]
     assert rows["dape-kerple"][1:] == ["20.0", "484", "1.00", "OOM", "OOM", "—"]
+    assert rows["kerple"][0] == "explicit"  # the backend each PE ran with
+    assert any("dape-kerple 32" in note for note in table.notes)  # D_DAPE
+    assert memory.key == "timing_memory_350m"
+    assert memory.header == ["PE", "N=512 fwd MiB", "N=1024 fwd MiB"]
+    assert texts(memory) == {"kerple": ["5.0", "5.0"], "dape-kerple": ["5.0", "OOM"]}
+    row = summary[(summary["pe"] == "dape-kerple") & (summary["eval_len"] == 512)].iloc[0]
+    assert (row["est_full_ms"], row["ratio"], row["peak_mem_mb"]) == (484.0, 1.0, 5.0)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -328,6 +337,17 @@ def test_build_report_writes_everything(results: Path, tmp_path: Path) -> None:
     assert (out / "tables" / "che_summary.csv").exists() and (out / "tables" / "significance.csv").exists()
 
 
+def test_report_inside_the_results_root_is_not_read_as_cells(results: Path, tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    shutil.copytree(results, root)
+    build_report(root, root / "report", formats=["md"])  # as results/reference/run.sh does
+    again = build_report(root, root / "report", formats=["md"], plots=False)
+    assert not any("neither finished nor failed" in w for w in again.warnings), again.warnings
+    index = (root / "report" / "index.md").read_text()
+    assert "unfinished" not in index
+    assert "measured on cpu; torch 2.13; cells started" in index and "git abc123" in index
+
+
 def test_figures_use_one_colour_per_pe(results: Path) -> None:
     frame = collect(results).frame
     task_fig = P.che_task_figure(frame, "even_pairs")
@@ -345,7 +365,8 @@ def test_figures_use_one_colour_per_pe(results: Path) -> None:
     assert P.pe_style("dape")["color"] == P.pe_style("dape-kerple")["color"]  # an alias, one colour
     assert len({P.pe_style(p)["color"] for p in ("alibi", "kerple", "rope", "dape-kerple", "dape-alibi")}) == 5
     assert ppl_fig.axes[0].get_xscale() == "log" and ppl_fig.axes[0].get_yscale() == "log"
-    assert "kerple: FAILED" in [t.get_text() for t in ppl_fig.axes[0].get_legend().get_texts()]
+    (legend,) = ppl_fig.legends  # one legend, below the axes
+    assert "kerple: FAILED" in [t.get_text() for t in legend.get_texts()]
     grid = P.che_grid_figure(frame, ["even_pairs", "reverse_string"])
     assert [a.get_title() for a in grid.axes if a.get_visible()] == ["even pairs", "reverse string"]
 

@@ -88,6 +88,19 @@ def test_layers_estimate_equals_formula_on_mocked_timer(tmp_path: Path, monkeypa
     assert T.estimate_full_ms(10.0, 12, 5, 3.0) == 10.0 * 12 / 5 + 3.0
 
 
+def test_dape_is_timed_with_d_dape_32_on_the_real_shapes() -> None:
+    by_size = {c.config["size"]: c.config for c in T.expand(load_suite("timing"), "paper", {"grid": {"pes": "dape"}})}
+    assert {s: (c["layers"], c["dim"], c["heads"]) for s, c in by_size.items()} == {
+        "350m": (24, 1024, 16), "2.7b": (32, 2560, 32), "6.7b": (32, 4096, 32)
+    }
+    assert all(c["batch_size"] == 1 and c["train_len"] == 512 for c in by_size.values())
+    (cfg,) = [c.config for c in cells("dape-kerple", lengths="16", modes="fwd")]
+    block = T.build_timed_module(cfg, T.torch.device("cpu"), T.torch.float32)[0]
+    assert block.attn.pe.hidden == 32 and block.attn.causal
+    assert T.dape_width("dape-kerple") == 32 and T.dape_width("dape:hidden=64") == 64 and T.dape_width("alibi") is None
+    assert T.cell_records(cfg, {"status": "oom", "reason": "x"})[0]["d_dape"] == 32
+
+
 def test_cell_that_does_not_fit_is_oom_and_the_run_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = T._measure_model
 

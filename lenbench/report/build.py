@@ -71,6 +71,29 @@ def duplicate_warnings(frame: pd.DataFrame) -> list[str]:
     return out
 
 
+def provenance(frame: pd.DataFrame) -> str:
+    """Where and when the cells were measured, from their manifests: device(s), CPU cores, torch
+    version(s), the dates the cells started and the git commit(s) that ran them."""
+
+    def values(col: str) -> list[str]:
+        if col not in frame:
+            return []
+        return sorted({str(v) for v in frame.drop_duplicates("cell")[col] if not _blank(v)})
+
+    devices = values("device")
+    gpus = values("cuda_device")
+    cores = values("cpu_count")
+    where = "/".join(devices) or "device ?"
+    if gpus:
+        where += f" ({', '.join(gpus)})"
+    elif cores:
+        where += f" ({'/'.join(cores)} cores)"
+    dates = sorted({d[:10] for d in values("started")})
+    when = (dates[0] if len(dates) == 1 else f"{dates[0]} .. {dates[-1]}") if dates else "date ?"
+    return (f"measured on {where}; torch {', '.join(values('torch')) or '?'}; cells started {when}; "
+            f"git {', '.join(values('git')) or '?'}")
+
+
 def _blank(v: object) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and v != v)
 
@@ -140,9 +163,9 @@ def build_report(
         f"results: {Path(results)}" + (f" (suite {suite})" if suite else ""),
         f"cells: {int((counts == 'done').sum())} finished, {int((counts == 'failed').sum())} failed"
         + (f", {collection.incomplete} unfinished (not shown)" if collection.incomplete else ""),
+        provenance(frame),
         "long table: results_long.csv, results_long.parquet",
-        f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}; git "
-        + ", ".join(sorted({str(g) for g in frame.get("git", pd.Series(dtype=object)).dropna().unique()}) or ["?"]),
+        f"report generated {time.strftime('%Y-%m-%d %H:%M:%S')}",
         *[f"warning: {w}" for w in warnings],
     ]
     title = "lenbench report"

@@ -3,9 +3,12 @@
 One row per stored metric record (``suite, task, dataset, size, mode, pe, seed, train_len,
 eval_len, metric, value, status, ...``); the records' extra fields (``n_sequences``, ``iqr``,
 ``estimated_full_ms``, ``backend`` ...) become columns, and the cell's manifest adds ``git``,
-``lenbench``, ``torch`` and ``device``. A failed cell is one row with ``status = failed``, its
-reason, and ``value`` NaN (never 0). ``status`` is ``done``, ``failed`` or ``oom`` (a timing cell
-that did not fit in memory). Cells still running or never finished are counted, not shown.
+``lenbench``, ``torch``, ``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
+cell is one row with ``status = failed``, its reason, and ``value`` NaN (never 0). ``status`` is
+``done``, ``failed`` or ``oom`` (a timing cell that did not fit in memory). Cells still running
+or never finished are counted, not shown.
+Folders that are not cells (no config, manifest, lock or marker: e.g. a report written into the
+results root, ``results/report/plots``) are ignored.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ COLUMNS = [
     "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
     "status", "reason", "cell", "train_min_len",
 ]  # fmt: skip
-MANIFEST_KEYS = ("git", "lenbench", "torch", "device")
+MANIFEST_KEYS = ("git", "lenbench", "torch", "device", "cuda_device", "cpu_count", "started")
 INT_COLUMNS = ("seed", "train_len", "eval_len", "train_min_len")
 
 
@@ -82,6 +85,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def is_cell_folder(cell: CellDir) -> bool:
+    """True for a folder the store created: it has a config, manifest, lock or DONE/FAILED marker."""
+    paths = (cell.config_path, cell.manifest_path, cell.done_path, cell.failed_path, cell.path / ".lock")
+    return any(p.exists() for p in paths)
+
+
 def cell_rows(cell: CellDir, warnings: list[str]) -> list[dict[str, Any]] | None:
     """Rows of one cell folder, or None when it has neither DONE nor FAILED."""
     status = cell.status()
@@ -118,6 +127,8 @@ def collect(results: Path | str, suite: str | None = None) -> Collection:
     rows: list[dict[str, Any]] = []
     incomplete = 0
     for cell in ResultStore(root).cells(suite):
+        if not is_cell_folder(cell):
+            continue
         got = cell_rows(cell, warnings)
         if got is None:
             incomplete += 1

@@ -126,9 +126,17 @@ def _failed_handle(ax: Any, label: str) -> None:
     ax.plot([], [], label=f"{label}: FAILED", color=pe_style(label)["color"], linestyle="none", marker="x")
 
 
-def legend_below(ax: Any, ncol: int = 3) -> None:
-    """The legend under the axes (saved with ``bbox_inches='tight'``), so it never hides a curve."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=ncol, frameon=False)
+def legend_below(fig: Figure, ncol: int = 3) -> None:
+    """One legend for every labelled artist of ``fig``, hung below the figure's bottom edge: call it
+    after ``tight_layout``; ``bbox_inches='tight'`` at save time takes it in, so it never covers a
+    curve or the x labels, however tall the axes or the legend."""
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(ncol, len(handles)), frameon=False)
 
 
 def log_axes(ax: Any, xticks: list[int]) -> None:
@@ -141,12 +149,23 @@ def log_axes(ax: Any, xticks: list[int]) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if _few_decades(ax) else ""))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _minor_label(ax, v)))
 
 
 def _few_decades(ax: Any) -> bool:
     lo, hi = ax.get_ylim()
     return lo > 0 and hi / lo < 20
+
+
+def _minor_label(ax: Any, v: float) -> str:
+    """Minor log ticks get a label only at 2x and 5x a power of ten (3x too within one decade), and
+    only when the axis spans few decades: every minor tick labelled would overlap its neighbours."""
+    if not _few_decades(ax) or v <= 0:
+        return ""
+    lo, hi = ax.get_ylim()
+    mantissa = round(v / 10 ** np.floor(np.log10(v) + 1e-9), 6)
+    wanted = (2.0, 3.0, 5.0) if hi / lo < 10 else (2.0, 5.0)
+    return f"{v:g}" if mantissa in wanted else ""
 
 
 # --------------------------------------------------------------------------- CHE
@@ -178,8 +197,6 @@ def _che_panel(ax: Any, frame: pd.DataFrame, task: str, legend: bool) -> None:
     ax.set_xlim(left=0)
     ax.set_ylim(-2, 102)
     ax.set_title(task.replace("_", " "))
-    if legend:
-        legend_below(ax)
 
 
 def che_task_figure(frame: pd.DataFrame, task: str) -> Figure:
@@ -190,6 +207,7 @@ def che_task_figure(frame: pd.DataFrame, task: str) -> Figure:
         ax.set_xlabel("test length N")
         ax.set_ylabel("accuracy (%)")
         fig.tight_layout()
+        legend_below(fig)
     return fig
 
 
@@ -207,15 +225,8 @@ def che_grid_figure(frame: pd.DataFrame, tasks: list[str], cols: int = 5) -> Fig
             ax.set_ylabel("accuracy (%)")
         for ax in axes[-1, :]:
             ax.set_xlabel("test length N")
-        handles: dict[str, Any] = {}
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(lab, h)
         fig.tight_layout()
-        # Hung below the figure's bottom edge: the tight bounding box at save time takes it in, so
-        # it never overlaps the x labels, however many rows the grid or the legend has.
-        fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=min(6, len(handles)), frameon=False)
+        legend_below(fig, ncol=6)
     return fig
 
 
@@ -241,8 +252,8 @@ def ppl_figure(frame: pd.DataFrame, dataset: str, train_len: int) -> Figure:
         ax.set_xlabel("evaluation length L (tokens)")
         ax.set_ylabel("perplexity (last 256 tokens)")
         ax.set_title(f"{dataset}, trained at {train_len}")
-        legend_below(ax)
         fig.tight_layout()
+        legend_below(fig)
     return fig
 
 
@@ -269,8 +280,8 @@ def timing_figures(frame: pd.DataFrame) -> dict[str, Figure]:
                 ax.set_title(f"{size}" + (" (estimated from a slice)" if t.sliced(size) else ""))
                 ax.set_xlabel("sequence length")
             axes[0, 0].set_ylabel(f"ms, {titles.get(t.mode, t.mode)}")
-            legend_below(axes[0, len(t.sizes) // 2])
             fig.tight_layout()
+            legend_below(fig, ncol=6 if len(t.sizes) > 1 else 3)
         out[t.mode] = fig
     return out
 

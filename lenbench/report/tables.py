@@ -3,8 +3,9 @@
 - CHE: tasks grouped by Chomsky level (with chance accuracy) x PEs; the score (mean accuracy over
   test lengths, %) as mean ± sample std over seeds, and in a second table the max over seeds.
 - ppl: per dataset and training length, PEs x evaluation lengths of ppl_last256 (DAPE's layout).
-- timing: DAPE Table 1 per mode and model size, PEs x lengths in ms with the Ratio to DAPE-Kerple
-  (built by :func:`lenbench.suites.timing.timing_tables` from the stored records).
+- timing: DAPE Table 1 per mode and model size, PEs x lengths in ms (``KL ms`` for a K-layer CPU
+  slice, with its full-model ``est. ms``) and ``Ratio (PE/dape-kerple)`` (built by
+  :func:`lenbench.suites.timing.timing_tables` from the stored records); then peak memory per size.
 - significance: the paired tests of :mod:`lenbench.report.stats`.
 
 A cell never run shows ``—``; a cell whose every seed failed shows ``FAILED``; some failed seeds
@@ -331,25 +332,108 @@ def timing_data(frame: pd.DataFrame) -> tuple[list[Any], set[tuple[str, str, int
     return build(records), failed
 
 
+def _memory_cells(frame: pd.DataFrame) -> dict[tuple[str, str, int, str], tuple[str, float | None]]:
+    """``{(pe, size, length, mode): (status, MiB)}`` of the timing suite's peak-memory records;
+    status ``done`` (MiB None: not measured on this platform), ``oom`` or ``failed``."""
+    timing = frame[frame["suite"] == "timing"]
+    out: dict[tuple[str, str, int, str], tuple[str, float | None]] = {}
+    for r in timing.to_dict("records"):
+        if _nan(r.get("eval_len")) or _nan(r.get("mode")):
+            continue
+        key = (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]))
+        if r["status"] == "failed":
+            out[key] = ("failed", None)
+        elif r.get("metric") == "peak_mem_mb":
+            out[key] = (str(r["status"]), None if _nan(r.get("value")) else float(r["value"]))
+    return out
+
+
+def _memory_text(cell: tuple[str, float | None] | None) -> str:
+    if cell is None:
+        return MISSING
+    status, mib = cell
+    if status == "oom":
+        return "OOM"
+    if status == "failed":
+        return FAILED
+    return "n/a" if mib is None else (f"{mib:.0f}" if mib >= 10 else f"{mib:.1f}")
+
+
+def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]) -> list[Table]:
+    """Peak memory per model size: PE rows, per length and mode the MiB the timed call added."""
+    cells = _memory_cells(frame)
+    if not cells:
+        return []
+    timing = frame[frame["suite"] == "timing"]
+    mem_rows = timing[timing["metric"] == "peak_mem_mb"]
+    methods = sorted({str(m) for m in mem_rows.get("method", pd.Series(dtype=object)).dropna().unique()})
+    tables = []
+    for size in list(dict.fromkeys(s for _, s, _, _ in cells)):
+        keys = [k for k in cells if k[1] == size]
+        lengths = sorted({n for _, _, n, _ in keys})
+        modes = [m for m in ("fwd", "train") if any(k[3] == m for k in keys)]
+        modes += sorted({k[3] for k in keys} - set(modes))
+        header = ["PE"] + [f"N={n} {mode} MiB" for n in lengths for mode in modes]
+        rows = [
+            [TCell(pe)] + [TCell(_memory_text(cells.get((pe, size, n, mode)))) for n in lengths for mode in modes]
+            for pe in pe_order([k[0] for k in keys])
+        ]
+        timed, total = layers.get(size, (0, 0))
+        part = f" (of the {timed} timed block(s) of {total})" if 0 < timed < total else ""
+        part = " (the full model)" if 0 < timed == total else part
+        notes = [
+            f"peak memory of one timed call above the memory held before it{part}; "
+            "CUDA: max allocated; CPU: peak RSS delta",
+            "methods: " + (", ".join(methods) if methods else "?") + "; n/a: not measurable on this platform",
+            f"OOM: did not fit in memory; {FAILED}: the cell failed; {MISSING}: not run",
+        ]
+        tables.append(Table(f"timing_memory_{slug(size)}", f"{size}: peak memory (MiB), batch 1", header,
+                            [Section(None, rows)], notes))
+    return tables
+
+
+def _dape_width(frame: pd.DataFrame, pe: str) -> int | None:
+    """D_DAPE of a timed PE: as its records stored it, else from the PE registry (None: no DAPE MLP)."""
+    if "d_dape" in frame:
+        stored = frame[(frame["suite"] == "timing") & (frame["pe"] == pe)]["d_dape"].dropna()
+        if len(stored):
+            return int(stored.iloc[0])
+    from lenbench.suites.timing import dape_width
+
+    try:
+        return dape_width(pe)
+    except Exception:  # a plugin PE this process cannot build: say nothing rather than guess
+        return None
+
+
 def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
-    """DAPE Table 1 per (mode, size): PE rows, per length ms (and the full-model estimate) and Ratio."""
+    """DAPE Table 1 per (mode, size): PE rows, per length ms (and the full-model estimate) and the
+    Ratio to DAPE-Kerple (its direction in every Ratio header); then peak memory per size."""
     tables_by_mode, failed = timing_data(frame)
     titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
     tables, summary = [], []
     failed_modes = {m for *_, m in failed}
     modes = {t.mode: t for t in tables_by_mode}
+    memory = _memory_cells(frame)
+    layers: dict[str, tuple[int, int]] = {}
+    for t in tables_by_mode:
+        layers.update(t.layers)
     for mode in [*modes, *sorted(failed_modes - set(modes))]:
         t = modes.get(mode)
         sizes = list(t.sizes) if t else []
         sizes += sorted({s for _, s, _, m in failed if m == mode and s not in sizes})
+        ref = t.reference if t and t.reference else None
+        ratio_name = f"Ratio (PE/{ref or 'dape-kerple'})"
         for size in sizes:
             lengths = sorted({*(t.lengths.get(size, []) if t else []), *(n for _, s, n, m in failed
                                                                            if m == mode and s == size)})
             sliced = bool(t and size in t.layers and t.sliced(size))
+            timed = t.layers[size][0] if sliced and t else 0
             pes = pe_order([*(t.pes if t else []), *(p for p, s, _, m in failed if m == mode and s == size)])
             header = ["PE", "backend"]
             for n in lengths:
-                header += [f"N={n} ms"] + ([f"N={n} est. ms"] if sliced else []) + [f"N={n} Ratio"]
+                header += [f"N={n} {timed}L ms" if sliced else f"N={n} ms"]
+                header += ([f"N={n} est. ms"] if sliced else []) + [f"N={n} {ratio_name}"]
             rows = []
             for pe in pes:
                 row = [TCell(pe), TCell(t.backends.get(pe, MISSING) if t else MISSING)]
@@ -366,19 +450,29 @@ def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame
                         row += [TCell(_fmt_ms(e.ms))] + ([TCell(_fmt_ms(e.est_ms))] if sliced else [])
                         row.append(TCell(MISSING if e.ratio is None else f"{e.ratio:.2f}"))
                     if e is not None:
+                        mem = memory.get((pe, size, n, mode))
                         summary.append({"mode": mode, "size": size, "pe": pe, "eval_len": n, "ms": e.ms,
-                                        "est_full_ms": e.est_ms, "ratio": e.ratio, "oom": e.oom})
+                                        "est_full_ms": e.est_ms, "ratio": e.ratio, "oom": e.oom,
+                                        "peak_mem_mb": mem[1] if mem else None})
                 rows.append(row)
-            ref = (t.reference if t else None) or "dape-kerple (not in these results)"
-            notes = [f"Ratio = PE time / {ref} time at the same length (full-model times; DAPE Table 1)"]
-            if sliced:
-                timed, total = t.layers[size]
-                notes.append(f"ms: {timed} of {total} blocks measured; est. ms: full model estimated from them "
-                             "plus the measured embedding and head (an estimate, not a measurement)")
-            notes.append(f"median over repeats; OOM: did not fit in memory; {MISSING}: not run")
+            notes = [f"Ratio = PE time / {ref or 'dape-kerple (not in these results)'} time at the same length "
+                     "(full-model times; DAPE Table 1); below 1: faster than the reference"]
+            if sliced and t:
+                total = t.layers[size][1]
+                notes.append(f"{timed}L ms: {timed} of {total} blocks measured; est. ms: full model estimated as "
+                             f"{timed}L ms x {total}/{timed} + the measured embedding and head "
+                             "(an estimate, not a measurement)")
+            widths = [f"{pe} {w}" for pe in pes if (w := _dape_width(frame, pe)) is not None]
+            if widths:
+                notes.append("D_DAPE (DAPE's MLP width; the paper times 32): " + ", ".join(widths))
+            notes.append("backend: the attention kernel per PE (flex: fused FlexAttention; sdpa: fused SDPA; "
+                         "sdpa_bias, blocked_bias, explicit: materialized bias or logits); a/b: a at some "
+                         "lengths, b at others")
+            notes.append(f"median over repeats (IQR in results_long); OOM: did not fit in memory; {MISSING}: not run")
             devices = "/".join(t.devices) if t and t.devices else "?"
             title = f"{size}: ms per sequence, {titles.get(mode, mode)}, batch 1, {devices}"
             tables.append(Table(f"timing_{mode}_{slug(size)}", title, header, [Section(None, rows)], notes, left=2))
+    tables += timing_memory_tables(frame, layers)
     return tables, pd.DataFrame(summary)
 
 

@@ -305,6 +305,14 @@ def _hidden_width(pe: type[PositionalEncoding], spec: PESpec) -> int:
     return int(spec.options.get("hidden", default))
 
 
+def dape_width(label: str) -> int | None:
+    """D_DAPE of a PE label: the hidden width of a DAPE PE's MLP (32 unless ``hidden=`` says
+    otherwise), None for a PE without one."""
+    spec = parse_pe_spec(label)
+    width = _hidden_width(pe_class(spec), spec)
+    return width or None
+
+
 def estimate_bytes(cfg: dict[str, Any]) -> int:
     """A lower bound on the memory a cell needs: weights (and gradients), activations kept for
     backward, and the N x N attention terms that are surely materialized. Used to skip cells that
@@ -539,6 +547,7 @@ def cell_records(cfg: dict[str, Any], result: dict[str, Any]) -> list[dict[str, 
         "batch_size": cfg["batch_size"],
         "precision": cfg["precision"],
         "device": cfg["device"],
+        "d_dape": dape_width(cfg["pe"]),
         "status": result["status"],
     }
     if result["status"] != "ok":

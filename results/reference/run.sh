@@ -17,4 +17,6 @@ lenbench run --suite ppl --profile quick --pe "$PES" --seeds 0 --steps 600 --out
 # timing, quick profile: one block of the 350M shape at 512..2048 (+ full-model estimates).
 lenbench timing --profile quick --pe "$PES" --out "$OUT"
 
+# The report only reads the cells above: rerun this line alone to rebuild it (e.g. after a change to
+# lenbench/report/); it never changes a measurement.
 lenbench report --results "$OUT" --out "$OUT/report" --format md,csv,tex,html
