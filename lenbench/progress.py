@@ -107,8 +107,8 @@ class GridProgress:
         self.progress.stop()
 
     def _refresh(self) -> None:
-        parts = [f"{self.counts['done']} done", f"{len(self.cells)} running"]
-        parts += [f"{self.counts[k]} {k}" for k in ("failed", "busy") if self.counts[k]]
+        parts = [f"{self.counts['done']} done", f"{len(self.cells)} running", f"{self.counts['failed']} failed"]
+        parts += [f"{self.counts['busy']} busy"] if self.counts["busy"] else []
         self.progress.update(self.grid, completed=sum(self.counts.values()), info=" · ".join(parts))
 
     def started(self, label: str) -> None:

@@ -157,7 +157,8 @@ class SlurmArray:
         if self.partition:
             params["slurm_partition"] = self.partition
         executor.update_parameters(**params)
-        jobs = executor.submit_array([CellJob(outcomes[i].cell, str(store.root), self.cpus) for i in todo])
+        root = str(store.root.resolve())  # a task may start in another working directory
+        jobs = executor.submit_array([CellJob(outcomes[i].cell, root, self.cpus) for i in todo])
         self.jobs = list(jobs)
         for i, job in zip(todo, jobs, strict=True):
             outcomes[i].reason = f"job {job.job_id}"

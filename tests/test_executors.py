@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from test_che_suite import cells
 
 from lenbench.cli import main
 from lenbench.executors import run_cell_once, run_in_process
 from lenbench.pool import LocalPool, cpu_cores
-from lenbench.results import ResultStore
+from lenbench.results import CellDir, ResultStore
 from lenbench.slurm import CellJob, SlurmArray, parse_time
 from lenbench.status import counts, folder_states, grid_states
 from lenbench.suites import SilentReporter, load_suite_module
@@ -59,22 +62,37 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def task_pid(cell_dir: CellDir) -> int:
+    """The pid of the process running the cell now: the last ``start ... pid N`` line of its run.log."""
+    starts = [line for line in (cell_dir.path / "run.log").read_text().splitlines() if " start on " in line]
+    return int(starts[-1].split(" pid ")[1].split()[0])
+
+
 def test_submitit_local_jobs_killed_then_resubmitted(tmp_path: Path) -> None:
     grid = cells("even_pairs,parity_check", "alibi", train=LONG)
     expected = sequential(grid, tmp_path / "seq", 1)
     store = ResultStore(tmp_path / "res")
-    first = SlurmArray(cluster="local", gpus_per_cell=0, cpus_per_cell=1, time="10", folder=tmp_path / "jobs")
+    # time 30 min: submitit sees the signal below as a preemption, not a timeout (both requeue)
+    first = SlurmArray(cluster="local", gpus_per_cell=0, cpus_per_cell=1, time="30", folder=tmp_path / "jobs")
     assert [o.status for o in first.run(grid, store)] == ["submitted", "submitted"]
-    killed = store.cell("che", grid[0].label, grid[0].config)
-    wait_for(lambda: killed.checkpoint_path.exists(), 120, "the first checkpoint")
+    killed, preempted = (store.cell("che", c.label, c.config) for c in grid)
+    wait_for(lambda: killed.checkpoint_path.exists() and preempted.checkpoint_path.exists(), 120, "checkpoints")
     first.jobs[0].cancel()  # SIGINT, like scancel: the cell stops, its checkpoint stays
+    # preemption: Slurm (here submitit's local controller) signals the task with SIGUSR2; submitit calls
+    # CellJob.checkpoint, requeues the same cell, and the requeued task resumes from the cell's checkpoint
+    os.kill(task_pid(preempted), signal.SIGUSR2)
     survivor = first.jobs[1].result()
-    assert survivor.status == "done" and survivor.summary["resumed_from"] == 0
+    assert survivor.status == "done" and survivor.summary["resumed_from"] >= LONG["checkpoint_every"], survivor
+    assert "Requeued job" in first.jobs[1].stderr() + first.jobs[1].stdout()
+    assert (preempted.path / "run.log").read_text().count(" start on ") == 2
     wait_for(lambda: first.jobs[0].done(), 60, "the cancelled job to exit")
     (state, _) = grid_states(grid, store)
     assert state.state == "pending" and "resumes from its checkpoint" in state.detail, state
     again = SlurmArray(cluster="local", gpus_per_cell=0, cpus_per_cell=1, time="10", folder=tmp_path / "jobs")
-    assert [o.status for o in again.run(grid, store)] == ["submitted", "skipped"]  # only the unfinished cell
+    said = Console(file=io.StringIO(), width=200)
+    assert [o.status for o in again.run(grid, store, said)] == ["submitted", "skipped"]  # only the unfinished cell
+    told = said.file.getvalue()  # type: ignore[attr-defined]
+    assert "submitted 1 cell(s)" in told and f"watch: lenbench status --out {store.root}" in told, told
     resumed = again.jobs[0].result()
     assert resumed.status == "done" and resumed.summary["resumed_from"] >= LONG["checkpoint_every"]
     assert {c.label: store.cell("che", c.label, c.config).metrics_path.read_text() for c in grid} == expected
@@ -172,3 +190,24 @@ def test_ddp_two_gloo_ranks_write_one_ordinary_cell(tmp_path: Path, monkeypatch:
     assert set(json.loads((ddp / "DONE").read_text())) == set(json.loads((single / "DONE").read_text()))
     manifest = json.loads((ddp / "manifest.json").read_text())
     assert manifest["data_parallel"] == {"world_size": 2, "backend": "gloo", "batch_per_rank": 2}
+
+
+def test_grid_progress_counts_done_running_failed_with_an_eta() -> None:
+    from lenbench.progress import GridProgress
+
+    console = Console(file=io.StringIO(), width=160, force_terminal=False)
+    view = GridProgress(console, total=3)
+    with view:
+        view.started("a")
+        view.event("a", "train_start", ("a", 10, 0))
+        view.event("a", "train_step", (5, {"loss": 0.5}))
+        view.started("b")
+        view.finished("a", "done", "score 90.0%")
+        view.finished("b", "failed", "loss is nan at step 3")
+        view.started("c")
+        row = view.progress.tasks[0]
+        assert row.fields["info"] == "1 done · 1 running · 1 failed" and row.completed == 2
+        assert len(view.progress.tasks) == 1  # finished cells' rows are gone
+        assert "ETA" in str(view.progress.columns[5].text_format)
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "done a: score 90.0%" in printed and "failed b: loss is nan at step 3" in printed
