@@ -1,0 +1,82 @@
+"""The small kernels of a CHE training step, each against its alternative, interleaved in one process.
+
+1. Dropout mask over ``[128, T, 64]``: ``F.dropout`` (``bernoulli_`` per element) against
+   :func:`lenbench.model.dropout.dropout` (one 64-bit draw per two elements).
+2. Attention forward + backward at the anchor's tiny heads (batch 128, 8 heads of dim 8, a float
+   bias): SDPA's fused CPU kernel, SDPA's math kernel, and matmul + softmax + matmul.
+
+Medians over ``--repeats`` calls, each variant timed in turn so machine drift hits all alike.
+
+    python benchmarks/che_kernels.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from lenbench.model.dropout import dropout
+
+
+def interleaved_ms(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median ms per call of each variant, calling them round-robin after 5 warm-up rounds."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for rnd in range(repeats + 5):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            if rnd >= 5:
+                times[name].append(1e3 * (time.perf_counter() - start))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def attention_variants(t: int, heads: int = 8, dim: int = 8, batch: int = 128) -> dict[str, Callable[[], object]]:
+    qkv = torch.randn(batch, t, 3, heads, dim, requires_grad=True)
+    bias = torch.randn(1, heads, t, t)
+    scale = 1.0 / math.sqrt(dim)
+
+    def split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def fused() -> None:
+        F.scaled_dot_product_attention(*split(), attn_mask=bias).sum().backward()
+
+    def math_kernel() -> None:
+        torch.ops.aten._scaled_dot_product_attention_math(*split(), bias)[0].sum().backward()
+
+    def explicit() -> None:
+        q, k, v = split()
+        s = torch.matmul(q, k.transpose(-1, -2)) * scale + bias
+        torch.matmul(torch.softmax(s, -1), v).sum().backward()
+
+    return {"sdpa": fused, "sdpa math": math_kernel, "matmul+softmax": explicit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--lengths", default="12,22,41", help="sequence lengths T (the anchor's mean is ~22)")
+    args = parser.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median ms per call")
+    for t in lengths:
+        x = torch.randn(128, t, 64)
+        ms = interleaved_ms({"F.dropout": lambda x=x: F.dropout(x, 0.1, True),
+                             "lenbench dropout": lambda x=x: dropout(x, 0.1, True)}, args.repeats)
+        print(f"dropout mask T={t:3d}: F.dropout {ms['F.dropout']:.3f}, lenbench {ms['lenbench dropout']:.3f} "
+              f"(ratio {ms['lenbench dropout'] / ms['F.dropout']:.2f})")
+    for t in lengths:
+        ms = interleaved_ms(attention_variants(t), args.repeats)
+        print(f"attention fwd+bwd T={t:3d}: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()))
+
+
+if __name__ == "__main__":
+    main()
