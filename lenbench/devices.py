@@ -8,21 +8,30 @@ from typing import Any
 
 import torch
 
+from lenbench.errors import LenbenchError
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def device_and_autocast(precision: str) -> tuple[torch.device, Callable[[], Any]]:
-    """CUDA when available; autocast bf16 on CUDA for ``auto``/``bf16``, fp32 on CPU unless ``bf16``."""
+def check_precision(precision: str) -> None:
+    """A suite's ``train.precision`` must be one of :data:`PRECISIONS` (checked before any cell starts)."""
     if precision not in PRECISIONS:
-        from lenbench.errors import LenbenchError
+        raise LenbenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
-        raise LenbenchError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
-    def autocast() -> Any:
-        if not use_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+def compute_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    return device, autocast
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
+    """A context factory: bf16 autocast for ``bf16``, or ``auto`` on CUDA; fp32 (no autocast) otherwise."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def device_and_autocast(precision: str) -> tuple[torch.device, Callable[[], Any]]:
+    """:func:`compute_device` and its :func:`autocast_for` ``precision``."""
+    device = compute_device()
+    return device, autocast_for(precision, device)

@@ -132,9 +132,12 @@ class Transformer(nn.Module):
             x = self.drop(self.pe_input.embed(x, self.pe_input.positions(ids.shape[1], ids.device)))
         if last is not None and not 0 < last <= ids.shape[1]:
             raise ValueError(f"cannot read the last {last} of {ids.shape[1]} positions")
-        final = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            x = block(x, last if i == final and last is not None and last < ids.shape[1] else None)
+        if last == ids.shape[1]:
+            last = None  # every position is read: the plain forward
+        *inner, final = self.blocks
+        for block in inner:
+            x = block(x)
+        x = final(x, last)
         return self.head(self.final_norm(x))
 
     def num_parameters(self) -> int:

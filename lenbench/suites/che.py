@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
-from lenbench.devices import PRECISIONS, device_and_autocast
+from lenbench.devices import autocast_for, check_precision, compute_device
 from lenbench.errors import LenbenchError
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec, resolve_pes
@@ -92,11 +92,6 @@ def resolve_tasks(value: str | list[str]) -> list[str]:
     return names
 
 
-def compute_device() -> torch.device:
-    """The device cells run on: CUDA when available, else the CPU."""
-    return device_and_autocast("auto")[0]
-
-
 def check_model(model: CheModel) -> None:
     """Reject encoder shapes that cannot be built, before any cell starts."""
     for what, value in (("layers", model.layers), ("width (dim)", model.dim), ("heads", model.heads)):
@@ -123,8 +118,7 @@ def check_lengths(train_cfg: CheTrain, lengths: list[int]) -> None:
             raise LenbenchError(f"{what} must be >= 1, got {value}")
     if train_cfg.lr <= 0:
         raise LenbenchError(f"learning rate must be > 0, got {train_cfg.lr}")
-    if train_cfg.precision not in PRECISIONS:
-        raise LenbenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {train_cfg.precision!r}")
+    check_precision(train_cfg.precision)
 
 
 def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
@@ -243,7 +237,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     t = cfg["train"]
     torch.manual_seed(cfg["seed"])
     device = compute_device()
-    autocast = device_and_autocast(t.get("precision", "auto"))[1]
+    autocast = autocast_for(t["precision"], device)
     model = build_model(cfg, task).to(device)
 
     def step_fn(model: Transformer, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -255,7 +249,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
         return loss, {"acc": masked_accuracy(task, logits.detach(), targets), "length": length}
 
     resumed = {"from": 0}
-    clock = CompileClock() if t.get("compile", False) else None
+    clock = CompileClock() if t["compile"] else None
 
     def on_start(step: int) -> None:
         resumed["from"] = step

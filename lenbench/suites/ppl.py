@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenbench.bench import is_oom, release_memory
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.data.corpora import (
     DatasetSpec,
@@ -51,7 +52,7 @@ from lenbench.data.corpora import (
     tokenize_corpus,
 )
 from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer
-from lenbench.devices import PRECISIONS, device_and_autocast
+from lenbench.devices import check_precision, device_and_autocast
 from lenbench.distributed import shard_size
 from lenbench.errors import LenbenchError
 from lenbench.model.sizes import SIZES
@@ -165,8 +166,7 @@ def check_profile(prof: PplProfile, train_lengths: list[int], eval_lengths: list
             raise LenbenchError(f"{what} must be >= 1, got {value}")
     if t.lr <= 0:
         raise LenbenchError(f"learning rate must be > 0, got {t.lr}")
-    if t.precision not in PRECISIONS:
-        raise LenbenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    check_precision(t.precision)
     if not 0.0 < prof.data.validation_fraction < 1.0:
         raise LenbenchError(f"data.validation_fraction must be in (0, 1), got {prof.data.validation_fraction}")
     check_tokenizer_spec(prof.data.tokenizer)
@@ -305,14 +305,6 @@ def perplexity(
     return math.exp(total_last / (n * k)), math.exp(total_all / (n * length))
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """``torch.OutOfMemoryError`` (CUDA), or the CPU allocator's ``RuntimeError`` ("can't allocate memory")."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
-
-
 def adaptive_perplexity(
     model: nn.Module,
     windows: np.ndarray,
@@ -334,8 +326,8 @@ def adaptive_perplexity(
         try:
             last, full = perplexity(model, windows, batch_size, last_tokens, device, autocast)
             return last, full, batch_size
-        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
-            if not is_out_of_memory(exc):
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(exc):
                 raise
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             if batch_size == 1:
@@ -345,8 +337,7 @@ def adaptive_perplexity(
                 ) from exc
         # retried outside the except block, so the failed attempt's tensors are already freed
         batch_size = max(1, batch_size // 2)
-        if device is not None and device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device or torch.device("cpu"))
         if note is not None:
             note(f"L={length}: out of memory, evaluating {batch_size} sequence(s) per batch")
 
@@ -522,7 +513,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
         warmup_frac=t["warmup_frac"],
         min_lr_ratio=t["min_lr_ratio"],
     )
-    clock = CompileClock() if t.get("compile", False) else None
+    clock = CompileClock() if t["compile"] else None
     started = time.perf_counter()
     train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
           compile_clock=clock)
