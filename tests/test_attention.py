@@ -8,18 +8,19 @@ import pytest
 import torch
 
 from lenbench.model import attention as attention_module
-from lenbench.model.attention import Attention
+from lenbench.model import small_attention
+from lenbench.model.attention import SMALL_MAX_LENGTH, Attention
 from lenbench.model.transformer import ModelConfig, Transformer, build_pes
 from lenbench.pe import PES, parse_pe_spec
 
 FOUNDATION_PES = ["nope", "sinusoidal", "learned", "rope", "alibi", "kerple", "dape", "dape-alibi"]
 
 
-def make_pair(name: str, causal: bool) -> tuple[Attention, Attention]:
-    cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=1, heads=4, causal=causal, max_length=64)
+def make_pair(name: str, causal: bool, dim: int = 32) -> tuple[Attention, Attention]:
+    cfg = ModelConfig(vocab_size=5, out_size=3, dim=dim, layers=1, heads=4, causal=causal, max_length=64)
     pe = build_pes(cfg, parse_pe_spec(name))[0]
-    fast = Attention(32, 4, pe, causal, backend="auto")
-    ref = Attention(32, 4, pe, causal, backend="explicit")
+    fast = Attention(dim, 4, pe, causal, backend="auto")
+    ref = Attention(dim, 4, pe, causal, backend="explicit")
     ref.load_state_dict(fast.state_dict())
     return fast, ref
 
@@ -45,9 +46,17 @@ def test_backends_agree(name: str, causal: bool) -> None:
 
 
 def test_backend_choice() -> None:
-    assert make_pair("rope", True)[0].choose_backend(torch.device("cpu")) == "sdpa"
-    assert make_pair("alibi", True)[0].choose_backend(torch.device("cpu")) == "blocked_bias"
-    assert make_pair("dape", True)[0].choose_backend(torch.device("cpu")) == "explicit"
+    """CPU: the small-head kernel at head dim 8 (when it compiled), SDPA / query blocks for wider heads."""
+    cpu = torch.device("cpu")
+    small = small_attention.available()
+    assert make_pair("rope", True)[0].choose_backend(cpu, 40) == ("small" if small else "sdpa")
+    assert make_pair("alibi", True)[0].choose_backend(cpu, 40) == ("small" if small else "blocked_bias")
+    assert make_pair("dape", True)[0].choose_backend(cpu, 40) == "explicit"
+    assert make_pair("rope", True, dim=128)[0].choose_backend(cpu, 40) == "sdpa"  # head dim 32
+    assert make_pair("alibi", True, dim=128)[0].choose_backend(cpu, 40) == "blocked_bias"
+    assert make_pair("alibi", True, dim=64)[0].choose_backend(cpu, 64) == ("small" if small else "blocked_bias")
+    assert make_pair("alibi", True, dim=64)[0].choose_backend(cpu, 65) == "blocked_bias"  # head dim 16: short only
+    assert make_pair("alibi", True)[0].choose_backend(cpu, SMALL_MAX_LENGTH) == "blocked_bias"
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -100,9 +109,9 @@ def test_cpu_evaluation_backend_depends_on_length() -> None:
     from lenbench.model.attention import FLEX_CPU_MIN_LENGTH, flex_available
 
     cpu = torch.device("cpu")
-    alibi, _ = make_pair("alibi", True)
-    fire, _ = make_pair("fire", True)
-    randomized, _ = make_pair("randomized-alibi", True)  # positions hook: no exact score_mod path
+    alibi, _ = make_pair("alibi", True, dim=128)  # head dim 32: no small-head kernel
+    fire, _ = make_pair("fire", True, dim=128)
+    randomized, _ = make_pair("randomized-alibi", True, dim=128)  # positions hook: no exact score_mod path
     assert alibi.choose_backend(cpu, 64) == "blocked_bias"  # training: exact gradients
     assert fire.choose_backend(cpu, FLEX_CPU_MIN_LENGTH) == "blocked_bias"
     with torch.no_grad():

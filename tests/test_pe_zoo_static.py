@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from lenbench.errors import LenbenchError
 from lenbench.model import attention as attention_module
+from lenbench.model import small_attention
 from lenbench.model.attention import Attention
 from lenbench.model.transformer import ModelConfig, Transformer, build_pes
 from lenbench.pe import PES, PEContext, parse_pe_spec
@@ -397,9 +398,10 @@ def backends_of(pe_type: type) -> list[str]:
     attention for a scores hook, SDPA otherwise (compiled Flex is covered by the score_mod test)."""
     if pe_type.has_hook("scores"):
         return ["explicit"]
+    small = ["small"] if small_attention.available() else []
     if pe_type.has_hook("bias"):
-        return ["auto", "sdpa_bias", "blocked_bias", "explicit"]
-    return ["auto", "explicit"]
+        return ["auto", "sdpa_bias", "blocked_bias", *small, "explicit"]
+    return ["auto", *small, "explicit"]
 
 
 @pytest.mark.parametrize("causal", [True, False])

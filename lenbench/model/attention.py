@@ -12,6 +12,11 @@ Backends:
   causal, and each block's mask is a strided window of that row (``mask[h, a, j] = row[h, N - 1 -
   i_a + j]``), so no per-element kernel math runs per block. Exact gradients; CPU training and
   evaluation.
+- ``small``: no bias or a static bias, on CPU at head dim 8 (and 16 up to 64 tokens), below
+  :data:`SMALL_MAX_LENGTH` tokens -> the C kernel of :mod:`lenbench.model.small_attention`
+  (exact, gradients to q, k, v and the bias; 0.4-0.5x the time of SDPA at CHE's shapes,
+  ``python benchmarks/che_kernels.py``). When the PE leaves q and k as they are, the kernel reads
+  them from the packed ``qkv`` projection and writes its gradient there in one buffer.
 - ``flex``: a static bias with a ``score_mod`` -> compiled FlexAttention, used on CUDA (unless the
   PE's own parameters train: score_mod sees them detached) and for CPU evaluation under
   ``no_grad`` from :data:`FLEX_CPU_MIN_LENGTH` tokens on (torch 2.13 has no CPU backward,
@@ -36,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenbench.model import small_attention
 from lenbench.pe.base import PositionalEncoding
 
-BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "flex", "explicit")
+BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "small", "flex", "explicit")
 
 # Elements allowed in one block's widest intermediate (fp32: 4 bytes each), ~512 MiB.
 BLOCK_BUDGET = 1 << 27
@@ -52,6 +58,16 @@ BIAS_BLOCK = 64
 # seconds per new length; at 2048 and 4096 Flex beat query blocks for every static bias
 # (benchmarks/README.md).
 FLEX_CPU_MIN_LENGTH = 1024
+
+# The small-head CPU kernel serves sequences shorter than this (from here FlexAttention takes CPU
+# evaluation; at head dim 8 it was 0.4-0.8x SDPA's time from 41 to 1024 tokens).
+SMALL_MAX_LENGTH = 1024
+
+
+def small_fits(head_dim: int, n: int) -> bool:
+    """Shapes where the small-head kernel beat SDPA, forward and backward, on a 2-core CPU
+    (benchmarks/README.md): head dim 8 below :data:`SMALL_MAX_LENGTH`, head dim 16 up to 64 tokens."""
+    return n < SMALL_MAX_LENGTH and (head_dim == 8 or (head_dim == 16 and n <= 64))
 
 
 @lru_cache(maxsize=1)
@@ -107,13 +123,17 @@ class Attention(nn.Module):
         """The backend a forward over ``n`` tokens uses (see module docstring).
 
         CUDA: compiled FlexAttention where the PE has an exact ``score_mod`` and its parameters do
-        not train here, else SDPA with the materialized bias. CPU: query blocks (``blocked_bias``),
-        except that evaluation uses compiled FlexAttention from :data:`FLEX_CPU_MIN_LENGTH` tokens
-        on (benchmarks/attention.py).
+        not train here, else SDPA with the materialized bias. CPU: the small-head kernel where
+        :func:`small_fits`, else query blocks (``blocked_bias``), except that evaluation uses
+        compiled FlexAttention from :data:`FLEX_CPU_MIN_LENGTH` tokens on (benchmarks/attention.py).
         """
         pe = type(self.pe)
         if pe.has_hook("scores"):
             return "explicit"
+        if self.backend == "small":
+            return "small"
+        if self.backend == "auto" and device.type == "cpu" and self.small_ok(n):
+            return "small"
         if not pe.has_hook("bias"):
             return "sdpa"
         if self.backend != "auto":
@@ -133,16 +153,24 @@ class Attention(nn.Module):
             return "flex"
         return "blocked_bias"
 
+    def small_ok(self, n: int) -> bool:
+        """The small-head kernel serves this forward: shape fits, not compiling, kernel compiled."""
+        return (
+            small_fits(self.head_dim, n) and not torch.compiler.is_compiling() and small_attention.available()
+        )
+
     def forward(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
         """``[B, N, E] -> [B, N, E]``, or ``[B, last, E]``: only the last ``last`` queries (encoder only).
 
         With ``last`` every token is still a key and value; a static bias then goes through
-        ``sdpa_bias`` on its ``[H, last, N]`` slice (small: it is the final layer's few read rows).
+        ``sdpa_bias`` (or ``small``) on its ``[H, last, N]`` slice (small: the final layer's few read rows).
         """
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(b, n, 3, self.heads, self.head_dim)
+        q0, k0, v = qkv.permute(2, 0, 3, 1, 4)
         pos = self.pe.positions(n, x.device)
-        q, k = self.pe.rotate(q, k, pos, pos)
+        q, k = self.pe.rotate(q0, k0, pos, pos)
+        untouched = q is q0 and k is k0  # the PE left q and k as projected (no rotation)
         backend = self.backend if self.backend in ("explicit",) else self.choose_backend(x.device, n)
         if last is not None:
             if self.causal:
@@ -151,8 +179,17 @@ class Attention(nn.Module):
             if backend in ("blocked_bias", "flex"):
                 backend = "sdpa_bias"
         nq = q.shape[-2]
+        if backend == "small" and not small_attention.supports(q, k):
+            backend = "sdpa_bias" if type(self.pe).has_hook("bias") else "sdpa"
         self.last_backend = backend
-        if backend == "sdpa":
+        if backend == "small":
+            bias = self.small_bias(pos, nq)
+            scale = 1.0 / math.sqrt(self.head_dim)
+            if untouched:  # read q, k, v straight from the packed projection; one gradient buffer
+                y = small_attention.small_attention_packed(qkv, bias, scale, nq)
+            else:
+                y = small_attention.small_attention(q, k, v, bias, scale)
+        elif backend == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         elif backend == "sdpa_bias":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.materialized_mask(pos, q.dtype, nq))
@@ -163,6 +200,17 @@ class Attention(nn.Module):
         else:
             y = self.explicit(q, k, v, pos)
         return self.out(y.transpose(1, 2).reshape(b, nq, self.dim))
+
+    def small_bias(self, pos: torch.Tensor, queries: int) -> torch.Tensor | None:
+        """``[H, queries, N]`` fp32 bias (with -inf on future keys when causal) for the small kernel,
+        or None when there is neither a bias nor a causal mask."""
+        n = pos.shape[0]
+        if type(self.pe).has_hook("bias"):
+            return self.bias_block(pos, self.toeplitz_row(pos), n - queries, n, n)
+        if not self.causal:
+            return None
+        future = torch.ones(queries, n, dtype=torch.bool, device=pos.device).triu(1 + n - queries)
+        return torch.zeros(queries, n, device=pos.device).masked_fill(future, float("-inf"))[None]
 
     def materialized_mask(self, pos: torch.Tensor, dtype: torch.dtype, queries: int | None = None) -> torch.Tensor:
         """``[1, H, Nq, N]`` float mask for the last ``queries`` (default all N) positions as queries.
@@ -190,23 +238,35 @@ class Attention(nn.Module):
             row = row.masked_fill(keys >= n, float("-inf"))
         return row
 
+    def toeplitz_row(self, pos: torch.Tensor) -> torch.Tensor | None:
+        """The distance row (:meth:`distance_row`) when the bias is translation invariant at these positions."""
+        toeplitz = type(self.pe).translation_invariant and not type(self.pe).has_hook("positions")
+        return self.distance_row(pos) if toeplitz else None
+
+    def bias_block(
+        self, pos: torch.Tensor, row: torch.Tensor | None, start: int, stop: int, keys: int
+    ) -> torch.Tensor:
+        """``[H, stop - start, keys]``: the bias of queries ``start..stop-1`` over keys ``0..keys-1``,
+        -inf on future keys when causal; a strided window of the distance ``row`` when given."""
+        n = pos.shape[0]
+        if row is not None:
+            # windows[h, u, j] = row[h, n - stop + u + j]; query i = stop - 1 - u.
+            return row[:, n - stop : 2 * n - 1 - start - (n - keys)].unfold(-1, keys, 1).flip(1)
+        mask = self.pe.bias(pos[start:stop], pos[:keys])
+        if self.causal:
+            rows = torch.arange(start, stop, device=pos.device)[:, None]
+            mask = mask.masked_fill(torch.arange(keys, device=pos.device)[None, :] > rows, float("-inf"))
+        return mask
+
     def blocked_bias(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """SDPA over blocks of :data:`BIAS_BLOCK` queries with each block's slice of the bias."""
         n = q.shape[-2]
-        toeplitz = type(self.pe).translation_invariant and not type(self.pe).has_hook("positions")
-        row = self.distance_row(pos) if toeplitz else None
+        row = self.toeplitz_row(pos)
         outs = []
         for start in range(0, n, BIAS_BLOCK):
             stop = min(n, start + BIAS_BLOCK)
             keys = stop if self.causal else n
-            if row is not None:
-                # windows[h, u, j] = row[h, n - stop + u + j]; query i = stop - 1 - u.
-                mask = row[:, n - stop : 2 * n - 1 - start - (n - keys)].unfold(-1, keys, 1).flip(1)
-            else:
-                mask = self.pe.bias(pos[start:stop], pos[:keys])
-                if self.causal:
-                    rows = torch.arange(start, stop, device=q.device)[:, None]
-                    mask = mask.masked_fill(torch.arange(keys, device=q.device)[None, :] > rows, float("-inf"))
+            mask = self.bias_block(pos, row, start, stop, keys)
             outs.append(
                 F.scaled_dot_product_attention(
                     q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], attn_mask=mask.to(q.dtype)[None]

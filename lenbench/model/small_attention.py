@@ -1,0 +1,250 @@
+"""Exact softmax attention for short sequences and small heads on CPU, through a small C kernel.
+
+``softmax(scale * q k^T + bias) v`` and its gradients with respect to q, k, v and the bias (the
+formulas are in ``small_attention.c``). Why it exists: at CHE's shapes (batch 128, 8 heads of dim
+8, T <= ~80) SDPA's CPU flash kernel and batched matmuls spend most of their time in per-(batch,
+head) overhead, not arithmetic; this kernel builds each (batch, head)'s scores in registers, 16
+keys per vector, and recomputes the probabilities from the log-sum-exp in the backward
+(``python benchmarks/che_kernels.py`` measures it against SDPA).
+
+The C source ships with the package and is compiled on first use with the system C compiler
+(``-O3 -march=native``) into a cache folder (``$LENBENCH_KERNEL_CACHE``, else
+``$XDG_CACHE_HOME/lenbench`` or ``~/.cache/lenbench``), keyed by the source, the flags, the
+compiler and the CPU, so a shared home folder never serves a library built for another CPU.
+Without a compiler, or with ``LENBENCH_SMALL_ATTENTION=0``, :func:`available` is False and
+attention uses SDPA instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("small_attention.c")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
+# Tried first: with OpenMP the kernel runs on PyTorch's own libgomp pool (same soname, already loaded).
+OPENMP = "-fopenmp"
+LANES = 16  # keys per vector in the kernel: the bias is padded to whole vectors
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+
+
+def cache_dir() -> Path:
+    if os.environ.get("LENBENCH_KERNEL_CACHE"):
+        return Path(os.environ["LENBENCH_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lenbench"
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (``-march=native`` depends on them)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in lines if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(sorted(set(keep))) or platform.machine()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def build(target_dir: Path | None = None) -> Path:
+    """Compile the kernel (or find it already compiled) and return the shared library's path.
+
+    Raises ``RuntimeError`` with the compiler's message when it cannot be built.
+    """
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    parts = [SOURCE.read_bytes(), " ".join((*FLAGS, OPENMP)).encode(), version.encode(), _cpu_signature().encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    folder = target_dir or cache_dir()
+    lib = folder / f"small_attention-{key}.so"
+    if lib.exists():
+        return lib
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".small_attention-", suffix=".so")
+    os.close(fd)
+    try:
+        for extra in ([OPENMP], []):  # without a libgomp to link, threads come from pthreads
+            proc = subprocess.run([cc, *FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, lib)  # atomic: concurrent builders each publish a whole library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("LENBENCH_SMALL_ATTENTION", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError):
+        return None
+    lib.small_attention_forward.argtypes = [_P] * 8 + [_F, _I]
+    lib.small_attention_backward.argtypes = [_P] * 13 + [_F, _I]
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled kernel can be used in this process (compiles it on the first call)."""
+    return _library() is not None
+
+
+def supports(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Shapes and dtypes the kernel computes: fp32 CPU tensors, head dim a multiple of 8."""
+    return (
+        q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.float32
+        and q.shape[-1] % 8 == 0 and q.shape[-2] > 0 and k.shape[-2] > 0
+    )
+
+
+def _strides(*tensors: torch.Tensor) -> ctypes.Array:
+    values = [s for t in tensors for s in t.stride()[:3]]
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def padded_bias(bias: torch.Tensor | None, tq: int, tk: int) -> torch.Tensor:
+    """``[Hb, Tq, Kp]`` fp32: the bias (``[Hb, Tq, Tk]``, Hb = 1 or heads; None = zeros) with -inf past Tk."""
+    kp = -(-tk // LANES) * LANES
+    hb = 1 if bias is None else bias.shape[0]
+    out = torch.full((hb, tq, kp), float("-inf"), dtype=torch.float32)
+    out[..., :tk] = 0.0 if bias is None else bias
+    return out
+
+
+def _dims(q: torch.Tensor, k: torch.Tensor, padded: torch.Tensor) -> ctypes.Array:
+    b, h, tq, d = q.shape
+    return (ctypes.c_int64 * 6)(b, h, tq, k.shape[-2], d, 0 if padded.shape[0] == 1 else padded.stride(0))
+
+
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output ``[B, H, Tq, D]`` (laid out as ``[B, Tq, H, D]``), log-sum-exp, padded bias."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the small attention kernel is not available (small_attention.available() is False)")
+    b, h, tq, d = q.shape
+    padded = padded_bias(bias, tq, k.shape[-2])
+    out = torch.empty(b, tq, h, d, dtype=q.dtype).transpose(1, 2)  # the out projection reads it as [B, Tq, E]
+    lse = torch.empty(b * h, tq, dtype=torch.float32)
+    if lib.small_attention_forward(_ptr(q), _ptr(k), _ptr(v), _ptr(padded), _ptr(out), _ptr(lse),
+                                   _dims(q, k, padded), _strides(q, k, v, out), scale, torch.get_num_threads()):
+        raise MemoryError("small attention kernel: out of memory")
+    return out, lse, padded
+
+
+def _backward(
+    saved: tuple[torch.Tensor, ...], grad: torch.Tensor, scale: float,
+    dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, bias_grad: bool, bias_heads: int | None,
+) -> torch.Tensor | None:
+    """Writes dq, dk, dv (any layout with a contiguous last axis); returns the bias gradient or None."""
+    lib = _library()
+    q, k, v, padded, out, lse = saved
+    h, tq, tk = q.shape[1], q.shape[2], k.shape[-2]
+    grad = _last_contiguous(grad)
+    dbias = torch.zeros(h, tq, padded.shape[-1], dtype=torch.float32) if bias_grad else None
+    if lib.small_attention_backward(_ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(grad), _ptr(padded), _ptr(lse),
+                                    _ptr(dq), _ptr(dk), _ptr(dv), _ptr(dbias), _dims(q, k, padded),
+                                    _strides(q, k, v, out, grad, dq, dk, dv), scale, torch.get_num_threads()):
+        raise MemoryError("small attention kernel: out of memory")
+    if dbias is None:
+        return None
+    dbias = dbias[..., :tk]
+    return dbias.sum(0, keepdim=True) if bias_heads == 1 else dbias
+
+
+class SmallAttention(torch.autograd.Function):
+    """q ``[B, H, Tq, D]``, k and v ``[B, H, Tk, D]`` (any strides, last axis contiguous), bias ``[Hb, Tq, Tk]``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):  # type: ignore[override]
+        q, k, v = (_last_contiguous(t) for t in (q, k, v))
+        out, lse, padded = _forward(q, k, v, None if bias is None else bias.detach(), scale)
+        ctx.save_for_backward(q, k, v, padded, out, lse)
+        ctx.scale, ctx.bias_heads = scale, None if bias is None else bias.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        q, k, v = ctx.saved_tensors[:3]
+        b, h, tq, d = q.shape
+        tk = k.shape[-2]
+        dq = torch.empty(b, tq, h, d, dtype=q.dtype).transpose(1, 2)
+        dk, dv = (torch.empty(b, tk, h, d, dtype=q.dtype).transpose(1, 2) for _ in range(2))
+        dbias = _backward(ctx.saved_tensors, grad, ctx.scale, dq, dk, dv, ctx.needs_input_grad[3], ctx.bias_heads)
+        return dq, dk, dv, dbias, None
+
+
+class PackedSmallAttention(torch.autograd.Function):
+    """The packed projection ``qkv [B, T, 3, H, D]``: keys and values at every position, queries at
+    the last ``queries`` ones. Its gradient is one ``[B, T, 3, H, D]`` tensor, so autograd does not
+    stack three separate ones (a copy of the whole projection per layer)."""
+
+    @staticmethod
+    def forward(ctx, qkv, bias, scale, queries):  # type: ignore[override]
+        q, k, v = qkv[:, qkv.shape[1] - queries :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), \
+            qkv[:, :, 2].transpose(1, 2)
+        out, lse, padded = _forward(q, k, v, None if bias is None else bias.detach(), scale)
+        ctx.save_for_backward(qkv, padded, out, lse)
+        ctx.scale, ctx.queries, ctx.bias_heads = scale, queries, None if bias is None else bias.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        qkv, padded, out, lse = ctx.saved_tensors
+        n, queries = qkv.shape[1], ctx.queries
+        views = lambda t: (t[:, n - queries :, 0].transpose(1, 2), t[:, :, 1].transpose(1, 2),  # noqa: E731
+                           t[:, :, 2].transpose(1, 2))
+        g = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        if queries < n:
+            g[:, : n - queries, 0] = 0.0  # keys and values only: no query gradient there
+        dq, dk, dv = views(g)
+        dbias = _backward((*views(qkv), padded, out, lse), grad, ctx.scale, dq, dk, dv, ctx.needs_input_grad[1],
+                          ctx.bias_heads)
+        return g, dbias, None, None
+
+
+def small_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """``softmax(scale q k^T + bias) v``: q ``[B, H, Tq, D]``, k and v ``[B, H, Tk, D]``, bias ``[H or 1, Tq, Tk]``."""
+    return SmallAttention.apply(q, k, v, bias, float(scale))
+
+
+def small_attention_packed(
+    qkv: torch.Tensor, bias: torch.Tensor | None, scale: float, queries: int | None = None
+) -> torch.Tensor:
+    """:func:`small_attention` on ``qkv [B, T, 3, H, D]`` (q, k, v along axis 2), queries at the last
+    ``queries`` positions (default all); returns ``[B, H, queries, D]``."""
+    return PackedSmallAttention.apply(qkv, bias, float(scale), qkv.shape[1] if queries is None else int(queries))
