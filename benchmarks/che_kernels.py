@@ -3,7 +3,9 @@
 1. Dropout mask over ``[128, T, 64]``: ``F.dropout`` (``bernoulli_`` per element) against
    :func:`lenbench.model.dropout.dropout` (one 64-bit draw per two elements).
 2. Attention forward + backward at the anchor's tiny heads (batch 128, 8 heads of dim 8, a float
-   bias): SDPA's fused CPU kernel, SDPA's math kernel, and matmul + softmax + matmul.
+   bias): SDPA's fused CPU kernel, SDPA's math kernel, matmul + softmax + matmul, and lenbench's
+   small-head C kernel (:mod:`lenbench.model.small_attention`, packed qkv as the model calls it).
+   ``--head-dim 16`` (or 32, ...) keeps ~5k tokens per call and shows where the kernel stops paying.
 
 Medians over ``--repeats`` calls, each variant timed in turn so machine drift hits all alike.
 
@@ -21,6 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lenbench.model import small_attention
 from lenbench.model.dropout import dropout
 
 
@@ -56,13 +59,20 @@ def attention_variants(t: int, heads: int = 8, dim: int = 8, batch: int = 128) -
         s = torch.matmul(q, k.transpose(-1, -2)) * scale + bias
         torch.matmul(torch.softmax(s, -1), v).sum().backward()
 
-    return {"sdpa": fused, "sdpa math": math_kernel, "matmul+softmax": explicit}
+    def small() -> None:
+        small_attention.small_attention_packed(qkv, bias[0], scale).sum().backward()
+
+    variants = {"sdpa": fused, "sdpa math": math_kernel, "matmul+softmax": explicit}
+    if small_attention.available():
+        variants["small kernel"] = small
+    return variants
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--lengths", default="12,22,41", help="sequence lengths T (the anchor's mean is ~22)")
+    parser.add_argument("--head-dim", type=int, default=8, help="head dim of the 8 heads")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     torch.manual_seed(0)
@@ -73,9 +83,12 @@ def main() -> None:
                              "lenbench dropout": lambda x=x: dropout(x, 0.1, True)}, args.repeats)
         print(f"dropout mask T={t:3d}: F.dropout {ms['F.dropout']:.3f}, lenbench {ms['lenbench dropout']:.3f} "
               f"(ratio {ms['lenbench dropout'] / ms['F.dropout']:.2f})")
+    batch = 128 if args.head_dim == 8 else max(1, 128 * 41 // max(lengths))
     for t in lengths:
-        ms = interleaved_ms(attention_variants(t), args.repeats)
-        print(f"attention fwd+bwd T={t:3d}: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()))
+        ms = interleaved_ms(attention_variants(t, dim=args.head_dim, batch=batch), args.repeats)
+        ratio = f" (small / sdpa {ms['small kernel'] / ms['sdpa']:.2f})" if "small kernel" in ms else ""
+        print(f"attention fwd+bwd head dim {args.head_dim} T={t:3d}: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()) + ratio)
 
 
 if __name__ == "__main__":

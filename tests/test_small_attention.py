@@ -75,6 +75,18 @@ def test_kernel_handles_large_scores_and_masked_keys() -> None:
 
 
 @needs_kernel
+def test_nan_propagates_like_torch() -> None:
+    """A NaN score makes its query's output NaN (and only its query's), as in SDPA: the training
+    loop's NaN-loss check depends on it."""
+    q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    bias = torch.zeros(2, 5, 5)
+    bias[1, 3, 2] = float("nan")
+    y = sa.small_attention(q, k, v, bias, 0.35)
+    assert y[0, 1, 3].isnan().all() and not y[0, 0].isnan().any() and not y[0, 1, [0, 1, 2, 4]].isnan().any()
+    assert sa.small_attention(q * float("nan"), k, v, None, 0.35).isnan().all()
+
+
+@needs_kernel
 def test_exp_polynomial_is_accurate() -> None:
     """Two keys with score gap x give p = 1 / (1 + e^-x): the kernel's exp over [-87, 0]."""
     gaps = torch.linspace(-87.0, 0.0, 64)

@@ -59,7 +59,7 @@ static inline float hmax(vf v) {
 }
 
 /* exp(x): 2^n e^r, n = round(x log2 e), r = x - n ln 2 split in two parts, degree-6 polynomial
- * (relative error ~2e-7); x < -87 (and -inf) gives 0, x > 88 is clamped. */
+ * (relative error ~2e-7); x < -87 (and -inf) gives 0, x > 88 is clamped, NaN gives NaN. */
 static inline vf vexp(vf x) {
     const vf lo = splat(-87.0f), hi = splat(88.0f), shift = splat(12582912.0f); /* 1.5 * 2^23 */
     vi under = x < lo;
@@ -76,7 +76,9 @@ static inline vf vexp(vf x) {
     p = p * r + 1.0f;
     p = p * r + 1.0f;
     vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-    return (vf)(~under & (vi)(p * (vf)bits));
+    vi nan = x != x; /* NaN stays NaN: a NaN score must reach the loss, never become 0 */
+    vf y = (vf)(~under & (vi)(p * (vf)bits));
+    return (vf)((nan & (vi)x) | (~nan & (vi)y));
 }
 
 typedef struct { const float *base; int64_t sb, sh, st; } View;
