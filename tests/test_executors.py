@@ -26,7 +26,9 @@ from lenbench.status import counts, folder_states, grid_states
 from lenbench.suites import SilentReporter, load_suite_module
 
 GRID = ("even_pairs,parity_check,reverse_string", "alibi,nope", "0")  # 6 cells
-LONG = {"steps": 200, "batch_size": 16, "lr": 1e-3, "max_length": 8, "checkpoint_every": 10, "log_every": 10}
+# Long enough that a cell is still training when the test cancels it right after its first checkpoint
+# (200 steps raced to "done" under a loaded full run once CPU attention got faster).
+LONG = {"steps": 1000, "batch_size": 16, "lr": 1e-3, "max_length": 8, "checkpoint_every": 10, "log_every": 10}
 
 
 def sequential(grid: list, root: Path, threads: int) -> dict[str, str]:

@@ -8,8 +8,8 @@ keys per vector, and recomputes the probabilities from the log-sum-exp in the ba
 (``python benchmarks/che_kernels.py`` measures it against SDPA).
 
 The C source ships with the package and is compiled on first use with the system C compiler
-(``-O3 -march=native``) into a cache folder (``$LENBENCH_KERNEL_CACHE``, else
-``$XDG_CACHE_HOME/lenbench`` or ``~/.cache/lenbench``), keyed by the source, the flags, the
+(``-O3 -march=native``) into a cache folder (``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` under
+``$LENBENCH_CACHE``, ``$XDG_CACHE_HOME/lenbench`` or ``~/.cache/lenbench``), keyed by the source, the flags, the
 compiler and the CPU, so a shared home folder never serves a library built for another CPU.
 Without a compiler, or with ``LENBENCH_SMALL_ATTENTION=0``, :func:`available` is False and
 attention uses SDPA instead.
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from lenbench.data.corpora import cache_root
+
 SOURCE = Path(__file__).with_name("small_attention.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 # Tried first: with OpenMP the kernel runs on PyTorch's own libgomp pool (same soname, already loaded).
@@ -39,10 +41,10 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
 
 def cache_dir() -> Path:
+    """``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` in lenbench's cache (:func:`~lenbench.data.corpora.cache_root`)."""
     if os.environ.get("LENBENCH_KERNEL_CACHE"):
         return Path(os.environ["LENBENCH_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lenbench"
+    return cache_root() / "kernels"
 
 
 def _cpu_signature() -> str:
