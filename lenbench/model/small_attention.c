@@ -17,7 +17,7 @@
  * element strides (batch, head, time) with the last axis contiguous. The bias is [H or 1, Tq, Kp]
  * contiguous, Kp = Tk rounded up to 16, with -inf in the padding columns (it also masks the padding
  * keys; head stride 0 shares one bias across heads); dbias is [H, Tq, Kp]; lse is [B * H, Tq].
- * D must be a multiple of 8. Entry points return 0, or -1 (bad D, out of memory).
+ * D must be a multiple of 8, at most 64. Entry points return 0, or -1 (bad D, out of memory).
  */
 #include <math.h>
 #include <pthread.h>
@@ -27,6 +27,7 @@
 
 #define MAX_THREADS 64
 #define LANES 16
+#define MAX_CHUNKS 8 /* D <= 64 */
 
 typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef int32_t vi __attribute__((vector_size(4 * LANES)));
@@ -101,6 +102,20 @@ static inline float *oat(const OutView *v, int64_t b, int64_t h, int64_t t) {
     return v->base + b * v->sb + h * v->sh + t * v->st;
 }
 
+/* acc[r] += sum_c A[r * ars + c * acs] * X[c, :] for r < nr: one X row load serves nr FMAs. */
+static inline __attribute__((always_inline)) void accumulate(
+    v8 acc[][MAX_CHUNKS], const float *restrict A, int64_t ars, int64_t acs, const float *restrict X, int64_t xs,
+    int64_t inner, const int64_t nr, const int64_t D) {
+    for (int64_t c = 0; c < inner; c++) {
+        const float *xc = X + c * xs;
+        for (int64_t u = 0; u < D / 8; u++) {
+            v8 x;
+            memcpy(&x, xc + 8 * u, sizeof x);
+            for (int64_t r = 0; r < nr; r++) acc[r][u] += A[r * ars + c * acs] * x;
+        }
+    }
+}
+
 /* C[r, :] = sum_c A[r * ars + c * acs] * X[c, :] for r < rows, c < inner; X rows of D floats at
  * stride xs, C rows at stride cs. ROWS independent accumulator rows hide the FMA latency. */
 static inline __attribute__((always_inline)) void contract(
@@ -110,28 +125,13 @@ static inline __attribute__((always_inline)) void contract(
     const int64_t chunks = D / 8;
     for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
         const int64_t nr = rows - r0 < ROWS ? rows - r0 : ROWS;
-        v8 acc[ROWS][chunks];
+        v8 acc[ROWS][MAX_CHUNKS];
         for (int64_t r = 0; r < ROWS; r++)
             for (int64_t c = 0; c < chunks; c++) acc[r][c] = (v8){0};
-        if (nr == ROWS) {
-            for (int64_t c = 0; c < inner; c++) {
-                const float *xc = X + c * xs;
-                for (int64_t u = 0; u < chunks; u++) {
-                    v8 x;
-                    memcpy(&x, xc + 8 * u, sizeof x);
-                    for (int64_t r = 0; r < ROWS; r++) acc[r][u] += A[(r0 + r) * ars + c * acs] * x;
-                }
-            }
-        } else {
-            for (int64_t c = 0; c < inner; c++) {
-                const float *xc = X + c * xs;
-                for (int64_t u = 0; u < chunks; u++) {
-                    v8 x;
-                    memcpy(&x, xc + 8 * u, sizeof x);
-                    for (int64_t r = 0; r < nr; r++) acc[r][u] += A[(r0 + r) * ars + c * acs] * x;
-                }
-            }
-        }
+        if (nr == ROWS) /* a constant row count: the compiler keeps the accumulators in registers */
+            accumulate(acc, A + r0 * ars, ars, acs, X, xs, inner, ROWS, D);
+        else
+            accumulate(acc, A + r0 * ars, ars, acs, X, xs, inner, nr, D);
         for (int64_t r = 0; r < nr; r++)
             for (int64_t u = 0; u < chunks; u++) memcpy(C + (r0 + r) * cs + 8 * u, &acc[r][u], sizeof(v8));
     }
@@ -331,7 +331,7 @@ static int64_t clamp_threads(int64_t threads, int64_t items) {
 int small_attention_forward(const float *q, const float *k, const float *v, const float *bias, float *out,
                             float *lse, const int64_t *dims, const int64_t *strides, float scale,
                             int64_t threads) {
-    if (dims[4] % 8) return -1;
+    if (dims[4] % 8 || dims[4] > 8 * MAX_CHUNKS) return -1;
     Job jobs[MAX_THREADS];
     threads = clamp_threads(threads, dims[0] * dims[1]);
     for (int64_t t = 0; t < threads; t++)
@@ -346,7 +346,7 @@ int small_attention_forward(const float *q, const float *k, const float *v, cons
 int small_attention_backward(const float *q, const float *k, const float *v, const float *o, const float *dout,
                              const float *bias, const float *lse, float *dq, float *dk, float *dv, float *dbias,
                              const int64_t *dims, const int64_t *strides, float scale, int64_t threads) {
-    if (dims[4] % 8) return -1;
+    if (dims[4] % 8 || dims[4] > 8 * MAX_CHUNKS) return -1;
     Job jobs[MAX_THREADS];
     threads = clamp_threads(threads, dims[0] * dims[1]);
     const size_t nb = (size_t)(dims[1] * dims[2] * ((dims[3] + LANES - 1) / LANES * LANES));

@@ -115,10 +115,10 @@ def available() -> bool:
 
 
 def supports(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Shapes and dtypes the kernel computes: fp32 CPU tensors, head dim a multiple of 8."""
+    """Shapes and dtypes the kernel computes: fp32 CPU tensors, head dim a multiple of 8 up to 64."""
     return (
         q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.float32
-        and q.shape[-1] % 8 == 0 and q.shape[-2] > 0 and k.shape[-2] > 0
+        and q.shape[-1] % 8 == 0 and q.shape[-1] <= 64 and q.shape[-2] > 0 and k.shape[-2] > 0
     )
 
 
