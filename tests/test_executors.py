@@ -26,8 +26,7 @@ from lenbench.status import counts, folder_states, grid_states
 from lenbench.suites import SilentReporter, load_suite_module
 
 GRID = ("even_pairs,parity_check,reverse_string", "alibi,nope", "0")  # 6 cells
-# Long enough that a cell is still training when the test cancels it right after its first checkpoint
-# (200 steps raced to "done" under a loaded full run once CPU attention got faster).
+# Long enough that a cell is still training when the test signals it right after its first checkpoint.
 LONG = {"steps": 1000, "batch_size": 16, "lr": 1e-3, "max_length": 8, "checkpoint_every": 10, "log_every": 10}
 
 
@@ -78,8 +77,11 @@ def test_submitit_local_jobs_killed_then_resubmitted(tmp_path: Path) -> None:
     first = SlurmArray(cluster="local", gpus_per_cell=0, cpus_per_cell=1, time="30", folder=tmp_path / "jobs")
     assert [o.status for o in first.run(grid, store)] == ["submitted", "submitted"]
     killed, preempted = (store.cell("che", c.label, c.config) for c in grid)
-    wait_for(lambda: killed.checkpoint_path.exists() and preempted.checkpoint_path.exists(), 120, "checkpoints")
+    # each job is signalled as soon as its own first checkpoint exists: waiting for both first let the
+    # faster job finish all its steps while the other was still starting (seen under a loaded full run)
+    wait_for(killed.checkpoint_path.exists, 120, "the first cell's checkpoint")
     first.jobs[0].cancel()  # SIGINT, like scancel: the cell stops, its checkpoint stays
+    wait_for(preempted.checkpoint_path.exists, 120, "the second cell's checkpoint")
     # preemption: Slurm (here submitit's local controller) signals the task with SIGUSR2; submitit calls
     # CellJob.checkpoint, requeues the same cell, and the requeued task resumes from the cell's checkpoint
     os.kill(task_pid(preempted), signal.SIGUSR2)
