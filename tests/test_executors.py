@@ -26,8 +26,7 @@ from lenbench.status import counts, folder_states, grid_states
 from lenbench.suites import SilentReporter, load_suite_module
 
 GRID = ("even_pairs,parity_check,reverse_string", "alibi,nope", "0")  # 6 cells
-# Long enough that a cell is still training when the test signals it right after its first checkpoint.
-LONG = {"steps": 1000, "batch_size": 16, "lr": 1e-3, "max_length": 8, "checkpoint_every": 10, "log_every": 10}
+LONG = {"steps": 200, "batch_size": 16, "lr": 1e-3, "max_length": 8, "checkpoint_every": 10, "log_every": 10}
 
 
 def sequential(grid: list, root: Path, threads: int) -> dict[str, str]:
@@ -69,7 +68,13 @@ def task_pid(cell_dir: CellDir) -> int:
     return int(starts[-1].split(" pid ")[1].split()[0])
 
 
-def test_submitit_local_jobs_killed_then_resubmitted(tmp_path: Path) -> None:
+def test_submitit_local_jobs_killed_then_resubmitted(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        # pytest started in the background by a non-interactive shell ignores SIGINT, and its children
+        # inherit that: the cancel below (SIGINT, like scancel) would never stop a job
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     grid = cells("even_pairs,parity_check", "alibi", train=LONG)
     expected = sequential(grid, tmp_path / "seq", 1)
     store = ResultStore(tmp_path / "res")
@@ -91,7 +96,9 @@ def test_submitit_local_jobs_killed_then_resubmitted(tmp_path: Path) -> None:
     assert (preempted.path / "run.log").read_text().count(" start on ") == 2
     wait_for(lambda: first.jobs[0].done(), 60, "the cancelled job to exit")
     (state, _) = grid_states(grid, store)
-    assert state.state == "pending" and "resumes from its checkpoint" in state.detail, state
+    told_job = first.jobs[0].stderr() or ""
+    assert state.state == "pending" and "resumes from its checkpoint" in state.detail, (
+        state, (killed.path / "run.log").read_text(), told_job[-2000:])
     again = SlurmArray(cluster="local", gpus_per_cell=0, cpus_per_cell=1, time="10", folder=tmp_path / "jobs")
     said = Console(file=io.StringIO(), width=200)
     assert [o.status for o in again.run(grid, store, said)] == ["submitted", "skipped"]  # only the unfinished cell
