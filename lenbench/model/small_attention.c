@@ -179,11 +179,11 @@ static inline __attribute__((always_inline)) void splat_row(vf *restrict qs, con
     for (int64_t d = 0; d < D; d++) qs[d] = splat(scale * x[d]);
 }
 
-static inline __attribute__((always_inline)) void forward_items(const Job *job, const int64_t D) {
+static inline __attribute__((always_inline)) void forward_items(Job *job, const int64_t D) {
     const int64_t H = job->H, Tq = job->Tq, Tk = job->Tk;
     Scratch sc;
     if (scratch_init(&sc, Tq, Tk, D)) {
-        ((Job *)job)->failed = 1;
+        job->failed = 1;
         return;
     }
     const int64_t kc = sc.kc;
@@ -217,11 +217,11 @@ static inline __attribute__((always_inline)) void forward_items(const Job *job, 
     free(sc.mem);
 }
 
-static inline __attribute__((always_inline)) void backward_items(const Job *job, const int64_t D) {
+static inline __attribute__((always_inline)) void backward_items(Job *job, const int64_t D) {
     const int64_t H = job->H, Tq = job->Tq, Tk = job->Tk;
     Scratch sc;
     if (scratch_init(&sc, Tq, Tk, D)) {
-        ((Job *)job)->failed = 1;
+        job->failed = 1;
         return;
     }
     const int64_t kc = sc.kc, ps = kc * LANES;
@@ -275,14 +275,14 @@ static inline __attribute__((always_inline)) void backward_items(const Job *job,
     }
 
 static void *forward_thread(void *arg) {
-    const Job *job = arg;
+    Job *job = arg;
 #define FWD(d) forward_items(job, d)
     DISPATCH(FWD)
     return NULL;
 }
 
 static void *backward_thread(void *arg) {
-    const Job *job = arg;
+    Job *job = arg;
 #define BWD(d) backward_items(job, d)
     DISPATCH(BWD)
     return NULL;

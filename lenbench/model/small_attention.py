@@ -208,6 +208,11 @@ class SmallAttention(torch.autograd.Function):
         return dq, dk, dv, dbias, None
 
 
+def _packed_views(t: torch.Tensor, queries: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (the last ``queries`` positions), k, v of ``t [B, T, 3, H, D]`` as ``[B, H, ., D]`` views."""
+    return t[:, t.shape[1] - queries :, 0].transpose(1, 2), t[:, :, 1].transpose(1, 2), t[:, :, 2].transpose(1, 2)
+
+
 class PackedSmallAttention(torch.autograd.Function):
     """The packed projection ``qkv [B, T, 3, H, D]``: keys and values at every position, queries at
     the last ``queries`` ones. Its gradient is one ``[B, T, 3, H, D]`` tensor, so autograd does not
@@ -215,9 +220,7 @@ class PackedSmallAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, bias, scale, queries):  # type: ignore[override]
-        q, k, v = qkv[:, qkv.shape[1] - queries :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), \
-            qkv[:, :, 2].transpose(1, 2)
-        out, lse, padded = _forward(q, k, v, None if bias is None else bias.detach(), scale)
+        out, lse, padded = _forward(*_packed_views(qkv, queries), None if bias is None else bias.detach(), scale)
         ctx.save_for_backward(qkv, padded, out, lse)
         ctx.scale, ctx.queries, ctx.bias_heads = scale, queries, None if bias is None else bias.shape[0]
         return out
@@ -226,14 +229,12 @@ class PackedSmallAttention(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         qkv, padded, out, lse = ctx.saved_tensors
         n, queries = qkv.shape[1], ctx.queries
-        views = lambda t: (t[:, n - queries :, 0].transpose(1, 2), t[:, :, 1].transpose(1, 2),  # noqa: E731
-                           t[:, :, 2].transpose(1, 2))
         g = torch.empty_like(qkv, memory_format=torch.contiguous_format)
         if queries < n:
             g[:, : n - queries, 0] = 0.0  # keys and values only: no query gradient there
-        dq, dk, dv = views(g)
-        dbias = _backward((*views(qkv), padded, out, lse), grad, ctx.scale, dq, dk, dv, ctx.needs_input_grad[1],
-                          ctx.bias_heads)
+        dq, dk, dv = _packed_views(g, queries)
+        dbias = _backward((*_packed_views(qkv, queries), padded, out, lse), grad, ctx.scale, dq, dk, dv,
+                          ctx.needs_input_grad[1], ctx.bias_heads)
         return g, dbias, None, None
 
 
