@@ -9,12 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from lenbench import native
 from lenbench.model import small_attention as sa
 from lenbench.model.attention import Attention
 from lenbench.model.transformer import ModelConfig, Transformer, build_pes
 from lenbench.pe import parse_pe_spec
 
 needs_kernel = pytest.mark.skipif(not sa.available(), reason="no C compiler: the kernel cannot be built")
+
+
+
+def clear_kernel_caches() -> None:
+    """Forget loaded kernels, so the next call sees the changed environment."""
+    native.load.cache_clear()
+    sa._library.cache_clear()
 
 
 def textbook(
@@ -165,21 +173,21 @@ def test_encoder_training_step_matches_query_blocks(name: str) -> None:
 
 def test_build_caches_by_source_and_cpu(tmp_path: Path) -> None:
     """The library is built once per cache folder and reused; its name carries the build key."""
-    if sa._compiler() is None:
+    if native.compiler() is None:
         pytest.skip("no C compiler")
-    first = sa.build(tmp_path)
+    first = native.build(sa.SOURCE, tmp_path)
     stamp = first.stat().st_mtime_ns
     assert first.parent == tmp_path and first.name.startswith("small_attention-") and first.suffix == ".so"
-    assert sa.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert native.build(sa.SOURCE, tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert not list(tmp_path.glob(".small_attention-*"))  # no temporary file left behind
 
 
 def test_without_a_compiler_attention_falls_back_to_sdpa(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sa, "_compiler", lambda: None)
+    monkeypatch.setattr(native, "compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C compiler"):
-        sa.build(tmp_path)
+        native.build(sa.SOURCE, tmp_path)
     monkeypatch.setenv("LENBENCH_KERNEL_CACHE", str(tmp_path))
-    sa._library.cache_clear()
+    clear_kernel_caches()
     try:
         assert not sa.available()
         cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=1, heads=4, max_length=64)
@@ -187,13 +195,13 @@ def test_without_a_compiler_attention_falls_back_to_sdpa(monkeypatch: pytest.Mon
         att(torch.randn(2, 9, 32))
         assert att.last_backend == "blocked_bias"
     finally:
-        sa._library.cache_clear()
+        clear_kernel_caches()
 
 
 def test_switch_turns_the_kernel_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LENBENCH_SMALL_ATTENTION", "0")
-    sa._library.cache_clear()
+    clear_kernel_caches()
     try:
         assert not sa.available()
     finally:
-        sa._library.cache_clear()
+        clear_kernel_caches()

@@ -7,10 +7,7 @@ head) overhead, not arithmetic; this kernel builds each (batch, head)'s scores i
 keys per vector, and recomputes the probabilities from the log-sum-exp in the backward
 (``python benchmarks/che_kernels.py`` measures it against SDPA).
 
-The C source ships with the package and is compiled on first use with the system C compiler
-(``-O3 -march=native``) into a cache folder (``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` under
-``$LENBENCH_CACHE``, ``$XDG_CACHE_HOME/lenbench`` or ``~/.cache/lenbench``), keyed by the source, the flags, the
-compiler and the CPU, so a shared home folder never serves a library built for another CPU.
+The C source ships with the package and is compiled on first use (:mod:`lenbench.native`).
 Without a compiler, or with ``LENBENCH_SMALL_ATTENTION=0``, :func:`available` is False and
 attention uses SDPA instead.
 """
@@ -18,91 +15,24 @@ attention uses SDPA instead.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from lenbench.data.corpora import cache_root
+from lenbench import native
 
 SOURCE = Path(__file__).with_name("small_attention.c")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
-# Tried first: with OpenMP the kernel runs on PyTorch's own libgomp pool (same soname, already loaded).
-OPENMP = "-fopenmp"
+SWITCH = "LENBENCH_SMALL_ATTENTION"
 LANES = 16  # keys per vector in the kernel: the bias is padded to whole vectors
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
 
-def cache_dir() -> Path:
-    """``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` in lenbench's cache (:func:`~lenbench.data.corpora.cache_root`)."""
-    if os.environ.get("LENBENCH_KERNEL_CACHE"):
-        return Path(os.environ["LENBENCH_KERNEL_CACHE"])
-    return cache_root() / "kernels"
-
-
-def _cpu_signature() -> str:
-    """The CPU's model and feature flags (``-march=native`` depends on them)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    keep = [ln for ln in lines if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
-    return "\n".join(sorted(set(keep))) or platform.machine()
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def build(target_dir: Path | None = None) -> Path:
-    """Compile the kernel (or find it already compiled) and return the shared library's path.
-
-    Raises ``RuntimeError`` with the compiler's message when it cannot be built.
-    """
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    parts = [SOURCE.read_bytes(), " ".join((*FLAGS, OPENMP)).encode(), version.encode(), _cpu_signature().encode()]
-    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    folder = target_dir or cache_dir()
-    lib = folder / f"small_attention-{key}.so"
-    if lib.exists():
-        return lib
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".small_attention-", suffix=".so")
-    os.close(fd)
-    try:
-        for extra in ([OPENMP], []):  # without a libgomp to link, threads come from pthreads
-            proc = subprocess.run([cc, *FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
-            if proc.returncode == 0:
-                break
-        else:
-            raise RuntimeError(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-500:]}")
-        os.replace(tmp, lib)  # atomic: concurrent builders each publish a whole library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return lib
-
-
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("LENBENCH_SMALL_ATTENTION", "1") == "0":
-        return None
-    try:
-        lib = ctypes.CDLL(str(build()))
-    except (OSError, RuntimeError):
+    lib = native.load(SOURCE, SWITCH)
+    if lib is None:
         return None
     lib.small_attention_forward.argtypes = [_P] * 8 + [_F, _I]
     lib.small_attention_backward.argtypes = [_P] * 13 + [_F, _I]

@@ -1,0 +1,99 @@
+"""Build and load lenbench's optional C kernels (``lenbench/**/*.c``), compiled on first use.
+
+Each kernel's C source ships with the package and is compiled with the system C compiler
+(``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``, OpenMP when it links) into a
+cache folder (``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` under ``$LENBENCH_CACHE``,
+``$XDG_CACHE_HOME/lenbench`` or ``~/.cache/lenbench``). The library's name carries a key of the
+source, the flags, the compiler and the CPU, so a shared home folder never serves a library built
+for another CPU. Without a compiler, or with the kernel's switch set to ``0`` in the environment,
+:func:`load` returns None and callers take their PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from lenbench.data.corpora import cache_root
+
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
+# Tried first: with OpenMP a kernel runs on PyTorch's own libgomp pool (same soname, already loaded).
+OPENMP = "-fopenmp"
+
+
+def cache_dir() -> Path:
+    """``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` in lenbench's cache (:func:`~lenbench.data.corpora.cache_root`)."""
+    if os.environ.get("LENBENCH_KERNEL_CACHE"):
+        return Path(os.environ["LENBENCH_KERNEL_CACHE"])
+    return cache_root() / "kernels"
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (``-march=native`` depends on them)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in lines if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(sorted(set(keep))) or platform.machine()
+
+
+def compiler() -> str | None:
+    """The C compiler kernels are built with, or None."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def build(source: Path, target_dir: Path | None = None) -> Path:
+    """Compile ``source`` (or find it already compiled) and return the shared library's path.
+
+    Raises ``RuntimeError`` with the compiler's message when it cannot be built.
+    """
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    parts = [source.read_bytes(), " ".join((*FLAGS, OPENMP)).encode(), version.encode(), _cpu_signature().encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    folder = target_dir or cache_dir()
+    lib = folder / f"{source.stem}-{key}.so"
+    if lib.exists():
+        return lib
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{source.stem}-", suffix=".so")
+    os.close(fd)
+    try:
+        for extra in ([OPENMP], []):  # without a libgomp to link, threads come from pthreads (or none)
+            proc = subprocess.run([cc, *FLAGS, *extra, str(source), "-o", tmp, "-lm"], capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"compiling {source.name} failed: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, lib)  # atomic: concurrent builders each publish a whole library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+@cache
+def load(source: Path, switch: str) -> ctypes.CDLL | None:
+    """The compiled ``source``, or None when ``$switch`` is ``0`` or it cannot be built or loaded.
+
+    Cached per process; tests call ``load.cache_clear()`` after changing the environment.
+    """
+    if os.environ.get(switch, "1") == "0":
+        return None
+    try:
+        return ctypes.CDLL(str(build(source)))
+    except (OSError, RuntimeError):
+        return None
