@@ -6,9 +6,11 @@ medians over ``--repeats`` calls after one untimed warm-up call:
 
 - ``sdpa+B``: the plain ``sdpa_bias`` backend: build ``B`` with ``pe.bias`` in fp32, add -inf above the
   diagonal, run SDPA with it as a float mask (``build`` is the first two steps alone);
+- ``sdpa+Bc``: SDPA with lenbench's own materialized mask (``Attention.materialized_mask``): the same as
+  ``sdpa+B`` except for FIRE, whose bias and mask there come from its C kernel (``lenbench.pe.fire_kernel``);
 - ``blocked``: the ``blocked_bias`` backend (``Attention.blocked_bias``): SDPA per block of ``--block``
   queries over past keys only, each block's mask a window of one distance row for translation-invariant
-  biases (ALiBi, Kerple, T5) or its own ``pe.bias`` slice (FIRE);
+  biases (ALiBi, Kerple, T5) or its own ``pe.causal_bias`` slice (FIRE: from its C kernel);
 - ``flex``: compiled ``flex_attention`` with ``pe.score_mod()`` and a causal block mask (the block mask
   depends only on N, so it is built once per length, untimed; its one-off compile time is shown);
 - ``sdpa``: SDPA with ``is_causal=True`` and no bias, the floor.
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 from lenbench.model import attention as attention_module
 from lenbench.model.attention import Attention
-from lenbench.pe import PES, PEContext, PositionalEncoding
+from lenbench.pe import PES, PEContext, PositionalEncoding, fire_kernel
 
 
 def sync(device: torch.device) -> None:
@@ -55,10 +57,11 @@ def median_ms(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device
 
 
 def materialized(pe: PositionalEncoding, pos: torch.Tensor) -> torch.Tensor:
-    """``[1, H, N, N]`` float mask: the bias plus -inf on future keys (as ``Attention.materialized_mask``)."""
+    """``[1, H, N, N]`` float mask: the bias by the PE's PyTorch formula plus -inf on future keys."""
     n = pos.shape[0]
     future = torch.ones(n, n, dtype=torch.bool, device=pos.device).triu(1)
-    return pe.bias(pos, pos).masked_fill(future, float("-inf"))[None]
+    with fire_kernel.disabled():
+        return pe.bias(pos, pos).masked_fill(future, float("-inf"))[None]
 
 
 def bench(name: str, n: int, heads: int, head_dim: int, repeats: int, device: torch.device) -> dict[str, float]:
@@ -84,6 +87,10 @@ def bench(name: str, n: int, heads: int, head_dim: int, repeats: int, device: to
         "build": median_ms(lambda: materialized(pe, pos), repeats, device),
         "sdpa+B": median_ms(
             lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=materialized(pe, pos)), repeats, device
+        ),
+        "sdpa+Bc": median_ms(
+            lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=att.materialized_mask(pos, q.dtype)), repeats,
+            device,
         ),
         "blocked": median_ms(lambda: att.blocked_bias(q, k, v, pos), repeats, device),
         "flex": median_ms(lambda: flex(q, k, v, score_mod=pe.score_mod(), block_mask=block_mask), repeats, device),
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         f"median of {args.repeats} (ms)"
     )
     header = (
-        f"{'pe':<8}{'N':>6}{'sdpa+B':>9}{'(build)':>9}{'blocked':>9}{'flex':>9}{'sdpa':>8}"
+        f"{'pe':<8}{'N':>6}{'sdpa+B':>9}{'(build)':>9}{'sdpa+Bc':>9}{'blocked':>9}{'flex':>9}{'sdpa':>8}"
         f"{'B/blocked':>10}{'B/flex':>8}{'blocked/sdpa':>13}{'flex/sdpa':>10}{'maxdiff':>9}{'compile s':>10}"
     )
     print(header)
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             for n in lengths:
                 r = bench(name, n, args.heads, args.head_dim, args.repeats, device)
                 print(
-                    f"{name:<8}{n:>6}{r['sdpa+B']:>9.1f}{r['build']:>9.1f}{r['blocked']:>9.1f}{r['flex']:>9.1f}"
+                    f"{name:<8}{n:>6}{r['sdpa+B']:>9.1f}{r['build']:>9.1f}{r['sdpa+Bc']:>9.1f}{r['blocked']:>9.1f}{r['flex']:>9.1f}"
                     f"{r['sdpa']:>8.1f}{r['sdpa+B'] / r['blocked']:>10.2f}{r['sdpa+B'] / r['flex']:>8.2f}"
                     f"{r['blocked'] / r['sdpa']:>13.2f}{r['flex'] / r['sdpa']:>10.2f}{r['maxdiff']:>9.1e}"
                     f"{r['compile_s']:>10.1f}",

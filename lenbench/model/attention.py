@@ -10,8 +10,9 @@ Backends:
   work and memory at long N). For a translation-invariant bias (ALiBi, Kerple, T5 at ``arange``
   positions) the bias is evaluated once on the ``2N - 1`` distances, with -inf on future ones when
   causal, and each block's mask is a strided window of that row (``mask[h, a, j] = row[h, N - 1 -
-  i_a + j]``), so no per-element kernel math runs per block. Exact gradients; CPU training and
-  evaluation.
+  i_a + j]``), so no per-element kernel math runs per block. Other biases come from the PE's
+  ``causal_bias`` per block (FIRE's C kernel writes the -inf itself). Exact gradients; CPU training
+  and evaluation.
 - ``small``: no bias or a static bias, on CPU at head dim 8 (and 16 up to 64 tokens), below
   :data:`SMALL_MAX_LENGTH` tokens -> the C kernel of :mod:`lenbench.model.small_attention`
   (exact, gradients to q, k, v and the bias; 0.4-0.5x the time of SDPA at CHE's shapes,
@@ -20,7 +21,8 @@ Backends:
 - ``flex``: a static bias with a ``score_mod`` -> compiled FlexAttention, used on CUDA (unless the
   PE's own parameters train: score_mod sees them detached) and for CPU evaluation under
   ``no_grad`` from :data:`FLEX_CPU_MIN_LENGTH` tokens on (torch 2.13 has no CPU backward,
-  pe_zoo.md §16.2); below that, compiling per length costs more than it saves.
+  pe_zoo.md §16.2); below that, compiling per length costs more than it saves. A PE whose bias
+  comes from a compiled CPU kernel (FIRE, :mod:`lenbench.pe.fire_kernel`) keeps ``blocked_bias``.
 - ``explicit``: a ``scores`` hook (DAPE, CoPE, Transformer-XL) -> logits computed per block of
   queries so memory stays ``O(B * block * N * width)``, never ``O(H * N^2)`` at once: the block is
   sized so the widest per-block tensor (DAPE's ``[B, block, N, hidden]`` MLP/conv activations, or
@@ -125,7 +127,8 @@ class Attention(nn.Module):
         CUDA: compiled FlexAttention where the PE has an exact ``score_mod`` and its parameters do
         not train here, else SDPA with the materialized bias. CPU: the small-head kernel where
         :func:`small_fits`, else query blocks (``blocked_bias``), except that evaluation uses
-        compiled FlexAttention from :data:`FLEX_CPU_MIN_LENGTH` tokens on (benchmarks/attention.py).
+        compiled FlexAttention from :data:`FLEX_CPU_MIN_LENGTH` tokens on, unless the PE builds its
+        bias with a compiled kernel (FIRE: blocks were 1.7x no-bias SDPA, Flex 2.8x; benchmarks/attention.py).
         """
         pe = type(self.pe)
         if pe.has_hook("scores"):
@@ -148,7 +151,7 @@ class Attention(nn.Module):
         if torch.compiler.is_compiling():
             return "sdpa_bias"  # one graph for every length: no Python loop over query blocks to specialize
         evaluating = not torch.is_grad_enabled()
-        fused_wins = evaluating and n >= FLEX_CPU_MIN_LENGTH
+        fused_wins = evaluating and n >= FLEX_CPU_MIN_LENGTH and not self.pe.compiled_bias()
         if fused_wins and exact_positions and flex_available(device) and self.pe.score_mod() is not None:
             return "flex"
         return "blocked_bias"
@@ -219,10 +222,7 @@ class Attention(nn.Module):
         """
         n = pos.shape[0]
         first = n - (n if queries is None else queries)
-        mask = self.pe.bias(pos[first:], pos)
-        if self.causal:
-            future = torch.ones(n - first, n, dtype=torch.bool, device=pos.device).triu(1 + first)
-            mask = mask.masked_fill(future, float("-inf"))
+        mask = self.pe.causal_bias(pos[first:], pos, first) if self.causal else self.pe.bias(pos[first:], pos)
         return mask.to(dtype)[None]
 
     def distance_row(self, pos: torch.Tensor) -> torch.Tensor:
@@ -252,11 +252,9 @@ class Attention(nn.Module):
         if row is not None:
             # windows[h, u, j] = row[h, n - stop + u + j]; query i = stop - 1 - u.
             return row[:, n - stop : 2 * n - 1 - start - (n - keys)].unfold(-1, keys, 1).flip(1)
-        mask = self.pe.bias(pos[start:stop], pos[:keys])
         if self.causal:
-            rows = torch.arange(start, stop, device=pos.device)[:, None]
-            mask = mask.masked_fill(torch.arange(keys, device=pos.device)[None, :] > rows, float("-inf"))
-        return mask
+            return self.pe.causal_bias(pos[start:stop], pos[:keys], start)
+        return self.pe.bias(pos[start:stop], pos[:keys])
 
     def blocked_bias(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """SDPA over blocks of :data:`BIAS_BLOCK` queries with each block's slice of the bias."""

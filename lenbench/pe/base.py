@@ -91,6 +91,19 @@ class PositionalEncoding(nn.Module):
         """Additive logit bias ``[H, Nq, Nk]`` in fp32, added after the 1/sqrt(d) scaling."""
         raise NotImplementedError
 
+    def causal_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, first: int) -> torch.Tensor:
+        """:meth:`bias` with -inf on future keys, causal attention's mask by sequence index: query ``a``
+        is token ``first + a``, key ``t`` token ``t``, and ``t > first + a`` is masked."""
+        future = torch.arange(k_pos.shape[0], device=k_pos.device)[None, :] > torch.arange(
+            first, first + q_pos.shape[0], device=k_pos.device
+        )[:, None]
+        return self.bias(q_pos, k_pos).masked_fill(future, float("-inf"))
+
+    def compiled_bias(self) -> bool:
+        """True when :meth:`bias` runs a compiled CPU kernel without gradients (FIRE's): CPU
+        evaluation then takes query blocks, which beat a per-head ``score_mod`` (benchmarks/README.md)."""
+        return False
+
     def score_mod(self) -> ScoreMod | None:
         """The same bias as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, or None.
 

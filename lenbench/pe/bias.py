@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lenbench.errors import LenbenchError
+from lenbench.pe import fire_kernel
 from lenbench.pe.base import (
     PEContext,
     PositionalEncoding,
@@ -402,13 +403,25 @@ class FIRE(PositionalEncoding):
         return fire_input(q, k, self.c, self.threshold(), self.ctx.causal, self.eps)
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """``[H, Nq, Nk]``, computed over chunks of query rows to bound the ``[rows, Nk, 32]`` hidden."""
+        """``[H, Nq, Nk]``, computed over chunks of query rows to bound the ``[rows, Nk, 32]`` hidden;
+        without gradients on CPU at integer positions by the C kernel (:mod:`lenbench.pe.fire_kernel`)."""
+        if fire_kernel.applies(self, q_pos, k_pos):
+            return fire_kernel.fire_bias(self, q_pos, k_pos)
         step = max(1, CHUNK_ELEMENTS // max(1, k_pos.shape[0] * self.fc1.out_features))
         rows = []
         for start in range(0, q_pos.shape[0], step):
             x = self.features(q_pos[start : start + step], k_pos)
             rows.append(self.fc2(self.act(self.fc1(x[..., None]))))
         return torch.cat(rows).permute(2, 0, 1)
+
+    def compiled_bias(self) -> bool:
+        return fire_kernel.available()
+
+    def causal_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, first: int) -> torch.Tensor:
+        """The base class's masked bias; the C kernel writes the -inf itself (no second pass over ``[H, Nq, Nk]``)."""
+        if fire_kernel.applies(self, q_pos, k_pos):
+            return fire_kernel.fire_bias(self, q_pos, k_pos, future_from=first)
+        return super().causal_bias(q_pos, k_pos, first)
 
     def score_mod(self) -> ScoreMod | None:
         """The MLP unrolled over its hidden units (pe_zoo.md §16.1), parameters captured detached as
