@@ -1,7 +1,9 @@
 """The small kernels of a CHE training step, each against its alternative, interleaved in one process.
 
-1. Dropout mask over ``[128, T, 64]``: ``F.dropout`` (``bernoulli_`` per element) against
-   :func:`lenbench.model.dropout.dropout` (one 64-bit draw per two elements).
+1. Residual dropout ``skip + dropout(x)`` over ``[128, T, 64]``, forward + backward: ``F.dropout``
+   (``bernoulli_`` per element), lenbench's torch path (:func:`lenbench.model.dropout.keep_mask`,
+   one 64-bit draw per two elements) and its C kernel (SplitMix64 from one seed, mask, scale and
+   add in one pass, mask regenerated in the backward).
 2. Attention forward + backward at the anchor's tiny heads (batch 128, 8 heads of dim 8, a float
    bias): SDPA's fused CPU kernel, SDPA's math kernel, matmul + softmax + matmul, and lenbench's
    small-head C kernel (:mod:`lenbench.model.small_attention`, packed qkv as the model calls it).
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lenbench.model import small_attention
-from lenbench.model.dropout import dropout
+from lenbench.model.dropout import dropout, keep_mask, kernel_available
 
 
 def interleaved_ms(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -37,6 +39,24 @@ def interleaved_ms(variants: dict[str, Callable[[], object]], repeats: int) -> d
             if rnd >= 5:
                 times[name].append(1e3 * (time.perf_counter() - start))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def dropout_variants(t: int, batch: int = 128, width: int = 64) -> dict[str, Callable[[], object]]:
+    """``skip + dropout(x)``, forward and backward, three ways."""
+    x = torch.randn(batch, t, width, requires_grad=True)
+    skip = torch.randn(batch, t, width, requires_grad=True)
+    grad = torch.randn(batch, t, width)
+
+    def run(fn: Callable[[], torch.Tensor]) -> Callable[[], object]:
+        return lambda: torch.autograd.grad(fn(), (x, skip), grad)
+
+    def torch_path() -> torch.Tensor:
+        return skip + x * keep_mask(x.shape, 0.9, x.device).to(x.dtype).mul_(1 / 0.9)
+
+    variants = {"F.dropout": run(lambda: skip + F.dropout(x, 0.1, True)), "keep_mask": run(torch_path)}
+    if kernel_available():
+        variants["kernel"] = run(lambda: dropout(x, 0.1, True, skip))
+    return variants
 
 
 def attention_variants(t: int, heads: int = 8, dim: int = 8, batch: int = 128) -> dict[str, Callable[[], object]]:
@@ -78,11 +98,11 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median ms per call")
     for t in lengths:
-        x = torch.randn(128, t, 64)
-        ms = interleaved_ms({"F.dropout": lambda x=x: F.dropout(x, 0.1, True),
-                             "lenbench dropout": lambda x=x: dropout(x, 0.1, True)}, args.repeats)
-        print(f"dropout mask T={t:3d}: F.dropout {ms['F.dropout']:.3f}, lenbench {ms['lenbench dropout']:.3f} "
-              f"(ratio {ms['lenbench dropout'] / ms['F.dropout']:.2f})")
+        ms = interleaved_ms(dropout_variants(t), args.repeats)
+        kernel = (f", kernel {ms['kernel']:.3f} (kernel / F.dropout {ms['kernel'] / ms['F.dropout']:.2f}, "
+                  f"kernel / keep_mask {ms['kernel'] / ms['keep_mask']:.2f})") if "kernel" in ms else ", no kernel"
+        print(f"residual dropout fwd+bwd T={t:3d}: F.dropout {ms['F.dropout']:.3f}, keep_mask {ms['keep_mask']:.3f}"
+              + kernel)
     batch = 128 if args.head_dim == 8 else max(1, 128 * 41 // max(lengths))
     for t in lengths:
         ms = interleaved_ms(attention_variants(t, dim=args.head_dim, batch=batch), args.repeats)

@@ -67,10 +67,10 @@ class Block(nn.Module):
         """Outputs at every position, or at the last ``last`` ones only (keys still see every token)."""
         skip = x if last is None else x[:, -last:]
         if self.prenorm:
-            x = skip + self.drop(self.attn(self.norm1(x), last))
-            return x + self.drop(self.ffn(self.norm2(x)))
-        x = self.norm1(skip + self.drop(self.attn(x, last)))
-        return self.norm2(x + self.drop(self.ffn(x)))
+            x = self.drop.residual(skip, self.attn(self.norm1(x), last))
+            return self.drop.residual(x, self.ffn(self.norm2(x)))
+        x = self.norm1(self.drop.residual(skip, self.attn(x, last)))
+        return self.norm2(self.drop.residual(x, self.ffn(x)))
 
 
 def build_pes(cfg: ModelConfig, spec: PESpec) -> list[PositionalEncoding]:
