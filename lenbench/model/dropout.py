@@ -93,7 +93,8 @@ class KernelDropout(torch.autograd.Function):
 
 def _kernel_serves(x: torch.Tensor, skip: torch.Tensor | None) -> bool:
     same = skip is None or (skip.shape == x.shape and skip.dtype == x.dtype)
-    return x.device.type == "cpu" and x.dtype == torch.float32 and same and kernel_available()
+    eager = not torch.compiler.is_compiling()  # torch.compile traces the PyTorch path
+    return x.device.type == "cpu" and x.dtype == torch.float32 and same and eager and kernel_available()
 
 
 def dropout(x: torch.Tensor, p: float, training: bool, skip: torch.Tensor | None = None) -> torch.Tensor:
