@@ -128,7 +128,8 @@ class Attention(nn.Module):
         not train here, else SDPA with the materialized bias. CPU: the small-head kernel where
         :func:`small_fits`, else query blocks (``blocked_bias``), except that evaluation uses
         compiled FlexAttention from :data:`FLEX_CPU_MIN_LENGTH` tokens on, unless the PE builds its
-        bias with a compiled kernel (FIRE: blocks were 1.7x no-bias SDPA, Flex 2.8x; benchmarks/attention.py).
+        bias with a compiled kernel (FIRE at N=4096: blocks 1.7-2.1x no-bias SDPA, Flex 2.2-2.8x;
+        benchmarks/attention.py).
         """
         pe = type(self.pe)
         if pe.has_hook("scores"):
