@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from lenbench.data.corpora import cache_root
 
@@ -85,15 +86,22 @@ def build(source: Path, target_dir: Path | None = None) -> Path:
     return lib
 
 
+Signatures = tuple[tuple[str, tuple[Any, ...]], ...]
+
+
 @cache
-def load(source: Path, switch: str) -> ctypes.CDLL | None:
-    """The compiled ``source``, or None when ``$switch`` is ``0`` or it cannot be built or loaded.
+def load(source: Path, switch: str, signatures: Signatures) -> ctypes.CDLL | None:
+    """The compiled ``source`` with each ``(function name, argument ctypes)`` of ``signatures`` set,
+    or None when ``$switch`` is ``0`` or it cannot be built or loaded.
 
     Cached per process; tests call ``load.cache_clear()`` after changing the environment.
     """
     if os.environ.get(switch, "1") == "0":
         return None
     try:
-        return ctypes.CDLL(str(build(source)))
+        lib = ctypes.CDLL(str(build(source)))
     except (OSError, RuntimeError):
         return None
+    for name, argtypes in signatures:
+        getattr(lib, name).argtypes = list(argtypes)
+    return lib

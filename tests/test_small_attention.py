@@ -19,12 +19,6 @@ needs_kernel = pytest.mark.skipif(not sa.available(), reason="no C compiler: the
 
 
 
-def clear_kernel_caches() -> None:
-    """Forget loaded kernels, so the next call sees the changed environment."""
-    native.load.cache_clear()
-    sa._library.cache_clear()
-
-
 def textbook(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
@@ -187,7 +181,7 @@ def test_without_a_compiler_attention_falls_back_to_sdpa(monkeypatch: pytest.Mon
     with pytest.raises(RuntimeError, match="no C compiler"):
         native.build(sa.SOURCE, tmp_path)
     monkeypatch.setenv("LENBENCH_KERNEL_CACHE", str(tmp_path))
-    clear_kernel_caches()
+    native.load.cache_clear()
     try:
         assert not sa.available()
         cfg = ModelConfig(vocab_size=5, out_size=3, dim=32, layers=1, heads=4, max_length=64)
@@ -195,13 +189,13 @@ def test_without_a_compiler_attention_falls_back_to_sdpa(monkeypatch: pytest.Mon
         att(torch.randn(2, 9, 32))
         assert att.last_backend == "blocked_bias"
     finally:
-        clear_kernel_caches()
+        native.load.cache_clear()
 
 
 def test_switch_turns_the_kernel_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LENBENCH_SMALL_ATTENTION", "0")
-    clear_kernel_caches()
+    native.load.cache_clear()
     try:
         assert not sa.available()
     finally:
-        clear_kernel_caches()
+        native.load.cache_clear()

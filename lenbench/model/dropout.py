@@ -21,7 +21,6 @@ measures both). On CUDA, and when not training, it is ``F.dropout`` (a fused ker
 from __future__ import annotations
 
 import ctypes
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -35,14 +34,12 @@ SOURCE = Path(__file__).with_name("dropout.c")
 SWITCH = "LENBENCH_DROPOUT_KERNEL"
 
 
-@lru_cache(maxsize=1)
+_P, _I, _U, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_float
+SIGNATURES = (("dropout_forward", (_P, _P, _P, _I, _U, _U, _F, _I)), ("dropout_backward", (_P, _P, _I, _U, _U, _F, _I)))
+
+
 def _library() -> ctypes.CDLL | None:
-    lib = native.load(SOURCE, SWITCH)
-    if lib is not None:
-        p, i, u, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_float
-        lib.dropout_forward.argtypes = [p, p, p, i, u, u, f, i]
-        lib.dropout_backward.argtypes = [p, p, i, u, u, f, i]
-    return lib
+    return native.load(SOURCE, SWITCH, SIGNATURES)
 
 
 def kernel_available() -> bool:

@@ -15,7 +15,6 @@ attention uses SDPA instead.
 from __future__ import annotations
 
 import ctypes
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -27,16 +26,11 @@ SWITCH = "LENBENCH_SMALL_ATTENTION"
 LANES = 16  # keys per vector in the kernel: the bias is padded to whole vectors
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+SIGNATURES = (("small_attention_forward", (_P,) * 8 + (_F, _I)), ("small_attention_backward", (_P,) * 13 + (_F, _I)))
 
 
-@lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    lib = native.load(SOURCE, SWITCH)
-    if lib is None:
-        return None
-    lib.small_attention_forward.argtypes = [_P] * 8 + [_F, _I]
-    lib.small_attention_backward.argtypes = [_P] * 13 + [_F, _I]
-    return lib
+    return native.load(SOURCE, SWITCH, SIGNATURES)
 
 
 def available() -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,13 +29,12 @@ _off = False  # set by :func:`disabled`
 PAD = 48  # heads are zero-padded to a multiple of this: the kernel's heads per pass (16 or 12) divide it
 
 
-@lru_cache(maxsize=1)
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+SIGNATURES = (("fire_bias", (_P, _I, _P, _I) + (_P,) * 6 + (_I, _I, _I, ctypes.c_float, _I, _I, _P, _I)),)
+
+
 def _library() -> ctypes.CDLL | None:
-    lib = native.load(SOURCE, SWITCH)
-    if lib is not None:
-        p, i = ctypes.c_void_p, ctypes.c_int64
-        lib.fire_bias.argtypes = [p, i, p, i] + [p] * 6 + [i, i, i, ctypes.c_float, i, i, p, i]
-    return lib
+    return native.load(SOURCE, SWITCH, SIGNATURES)
 
 
 @contextmanager
