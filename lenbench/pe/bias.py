@@ -326,6 +326,11 @@ __all__ = ["T5Bias", "t5_bucket", "t5_magnitude_buckets"]
 CHUNK_ELEMENTS = 1 << 24
 
 
+def fire_psi(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """FIRE's log distance transform ``psi(x) = log(|c x| + 1)``."""
+    return torch.log1p((c * x).abs())
+
+
 def fire_input(
     q: torch.Tensor, k: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor, causal: bool, eps: float
 ) -> torch.Tensor:
@@ -336,10 +341,10 @@ def fire_input(
     """
     d = q - k
     if causal:
-        num, later = torch.log1p((c * d.clamp(min=0)).abs()), q
+        num, later = fire_psi(d.clamp(min=0), c), q
     else:
-        num, later = d.sign() * torch.log1p((c * d.abs()).abs()), torch.maximum(q, k)
-    den = torch.log1p((c * torch.maximum(later, threshold)).abs()) + eps
+        num, later = d.sign() * fire_psi(d.abs(), c), torch.maximum(q, k)
+    den = fire_psi(torch.maximum(later, threshold), c) + eps
     return num / den
 
 
@@ -402,6 +407,12 @@ class FIRE(PositionalEncoding):
         k = k_pos.to(torch.float32)[None, :]
         return fire_input(q, k, self.c, self.threshold(), self.ctx.causal, self.eps)
 
+    def tables(self, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fire_input``'s numerator ``psi(n)`` over distances and denominator ``psi(max(p, L)) + eps``
+        over positions, ``n, p = 0..top`` (fp32): all the C kernel needs at integer positions."""
+        steps = torch.arange(top + 1, dtype=torch.float32)
+        return fire_psi(steps, self.c), fire_psi(torch.maximum(steps, self.threshold()), self.c) + self.eps
+
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """``[H, Nq, Nk]``, computed over chunks of query rows to bound the ``[rows, Nk, 32]`` hidden;
         without gradients on CPU at integer positions by the C kernel (:mod:`lenbench.pe.fire_kernel`)."""
@@ -449,7 +460,7 @@ class LeakyFIRE(FIRE):
     negative_slope = 0.01
 
 
-__all__ = ["FIRE", "LeakyFIRE", "activation", "fire_input"]
+__all__ = ["FIRE", "LeakyFIRE", "activation", "fire_input", "fire_psi"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 Used by :meth:`lenbench.pe.bias.FIRE.bias` where no gradient is needed (evaluation, or FIRE's
 parameters frozen), on CPU, at integer positions: then ``x = sign(d) psi(|d|) / den(p)`` only needs
-``psi`` on the integer distances and the normaliser on the integer positions, both tabulated here
-with the same PyTorch ops as :func:`~lenbench.pe.bias.fire_input`. The kernel is compiled on first
-use (:mod:`lenbench.native`); without a compiler, or with ``LENBENCH_FIRE_KERNEL=0``, FIRE keeps
-its PyTorch path. ``python benchmarks/attention.py --pes fire`` measures it.
+``psi`` on the integer distances and the normaliser on the integer positions, both tabulated by
+:meth:`~lenbench.pe.bias.FIRE.tables` with :func:`~lenbench.pe.bias.fire_input`'s own ``fire_psi``.
+The kernel is compiled on first use (:mod:`lenbench.native`); without a compiler, or with
+``LENBENCH_FIRE_KERNEL=0``, FIRE keeps its PyTorch path. ``python benchmarks/attention.py --pes fire`` measures it.
 """
 
 from __future__ import annotations
@@ -73,10 +73,7 @@ def fire_bias(pe: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor, future_from: i
     qp, kp = q_pos.to(torch.int64).contiguous(), k_pos.to(torch.int64).contiguous()
     top = max(int(qp.max()), int(kp.max()))
     with torch.no_grad():
-        steps = torch.arange(top + 1, dtype=torch.float32)
-        c, threshold = pe.c.detach().float(), pe.threshold().detach().float()
-        num = torch.log1p((c * steps).abs()).contiguous()  # psi(n), n = |i - j|
-        den = (torch.log1p((c * torch.maximum(steps, threshold)).abs()) + pe.eps).contiguous()  # by position
+        num, den = (t.contiguous() for t in pe.tables(top))  # psi(|i - j|); the normaliser by position
         width, heads = pe.fc1.out_features, pe.fc2.out_features
         hp = -(-heads // PAD) * PAD
         w1 = pe.fc1.weight.detach()[:, 0].float().contiguous()
