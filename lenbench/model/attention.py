@@ -223,8 +223,7 @@ class Attention(nn.Module):
         """
         n = pos.shape[0]
         first = n - (n if queries is None else queries)
-        mask = self.pe.causal_bias(pos[first:], pos, first) if self.causal else self.pe.bias(pos[first:], pos)
-        return mask.to(dtype)[None]
+        return self.bias_block(pos, None, first, n, n).to(dtype)[None]
 
     def distance_row(self, pos: torch.Tensor) -> torch.Tensor:
         """``[H, 2N - 1]``: the bias at distance ``i - j = N - 1 - t`` in column ``t`` (past side first).
