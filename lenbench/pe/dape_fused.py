@@ -1,0 +1,161 @@
+"""Fused DAPE v1 attention: logits, the MLP across heads and an online softmax per tile, O(B H N) memory.
+
+Computes, exactly, the attention that the ``explicit`` backend computes for :class:`~lenbench.pe.dape.DAPE`
+(reference/dape.md section 1): ``softmax(S + B + f([S; B])) V`` (or the ``concat`` and
+``add_residual`` forms), ``S = q k^T / sqrt(d)``, ``f = W2 LeakyReLU_{0.01}(W1 x + b1) + b2`` over
+all heads of each (query, key) pair, causal mask after f. The forward keeps the output and one
+log-sum-exp per row and head; the backward recomputes every tile (formulas in ``dape_fused.c``), so no
+``[N, N, D]`` activation is ever stored. Gradients reach q, k, v, the MLP and the base bias ``B``,
+hence the base PE's parameters through autograd.
+
+The base bias enters in one of two forms: a Toeplitz row ``[H, 2N - 1]`` (column ``N - 1 - (i - j)``,
+translation-invariant bases at ``arange`` positions: ALiBi, Kerple), or the full ``[H, Nq, Nk]``
+tensor (FIRE, or sampled positions), which then costs ``4 H Nq Nk`` bytes (and as much for its
+gradient) against the ``explicit`` path's ``[B, block, N, D + 2H]`` per block.
+
+CPU: the C kernel ``dape_fused.c``, compiled on first use (:mod:`lenbench.native`). CUDA: the Triton
+kernel of :mod:`lenbench.pe.dape_triton`. Without a compiler (or Triton), or with
+``LENBENCH_DAPE_KERNEL=0``, :func:`available` is False and attention keeps its ``explicit`` backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lenbench import native
+from lenbench.errors import LenbenchError
+
+SOURCE = Path(__file__).with_name("dape_fused.c")
+SWITCH = "LENBENCH_DAPE_KERNEL"
+LANES = 16  # keys are zero-padded to a multiple of this (the kernel's vectors hold 8 or 16)
+VARIANT_CODES = {"concat_residual": 0, "concat": 1, "add_residual": 2}
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+SIGNATURES = (
+    ("dape_threads", (_I,)),
+    ("dape_forward", (_P,) * 11 + (_F, _F, _I)),
+    ("dape_backward", (_P,) * 22 + (_F, _F, _I)),
+)
+
+
+def _library() -> ctypes.CDLL | None:
+    return native.load(SOURCE, SWITCH, SIGNATURES)
+
+
+def available() -> bool:
+    """Whether the compiled CPU kernel can be used in this process (compiles it on the first call)."""
+    return _library() is not None
+
+
+def _ptr(t: torch.Tensor, offset: int = 0) -> int:
+    return t.data_ptr() + offset * t.element_size()
+
+
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    """``[B, H, N, d] -> [B, H, d, Kp]`` contiguous, keys zero-padded to a multiple of :data:`LANES`."""
+    n = t.shape[-2]
+    return F.pad(t.transpose(-1, -2), (0, -(-n // LANES) * LANES - n)).contiguous()
+
+
+def _layout(bias: torch.Tensor, toeplitz: bool, nq: int, nk: int, first: int) -> tuple[int, int, int]:
+    """(element offset of query row 0 / key 0, head stride, query-row stride) of the bias for the kernel."""
+    if toeplitz:
+        if bias.shape[-1] != 2 * nk - 1:
+            raise LenbenchError(f"Toeplitz DAPE bias needs 2N-1 = {2 * nk - 1} columns, got {bias.shape[-1]}")
+        return nk - 1 - first, 2 * nk - 1, -1
+    if tuple(bias.shape[1:]) != (nq, nk):
+        raise LenbenchError(f"full DAPE bias must be [H, {nq}, {nk}], got {list(bias.shape)}")
+    return 0, nq * nk, nk
+
+
+def _dims(q: torch.Tensor, k: torch.Tensor, hidden: int, meta: dict[str, Any], layout: tuple[int, int, int]) -> Any:
+    b, h, nq, d = q.shape
+    nk = k.shape[-2]
+    values = (b, h, nq, nk, d, hidden, VARIANT_CODES[meta["variant"]], int(meta["causal"]), meta["first"],
+              layout[1], layout[2], -(-nk // LANES) * LANES)
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+class FusedDAPEFunction(torch.autograd.Function):
+    """q ``[B, H, Nq, d]``; k, v ``[B, H, Nk, d]``; bias (row or full); w1 ``[D, C]``, b1, w2 ``[H, D]``, b2."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, w1, b1, w2, b2, meta):  # type: ignore[override]
+        lib = _library()
+        if lib is None:
+            raise RuntimeError("the fused DAPE kernel is not available (dape_fused.available() is False)")
+        q, k, v = (t.detach().contiguous() for t in (q, k, v))
+        bias, w1, b1, b2 = (t.detach().contiguous() for t in (bias, w1, b1, b2))
+        w2t = w2.detach().t().contiguous()
+        b, h, nq, d = q.shape
+        layout = _layout(bias, meta["toeplitz"], nq, k.shape[-2], meta["first"])
+        dims = _dims(q, k, w1.shape[0], meta, layout)
+        out = torch.empty_like(q)
+        lse = torch.empty(b, h, nq)
+        kt = _transposed(k)  # held here: the kernel reads it through a raw pointer
+        if lib.dape_forward(_ptr(q), _ptr(kt), _ptr(v), _ptr(bias, layout[0]), _ptr(w1), _ptr(b1),
+                            _ptr(w2t), _ptr(b2), _ptr(out), _ptr(lse), dims, meta["scale"], meta["slope"],
+                            torch.get_num_threads()):
+            raise MemoryError("fused DAPE kernel: out of memory")
+        ctx.save_for_backward(q, k, v, bias, w1, b1, w2t, b2, out, lse)
+        ctx.meta, ctx.layout = meta, layout
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        lib = _library()
+        q, k, v, bias, w1, b1, w2t, b2, out, lse = ctx.saved_tensors
+        meta, layout = ctx.meta, ctx.layout
+        b, h, nq, d = q.shape
+        nk, hidden, c = k.shape[-2], w1.shape[0], w1.shape[1]
+        grad = grad.contiguous()
+        delta = (grad * out).sum(-1).contiguous()
+        threads = int(lib.dape_threads(torch.get_num_threads()))
+        dq = torch.zeros_like(q)
+        dk, dv = (torch.zeros(threads, b, h, nk, d) for _ in range(2))
+        dw1, db1 = torch.zeros(threads, hidden, c), torch.zeros(threads, hidden)
+        dw2t, db2 = torch.zeros(threads, hidden, h), torch.zeros(threads, h)
+        per_thread_bias = meta["toeplitz"]
+        dbias = torch.zeros((threads, *bias.shape) if per_thread_bias else bias.shape)
+        strides = (ctypes.c_int64 * 2)(b * h * nk * d, bias.numel() if per_thread_bias else 0)
+        kt, vt = _transposed(k), _transposed(v)  # held here: the kernel reads them through raw pointers
+        if lib.dape_backward(_ptr(q), _ptr(kt), _ptr(k), _ptr(vt), _ptr(bias, layout[0]),
+                             _ptr(w1), _ptr(b1), _ptr(w2t), _ptr(b2), _ptr(grad), _ptr(lse), _ptr(delta), _ptr(dq),
+                             _ptr(dk), _ptr(dv), _ptr(dw1), _ptr(db1), _ptr(dw2t), _ptr(db2),
+                             _ptr(dbias, layout[0]), strides, _dims(q, k, hidden, meta, layout), meta["scale"],
+                             meta["slope"], threads):
+            raise MemoryError("fused DAPE kernel: out of memory")
+        dbias = dbias.sum(0) if per_thread_bias else dbias
+        return (dq, dk.sum(0), dv.sum(0), dbias, dw1.sum(0), db1.sum(0), dw2t.sum(0).t(), db2.sum(0), None)
+
+
+def fused_dape_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+    w2: torch.Tensor, b2: torch.Tensor, *, variant: str = "concat_residual", causal: bool, toeplitz: bool,
+    first: int = 0, slope: float = 0.01,
+) -> torch.Tensor:
+    """DAPE v1 attention ``[B, H, Nq, d]`` (module docstring); queries are tokens ``first .. first + Nq - 1``.
+
+    ``bias``: ``[H, 2 Nk - 1]`` Toeplitz row (``toeplitz=True``) or ``[H, Nq, Nk]``; ``w1 [D, 2H or H]``,
+    ``w2 [H, D]``: the MLP's ``fc1``/``fc2`` weights. CUDA tensors go to the Triton kernel.
+    """
+    if variant not in VARIANT_CODES:
+        raise LenbenchError(f"unknown DAPE variant {variant!r} (choose from {', '.join(VARIANT_CODES)})")
+    if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise LenbenchError(f"fused DAPE needs q [B,H,Nq,d], k = v [B,H,Nk,d]; got {list(q.shape)}, {list(k.shape)}")
+    if w1.shape[1] != (q.shape[1] if variant == "add_residual" else 2 * q.shape[1]):
+        raise LenbenchError(f"DAPE {variant} with {q.shape[1]} heads cannot take fc1 of shape {list(w1.shape)}")
+    meta = {"variant": variant, "causal": bool(causal), "toeplitz": bool(toeplitz), "first": int(first),
+            "scale": 1.0 / q.shape[-1] ** 0.5, "slope": float(slope)}
+    if q.is_cuda:
+        from lenbench.pe import dape_triton
+
+        return dape_triton.TritonDAPEFunction.apply(q, k, v, bias, w1, b1, w2, b2, meta)
+    if q.dtype != torch.float32:
+        raise LenbenchError(f"the fused DAPE CPU kernel computes fp32, got {q.dtype}")
+    return FusedDAPEFunction.apply(q, k, v, bias, w1, b1, w2, b2, meta)
