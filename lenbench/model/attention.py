@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenbench.model import small_attention
+from lenbench.pe import dape_fused
 from lenbench.pe.base import PositionalEncoding
 
-BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "small", "flex", "explicit")
+BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "small", "flex", "explicit", "dape_fused")
 
 # Elements allowed in one block's widest intermediate (fp32: 4 bytes each), ~512 MiB.
 BLOCK_BUDGET = 1 << 27
@@ -60,6 +61,9 @@ BIAS_BLOCK = 64
 # seconds per new length; at 2048 and 4096 Flex beat query blocks for every static bias
 # (benchmarks/README.md).
 FLEX_CPU_MIN_LENGTH = 1024
+
+# DAPE v1 takes the fused kernel (lenbench.pe.dape_fused) from this length on (benchmarks/README.md).
+DAPE_FUSED_MIN_LENGTH = 1
 
 # The small-head CPU kernel serves sequences shorter than this (from here FlexAttention takes CPU
 # evaluation; at head dim 8 it was 0.4-0.8x SDPA's time from 41 to 1024 tokens).
@@ -133,7 +137,7 @@ class Attention(nn.Module):
         """
         pe = type(self.pe)
         if pe.has_hook("scores"):
-            return "explicit"
+            return "dape_fused" if self.fused_dape(n) else "explicit"
         if self.backend == "small":
             return "small"
         if self.backend == "auto" and device.type == "cpu" and self.small_ok(n):
@@ -156,6 +160,12 @@ class Attention(nn.Module):
         if fused_wins and exact_positions and flex_available(device) and self.pe.score_mod() is not None:
             return "flex"
         return "blocked_bias"
+
+    def fused_dape(self, n: int) -> bool:
+        """DAPE v1 (a PE with ``fused_attention``) takes the fused kernel from :data:`DAPE_FUSED_MIN_LENGTH`
+        tokens on, unless the backend is forced to ``explicit``; ``LENBENCH_DAPE_KERNEL=0`` turns it off."""
+        wanted = self.backend == "dape_fused" or (self.backend == "auto" and n >= DAPE_FUSED_MIN_LENGTH)
+        return wanted and hasattr(self.pe, "fused_attention") and dape_fused.enabled()
 
     def small_ok(self, n: int) -> bool:
         """The small-head kernel serves this forward: shape fits, not compiling, kernel compiled."""
@@ -183,6 +193,8 @@ class Attention(nn.Module):
             if backend in ("blocked_bias", "flex"):
                 backend = "sdpa_bias"
         nq = q.shape[-2]
+        if backend == "dape_fused" and not self.pe.fused_ok(q):
+            backend = "explicit"  # e.g. fp16 on CPU, or inside a torch.compile trace
         if backend == "small" and not small_attention.supports(q, k):
             backend = "sdpa_bias" if type(self.pe).has_hook("bias") else "sdpa"
         self.last_backend = backend
@@ -201,6 +213,8 @@ class Attention(nn.Module):
             y = self.blocked_bias(q, k, v, pos)
         elif backend == "flex":
             y = self.flex(q, k, v)
+        elif backend == "dape_fused":
+            y = self.pe.fused_attention(q, k, v, pos, self.causal)
         else:
             y = self.explicit(q, k, v, pos)
         return self.out(y.transpose(1, 2).reshape(b, nq, self.dim))

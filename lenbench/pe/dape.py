@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenbench.errors import LenbenchError
+from lenbench.pe import dape_fused
 from lenbench.pe.base import PEContext, PositionalEncoding, relative_distance
 from lenbench.pe.bias import ALiBi, KerpleLog, LeakyFIRE
 from lenbench.pe.registry import PES
@@ -88,6 +89,17 @@ class DAPE(PositionalEncoding):
         if self.variant == "concat":
             return s + f
         return s + b.to(s.dtype) + f
+
+    def fused_ok(self, q: torch.Tensor) -> bool:
+        """Whether :meth:`fused_attention` computes attention for these queries (:func:`dape_fused.applies`)."""
+        return dape_fused.applies(q)
+
+    def fused_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, causal: bool
+    ) -> torch.Tensor:
+        """``softmax(scores) v`` in the fused kernel, equal to the ``explicit`` backend over :meth:`scores`
+        (:mod:`lenbench.pe.dape_fused`); q holds the last ``Nq`` of the ``N`` positions ``pos``."""
+        return dape_fused.dape_attention(self, q, k, v, pos, causal)
 
 
 @PES.register("dape-kerple")

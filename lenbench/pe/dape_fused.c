@@ -143,14 +143,28 @@ static void chunk_logits(const Args *a, int64_t b, int64_t r, int64_t j0, int64_
         for (int64_t h = 0; h < H; h++) { x[h] = s[h]; x[H + h] = bb[h]; }
     }
     for (int64_t h = 0; h < H; h++) lg[h] = splat(a->b2[h]) + (a->variant == CONCAT ? s[h] : s[h] + bb[h]);
-    for (int64_t u = 0; u < D; u++) {
+    int64_t u = 0;
+    for (; u + 4 <= D; u += 4) { /* four hidden units per pass: each x[c] and lg[h] load serves four */
         const float *w = a->w1 + u * C;
-        vf z0 = splat(a->b1[u]), z1 = {0};
-        int64_t c = 0;
-        for (; c + 1 < C; c += 2) { z0 += splat(w[c]) * x[c]; z1 += splat(w[c + 1]) * x[c + 1]; }
-        if (c < C) z0 += splat(w[c]) * x[c];
-        z[u] = z0 + z1;
-        const vf act = leaky(z[u], a->slope);
+        vf z0 = splat(a->b1[u]), z1 = splat(a->b1[u + 1]), z2 = splat(a->b1[u + 2]), z3 = splat(a->b1[u + 3]);
+        for (int64_t c = 0; c < C; c++) {
+            const vf xc = x[c];
+            z0 += splat(w[c]) * xc; z1 += splat(w[C + c]) * xc; z2 += splat(w[2 * C + c]) * xc;
+            z3 += splat(w[3 * C + c]) * xc;
+        }
+        z[u] = z0; z[u + 1] = z1; z[u + 2] = z2; z[u + 3] = z3;
+        const vf a0 = leaky(z0, a->slope), a1 = leaky(z1, a->slope), a2 = leaky(z2, a->slope);
+        const vf a3 = leaky(z3, a->slope);
+        const float *w2 = a->w2t + u * H;
+        for (int64_t h = 0; h < H; h++)
+            lg[h] += splat(w2[h]) * a0 + splat(w2[H + h]) * a1 + splat(w2[2 * H + h]) * a2 + splat(w2[3 * H + h]) * a3;
+    }
+    for (; u < D; u++) {
+        const float *w = a->w1 + u * C;
+        vf zu = splat(a->b1[u]);
+        for (int64_t c = 0; c < C; c++) zu += splat(w[c]) * x[c];
+        z[u] = zu;
+        const vf act = leaky(zu, a->slope);
         const float *w2 = a->w2t + u * H;
         for (int64_t h = 0; h < H; h++) lg[h] += splat(w2[h]) * act;
     }
@@ -159,6 +173,49 @@ static void chunk_logits(const Args *a, int64_t b, int64_t r, int64_t j0, int64_
         for (int64_t l = 0; l < nvis; l++) keep[l] = -1;
         for (int64_t h = 0; h < H; h++) lg[h] = sel(keep, lg[h], splat(-INFINITY));
     }
+}
+
+/* dst[c] += sum_e p[e] src[e * d + c] for e < n, c < d: the sum over keys stays in registers. */
+static inline void add_rows(float *dst, vf p, const float *src, int64_t n, int64_t d) {
+    int64_t c = 0;
+    for (; c + LANES <= d; c += LANES) {
+        vf acc = load(dst + c);
+        for (int64_t e = 0; e < n; e++) acc += splat(p[e]) * load(src + e * d + c);
+        store(dst + c, acc);
+    }
+    for (; c < d; c++) {
+        float acc = dst[c];
+        for (int64_t e = 0; e < n; e++) acc += p[e] * src[e * d + c];
+        dst[c] = acc;
+    }
+}
+
+/* g[u * C + c] += sum_p A[p * D + u] * X[p * C + c], p < np: a weight gradient over np stashed pairs
+ * (vectors of LANES keys), 4 x 2 accumulators in registers so g is read and written once per call. */
+static void rank_update(vf *g, const vf *A, const vf *X, int64_t np, int64_t D, int64_t C) {
+    int64_t u0 = 0;
+    for (; u0 + 4 <= D; u0 += 4) {
+        int64_t c0 = 0;
+        for (; c0 + 2 <= C; c0 += 2) {
+            vf acc[4][2];
+            for (int i = 0; i < 4; i++) { acc[i][0] = g[(u0 + i) * C + c0]; acc[i][1] = g[(u0 + i) * C + c0 + 1]; }
+            for (int64_t p = 0; p < np; p++) {
+                const vf x0 = X[p * C + c0], x1 = X[p * C + c0 + 1];
+                for (int i = 0; i < 4; i++) {
+                    const vf av = A[p * D + u0 + i];
+                    acc[i][0] += av * x0;
+                    acc[i][1] += av * x1;
+                }
+            }
+            for (int i = 0; i < 4; i++) { g[(u0 + i) * C + c0] = acc[i][0]; g[(u0 + i) * C + c0 + 1] = acc[i][1]; }
+        }
+        for (; c0 < C; c0++)
+            for (int64_t i = u0; i < u0 + 4; i++)
+                for (int64_t p = 0; p < np; p++) g[i * C + c0] += A[p * D + i] * X[p * C + c0];
+    }
+    for (; u0 < D; u0++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < np; p++) g[u0 * C + c] += A[p * D + u0] * X[p * C + c];
 }
 
 static inline int64_t key_end(const Args *a, int64_t r1) {
@@ -220,11 +277,7 @@ int dape_forward(const float *q, const float *kT, const float *v, const float *b
                                 }
                                 const vf p = vexp(lg[h] - splat(m[at]));
                                 l[at] += hsum(p);
-                                const float *vh = a.v + ((b * H + h) * a.Nk + j0) * d;
-                                for (int64_t e = 0; e < nvis; e++) {
-                                    const float pe = p[e];
-                                    for (int64_t c = 0; c < d; c++) oh[c] += pe * vh[e * d + c];
-                                }
+                                add_rows(oh, p, a.v + ((b * H + h) * a.Nk + j0) * d, nvis, d);
                             }
                         }
                     }
@@ -268,7 +321,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        const size_t nvec = (size_t)(7 * H + 2 * C + 2 * D + D * C + D * H + D + H);
+        const size_t nvec = (size_t)(7 * H + 2 * C + 2 * D + D * C + D * H + D + H + TQ * (C + 2 * D + H));
         vf *s = vec_alloc(sizeof(vf) * nvec);
         if (!s) {
             failed = 1;
@@ -277,6 +330,8 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
             vf *bb = s + H, *x = bb + H, *lg = x + C, *z = lg + H, *dl = z + D, *dx = dl + H, *ds = dx + C;
             vf *dbb = ds + H, *gw1 = dbb + H, *gw2 = gw1 + D * C, *gb1 = gw2 + D * H, *gb2 = gb1 + D;
             vf *dz = gb2 + H;
+            /* per chunk, the MLP input, dz, activations and dl of each row, for rank_update */
+            vf *sx = dz + D, *sdz = sx + TQ * C, *sact = sdz + TQ * D, *sdl = sact + TQ * D;
             float *tdk = dk + tid * kv_ts, *tdv = dv + tid * kv_ts, *tdb = dbias + tid * dbias_ts;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -286,6 +341,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                 const int64_t kend = key_end(&a, r1);
                 for (int64_t b = 0; b < a.B; b++) {
                     for (int64_t j0 = 0; j0 < kend; j0 += LANES) {
+                        int64_t np = 0; /* rows stashed for this chunk */
                         for (int64_t r = r0; r < r1; r++) {
                             const int64_t nvis = visible(&a, r, j0);
                             if (nvis <= 0) continue;
@@ -316,21 +372,27 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                                 const float *w2 = a.w2t + u * H;
                                 const vf act = leaky(z[u], slope);
                                 vf da = {0};
-                                for (int64_t h = 0; h < H; h++) {
-                                    da += splat(w2[h]) * dl[h];
-                                    gw2[u * H + h] += act * dl[h];
-                                }
+                                for (int64_t h = 0; h < H; h++) da += splat(w2[h]) * dl[h];
                                 dz[u] = sel(z[u] > 0, da, da * slope);
                                 gb1[u] += dz[u];
+                                sact[np * D + u] = act;
+                                sdz[np * D + u] = dz[u];
                             }
-                            for (int64_t u = 0; u < D; u++) {
+                            for (int64_t cc = 0; cc < C; cc++) sx[np * C + cc] = x[cc];
+                            for (int64_t h = 0; h < H; h++) sdl[np * H + h] = dl[h];
+                            np++;
+                            int64_t u = 0;
+                            for (; u + 4 <= D; u += 4) { /* four hidden units per pass over x and dx */
                                 const float *w = a.w1 + u * C;
-                                const vf du = dz[u];
-                                vf *gw = gw1 + u * C;
+                                const vf d0 = dz[u], d1 = dz[u + 1], d2 = dz[u + 2], d3 = dz[u + 3];
                                 for (int64_t cc = 0; cc < C; cc++) {
-                                    dx[cc] += splat(w[cc]) * du;
-                                    gw[cc] += du * x[cc];
+                                    dx[cc] += splat(w[cc]) * d0 + splat(w[C + cc]) * d1 + splat(w[2 * C + cc]) * d2
+                                              + splat(w[3 * C + cc]) * d3;
                                 }
+                            }
+                            for (; u < D; u++) {
+                                const float *w = a.w1 + u * C;
+                                for (int64_t cc = 0; cc < C; cc++) dx[cc] += splat(w[cc]) * dz[u];
                             }
                             for (int64_t h = 0; h < H; h++) {
                                 if (a.variant == ADD_RESIDUAL) {
@@ -346,15 +408,16 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                                 const float *qh = a.q + ((b * H + h) * a.Nq + r) * d;
                                 float *dqh = dq + ((b * H + h) * a.Nq + r) * d;
                                 float *dkh = tdk + ((b * H + h) * a.Nk + j0) * d;
+                                const vf g = ds[h] * scale;
+                                add_rows(dqh, g, kh, nvis, d);
                                 for (int64_t e = 0; e < nvis; e++) {
-                                    const float g = ds[h][e] * scale;
-                                    for (int64_t cc = 0; cc < d; cc++) {
-                                        dqh[cc] += g * kh[e * d + cc];
-                                        dkh[e * d + cc] += g * qh[cc];
-                                    }
+                                    const float ge = g[e];
+                                    for (int64_t cc = 0; cc < d; cc++) dkh[e * d + cc] += ge * qh[cc];
                                 }
                             }
                         }
+                        rank_update(gw1, sdz, sx, np, D, C); /* dW1 += dz x^T over the stashed rows */
+                        rank_update(gw2, sact, sdl, np, D, H); /* dW2^T += a dl^T */
                     }
                 }
             }

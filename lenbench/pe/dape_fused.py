@@ -21,6 +21,7 @@ kernel of :mod:`lenbench.pe.dape_triton`. Without a compiler (or Triton), or wit
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,38 @@ def fused_dape_attention(
     if q.dtype != torch.float32:
         raise LenbenchError(f"the fused DAPE CPU kernel computes fp32, got {q.dtype}")
     return FusedDAPEFunction.apply(q, k, v, bias, w1, b1, w2, b2, meta)
+
+
+def applies(q: torch.Tensor) -> bool:
+    """The fused kernel computes attention on these queries: CPU fp32 with the C kernel compiled, or
+    CUDA with Triton importable; never inside a ``torch.compile`` trace."""
+    if torch.compiler.is_compiling():
+        return False
+    if q.is_cuda:
+        from lenbench.pe import dape_triton
+
+        return dape_triton.available()
+    return q.device.type == "cpu" and q.dtype == torch.float32 and available()
+
+
+def dape_attention(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                   causal: bool) -> torch.Tensor:
+    """:func:`fused_dape_attention` for a :class:`~lenbench.pe.dape.DAPE` layer at positions ``pos`` (all
+    keys); q holds the last ``Nq`` queries. The base bias is a Toeplitz row where the base is
+    translation invariant and the positions are ``arange``, else its full ``[H, Nq, Nk]`` block."""
+    n, nq = k.shape[-2], q.shape[-2]
+    toeplitz = type(pe.base).translation_invariant and not type(pe).has_hook("positions")
+    if toeplitz:
+        distances = torch.arange(2 * n - 1, device=pos.device, dtype=pos.dtype)  # i - j = n-1 .. -(n-1)
+        bias = pe.base.bias(pos[n - 1 :], distances)[:, 0]
+    else:
+        bias = pe.base.bias(pos[n - nq :], pos)
+    return fused_dape_attention(
+        q, k, v, bias.float(), pe.fc1.weight, pe.fc1.bias, pe.fc2.weight, pe.fc2.bias, variant=pe.variant,
+        causal=causal, toeplitz=toeplitz, first=n - nq,
+    )
+
+
+def enabled() -> bool:
+    """Not switched off: ``$LENBENCH_DAPE_KERNEL`` is not ``0`` (whether it runs is :func:`applies`)."""
+    return os.environ.get(SWITCH, "1") != "0"
