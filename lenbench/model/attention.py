@@ -29,6 +29,10 @@ Backends:
   ``[S; B]``) fits :data:`BLOCK_BUDGET`. Causal blocks skip future keys (keys past the block's last
   query), unless the PE sets ``reads_future_keys`` (a scores hook whose visible logits depend on
   future keys, e.g. DAPE V2 without zeroing): then every key is kept, so blocking stays exact.
+- ``dape_fused``: DAPE v1 (a PE with ``fused_attention``) ->
+  :mod:`lenbench.pe.dape_fused`: logits, MLP across heads and online softmax per tile, backward
+  recomputing tiles, O(B H N) memory; CPU C kernel (fp32), Triton on CUDA. ``explicit`` stays the
+  reference and the off switch (``backend="explicit"`` or ``LENBENCH_DAPE_KERNEL=0``).
 
 All backends agree to float tolerance (tests/test_attention.py).
 """
@@ -61,9 +65,6 @@ BIAS_BLOCK = 64
 # seconds per new length; at 2048 and 4096 Flex beat query blocks for every static bias
 # (benchmarks/README.md).
 FLEX_CPU_MIN_LENGTH = 1024
-
-# DAPE v1 takes the fused kernel (lenbench.pe.dape_fused) from this length on (benchmarks/README.md).
-DAPE_FUSED_MIN_LENGTH = 1
 
 # The small-head CPU kernel serves sequences shorter than this (from here FlexAttention takes CPU
 # evaluation; at head dim 8 it was 0.4-0.8x SDPA's time from 41 to 1024 tokens).
@@ -137,7 +138,7 @@ class Attention(nn.Module):
         """
         pe = type(self.pe)
         if pe.has_hook("scores"):
-            return "dape_fused" if self.fused_dape(n) else "explicit"
+            return "dape_fused" if self.fused_dape(device) else "explicit"
         if self.backend == "small":
             return "small"
         if self.backend == "auto" and device.type == "cpu" and self.small_ok(n):
@@ -161,11 +162,12 @@ class Attention(nn.Module):
             return "flex"
         return "blocked_bias"
 
-    def fused_dape(self, n: int) -> bool:
-        """DAPE v1 (a PE with ``fused_attention``) takes the fused kernel from :data:`DAPE_FUSED_MIN_LENGTH`
-        tokens on, unless the backend is forced to ``explicit``; ``LENBENCH_DAPE_KERNEL=0`` turns it off."""
-        wanted = self.backend == "dape_fused" or (self.backend == "auto" and n >= DAPE_FUSED_MIN_LENGTH)
-        return wanted and hasattr(self.pe, "fused_attention") and dape_fused.enabled()
+    def fused_dape(self, device: torch.device) -> bool:
+        """DAPE v1 (a PE with ``fused_attention``) takes the fused kernel unless the backend is forced to
+        ``explicit`` or its kernel is off or missing on ``device``: it beat ``explicit`` from CHE's
+        shapes (batch 128, N=40) to N=4096 (benchmarks/README.md)."""
+        wanted = self.backend in ("auto", "dape_fused")
+        return wanted and hasattr(self.pe, "fused_attention") and dape_fused.usable(device)
 
     def small_ok(self, n: int) -> bool:
         """The small-head kernel serves this forward: shape fits, not compiling, kernel compiled."""

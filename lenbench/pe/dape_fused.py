@@ -165,13 +165,9 @@ def fused_dape_attention(
 def applies(q: torch.Tensor) -> bool:
     """The fused kernel computes attention on these queries: CPU fp32 with the C kernel compiled, or
     CUDA with Triton importable; never inside a ``torch.compile`` trace."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not usable(q.device):
         return False
-    if q.is_cuda:
-        from lenbench.pe import dape_triton
-
-        return dape_triton.available()
-    return q.device.type == "cpu" and q.dtype == torch.float32 and available()
+    return q.is_cuda or q.dtype == torch.float32
 
 
 def dape_attention(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
@@ -192,6 +188,13 @@ def dape_attention(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     )
 
 
-def enabled() -> bool:
-    """Not switched off: ``$LENBENCH_DAPE_KERNEL`` is not ``0`` (whether it runs is :func:`applies`)."""
-    return os.environ.get(SWITCH, "1") != "0"
+def usable(device: torch.device) -> bool:
+    """A kernel serves ``device``: the compiled C kernel on CPU, Triton on CUDA (both off with
+    ``LENBENCH_DAPE_KERNEL=0``); :func:`applies` also checks the queries' dtype and tracing."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return False
+    if device.type == "cuda":
+        from lenbench.pe import dape_triton
+
+        return dape_triton.available()
+    return device.type == "cpu" and available()
