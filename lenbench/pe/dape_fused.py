@@ -63,7 +63,7 @@ def _transposed(t: torch.Tensor) -> torch.Tensor:
     return F.pad(t.transpose(-1, -2), (0, -(-n // LANES) * LANES - n)).contiguous()
 
 
-def _layout(bias: torch.Tensor, toeplitz: bool, nq: int, nk: int, first: int) -> tuple[int, int, int]:
+def bias_layout(bias: torch.Tensor, toeplitz: bool, nq: int, nk: int, first: int) -> tuple[int, int, int]:
     """(element offset of query row 0 / key 0, head stride, query-row stride) of the bias for the kernel."""
     if toeplitz:
         if bias.shape[-1] != 2 * nk - 1:
@@ -94,7 +94,7 @@ class FusedDAPEFunction(torch.autograd.Function):
         bias, w1, b1, b2 = (t.detach().contiguous() for t in (bias, w1, b1, b2))
         w2t = w2.detach().t().contiguous()
         b, h, nq, d = q.shape
-        layout = _layout(bias, meta["toeplitz"], nq, k.shape[-2], meta["first"])
+        layout = bias_layout(bias, meta["toeplitz"], nq, k.shape[-2], meta["first"])
         dims = _dims(q, k, w1.shape[0], meta, layout)
         out = torch.empty_like(q)
         lse = torch.empty(b, h, nq)
