@@ -17,6 +17,15 @@ Each variant runs in a fresh process; peak memory is that process's peak RSS
 The unblocked variant is skipped (and said so) where its estimated peak, 4x the measured 4096
 peak per doubling of N, exceeds this machine's physical memory: at 8192 only the blocked form runs.
     python benchmarks/dape_attention.py --pe cope --lengths 512,1024 --block 64
+
+``--fused`` (issue 19) compares instead the fused DAPE kernel (backend ``dape_fused``,
+``lenbench.pe.dape_fused``) with today's query-blocked path (backend ``explicit``, blocks sized by the
+library's own ``BLOCK_BUDGET``), forward under ``no_grad`` and forward+backward (``(y * g).sum()``
+backpropagated to x and every parameter), at the 350M shape, and prints fused / explicit ratios:
+
+    python benchmarks/dape_attention.py --fused --lengths 1024,2048,4096 --repeats 1
+    python benchmarks/dape_attention.py --fused --long      # adds 8192 (explicit training skipped where it
+                                                            # would not fit: ~4 (2h + D) N^2 / 2 bytes)
 """
 
 from __future__ import annotations
@@ -60,28 +69,42 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=2, out_size=2, dim=dim, layers=1, heads=heads, causal=True, max_length=n)
     spec = parse_pe_spec(args.pe if "dape" not in args.pe else f"{args.pe}:hidden={args.hidden}")
-    att = attention.Attention(dim, heads, build_pes(cfg, spec)[0], causal=True).eval()
+    backend = {"fused": "dape_fused", "explicit": "explicit"}.get(args.variant, "explicit")
+    att = attention.Attention(dim, heads, build_pes(cfg, spec)[0], causal=True, backend=backend).eval()
     width = max(heads, int(getattr(att.pe, "hidden", 0)) + 2 * heads)
-    block = n if args.variant == "unblocked" else min(n, args.block)
-    attention.BLOCK_BUDGET = block * n * width
-    assert att.block_size(1, n) == block, (att.block_size(1, n), block)
-    x = torch.randn(1, n, dim)
-    before = rss_kib()
-    with torch.no_grad():
-        start = time.perf_counter()
+    block = att.block_size(1, n)
+    if args.variant in ("blocked", "unblocked"):
+        block = n if args.variant == "unblocked" else min(n, args.block)
+        attention.BLOCK_BUDGET = block * n * width
+        assert att.block_size(1, n) == block, (att.block_size(1, n), block)
+    x = torch.randn(1, n, dim, requires_grad=args.train)
+    g = torch.randn(1, n, dim)
+
+    def step() -> torch.Tensor:
+        if not args.train:
+            with torch.no_grad():
+                return att(x)
         y = att(x)
-        first = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            att(x)
-            times.append(time.perf_counter() - start)
-    assert att.last_backend == "explicit"
+        (y * g).sum().backward()
+        return torch.cat([y.detach().flatten(), x.grad.flatten(), att.qkv.weight.grad.flatten()])
+
+    before = rss_kib()
+    start = time.perf_counter()
+    y = step()
+    first = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    times = []
+    for _ in range(args.repeats):
+        x.grad = None
+        att.zero_grad()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    assert att.last_backend == backend, att.last_backend
     torch.save(y, args.out)
     times.sort()
     median = times[len(times) // 2] if times else first
-    print(json.dumps({"n": n, "variant": args.variant, "block": block, "ms": 1000 * median,
+    print(json.dumps({"n": n, "variant": args.variant, "block": block, "ms": 1000 * median, "train": args.train,
                       "first_ms": 1000 * first, "peak_mib": peak / 1024,
                       "hidden_mib": block * n * int(getattr(att.pe, "hidden", 0)) * 4 / 2**20}))
 
@@ -91,15 +114,49 @@ def forward_flop(n: int, heads: int, head_dim: int, hidden: int) -> float:
     return n * (n + 1) / 2 * (4 * heads * head_dim + 2 * (2 * heads * hidden + hidden * heads))
 
 
-def run_variant(args: argparse.Namespace, n: int, variant: str, out: Path) -> dict[str, Any]:
+def run_variant(args: argparse.Namespace, n: int, variant: str, out: Path, train: bool = False) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--n", str(n), "--out", str(out),
            "--pe", args.pe, "--heads", str(args.heads), "--head-dim", str(args.head_dim),
            "--hidden", str(args.hidden), "--block", str(args.block), "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads)] + (["--train"] if train else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{variant} at N={n} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_fused(args: argparse.Namespace, lengths: list[int], ram_mib: float) -> None:
+    """``--fused``: the fused kernel against ``explicit``, forward and forward+backward, with ratios."""
+    import torch
+
+    print(f"{args.pe}, causal, batch 1, {args.heads} heads x {args.head_dim}, hidden {args.hidden}; "
+          f"fused = backend dape_fused, explicit = query blocks (library budget); median of {args.repeats} "
+          "after the first (first run alone when 0); peak = RSS above the pre-run RSS")
+    print(f"{'N':>6} {'mode':>9} {'variant':>9} {'ms':>10} {'peak MiB':>10}")
+    summary = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in lengths:
+            for train in (False, True):
+                mode = "fwd+bwd" if train else "forward"
+                rows = {}
+                for variant in ("explicit", "fused"):
+                    # explicit training keeps every block's [S; B], hidden and softmax tensors
+                    need = 4 * (2 * args.heads + args.hidden) * 3 * n * n / 2 / 2**20 if train else 0.0
+                    if variant == "explicit" and need > 0.6 * ram_mib:
+                        print(f"{n:>6} {mode:>9} {variant:>9} skipped: needs ~{need / 1024:.0f} GiB", flush=True)
+                        continue
+                    rows[variant] = r = run_variant(args, n, variant, Path(tmp) / f"{variant}.pt", train)
+                    print(f"{n:>6} {mode:>9} {variant:>9} {r['ms']:>10.1f} {r['peak_mib']:>10.1f}", flush=True)
+                if len(rows) < 2:
+                    continue
+                a, b = (torch.load(Path(tmp) / f"{v}.pt") for v in ("fused", "explicit"))
+                diff = ((a - b).abs().max() / b.abs().max()).item()
+                f, e = rows["fused"], rows["explicit"]
+                summary.append((n, mode, f["ms"] / e["ms"], f["peak_mib"] / max(e["peak_mib"], 1e-9), diff))
+    print("\nratios fused / explicit")
+    print(f"{'N':>6} {'mode':>9} {'time':>8} {'peak mem':>9} {'max rel diff':>13}")
+    for n, mode, t, m, d in summary:
+        print(f"{n:>6} {mode:>9} {t:>8.2f} {m:>9.3f} {d:>13.1e}")
 
 
 def main() -> None:
@@ -114,7 +171,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", choices=["blocked", "unblocked"], help=argparse.SUPPRESS)
+    parser.add_argument("--fused", action="store_true", help="fused DAPE kernel vs explicit, forward and training")
+    parser.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["blocked", "unblocked", "fused", "explicit"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,8 +182,12 @@ def main() -> None:
         return
     import torch
 
-    lengths = [int(v) for v in args.lengths.split(",")] + ([4096, 8192] if args.long else [])
+    lengths = [int(v) for v in args.lengths.split(",")]
+    lengths += [m for m in ((8192,) if args.fused else (4096, 8192)) if args.long and m not in lengths]
     ram_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    if args.fused:
+        compare_fused(args, lengths, ram_mib)
+        return
     print(f"{args.pe}, causal forward, batch 1, {args.heads} heads x {args.head_dim}, hidden {args.hidden}, "
           f"blocked = {args.block} queries/block; median of {args.repeats} after the first")
     print(f"{'N':>6} {'variant':>10} {'block':>6} {'ms':>10} {'peak MiB':>10} {'hidden MiB':>11} {'GFLOP/s':>9}")
