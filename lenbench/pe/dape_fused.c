@@ -218,6 +218,23 @@ static void rank_update(vf *g, const vf *A, const vf *X, int64_t np, int64_t D, 
             for (int64_t p = 0; p < np; p++) g[u0 * C + c] += A[p * D + u0] * X[p * C + c];
 }
 
+/* dst[c] += sum_p w[p * ws][e] src[rows[p] * d + c], p < np, c < d: one key row's gradient summed over
+ * the stashed query rows in registers (one read and write of dst per chunk, not per query row). */
+static void gather_rows(float *dst, const vf *w, int64_t ws, int64_t e, const float *src, const int64_t *rows,
+                        int64_t np, int64_t d) {
+    int64_t c = 0;
+    for (; c + LANES <= d; c += LANES) {
+        vf acc = load(dst + c);
+        for (int64_t p = 0; p < np; p++) acc += splat(w[p * ws][e]) * load(src + rows[p] * d + c);
+        store(dst + c, acc);
+    }
+    for (; c < d; c++) {
+        float acc = dst[c];
+        for (int64_t p = 0; p < np; p++) acc += w[p * ws][e] * src[rows[p] * d + c];
+        dst[c] = acc;
+    }
+}
+
 static inline int64_t key_end(const Args *a, int64_t r1) {
     return a->causal && a->first + r1 < a->Nk ? a->first + r1 : a->Nk;
 }
@@ -321,7 +338,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        const size_t nvec = (size_t)(7 * H + 2 * C + 2 * D + D * C + D * H + D + H + TQ * (C + 2 * D + H));
+        const size_t nvec = (size_t)(7 * H + 2 * C + 2 * D + D * C + D * H + D + H + TQ * (C + 2 * D + 3 * H));
         vf *s = vec_alloc(sizeof(vf) * nvec);
         if (!s) {
             failed = 1;
@@ -332,6 +349,8 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
             vf *dz = gb2 + H;
             /* per chunk, the MLP input, dz, activations and dl of each row, for rank_update */
             vf *sx = dz + D, *sdz = sx + TQ * C, *sact = sdz + TQ * D, *sdl = sact + TQ * D;
+            vf *sp = sdl + TQ * H, *sg = sp + TQ * H; /* p and scale * ds per row and head, for dv and dk */
+            int64_t srow[TQ];
             float *tdk = dk + tid * kv_ts, *tdv = dv + tid * kv_ts, *tdb = dbias + tid * dbias_ts;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -361,11 +380,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                                 if (nvis < LANES) for (int64_t e = nvis; e < LANES; e++) g[e] = 0.0f;
                                 dl[h] = g;
                                 gb2[h] += g;
-                                float *dvh = tdv + ((b * H + h) * a.Nk + j0) * d;
-                                for (int64_t e = 0; e < nvis; e++) {
-                                    const float pe = p[e];
-                                    for (int64_t cc = 0; cc < d; cc++) dvh[e * d + cc] += pe * doh[cc];
-                                }
+                                sp[np * H + h] = p;
                             }
                             for (int64_t cc = 0; cc < C; cc++) dx[cc] = splat(0.0f);
                             for (int64_t u = 0; u < D; u++) {
@@ -380,7 +395,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                             }
                             for (int64_t cc = 0; cc < C; cc++) sx[np * C + cc] = x[cc];
                             for (int64_t h = 0; h < H; h++) sdl[np * H + h] = dl[h];
-                            np++;
+                            srow[np++] = r;
                             int64_t u = 0;
                             for (; u + 4 <= D; u += 4) { /* four hidden units per pass over x and dx */
                                 const float *w = a.w1 + u * C;
@@ -405,15 +420,21 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                                 float *db = tdb + h * a.sh + r * a.si + j0;
                                 for (int64_t e = 0; e < nvis; e++) db[e] += dbb[h][e];
                                 const float *kh = a.k + ((b * H + h) * a.Nk + j0) * d;
-                                const float *qh = a.q + ((b * H + h) * a.Nq + r) * d;
                                 float *dqh = dq + ((b * H + h) * a.Nq + r) * d;
-                                float *dkh = tdk + ((b * H + h) * a.Nk + j0) * d;
                                 const vf g = ds[h] * scale;
                                 add_rows(dqh, g, kh, nvis, d);
-                                for (int64_t e = 0; e < nvis; e++) {
-                                    const float ge = g[e];
-                                    for (int64_t cc = 0; cc < d; cc++) dkh[e * d + cc] += ge * qh[cc];
-                                }
+                                sg[(np - 1) * H + h] = g;
+                            }
+                        }
+                        /* dk_j += sum_i scale ds_ij q_i, dv_j += sum_i p_ij do_i over the stashed rows; lanes a
+                         * row does not see hold p = ds = 0 */
+                        const int64_t keys = a.Nk - j0 < LANES ? a.Nk - j0 : LANES;
+                        for (int64_t h = 0; h < H; h++) {
+                            const int64_t at = (b * H + h) * a.Nq * d;
+                            float *dkh = tdk + ((b * H + h) * a.Nk + j0) * d, *dvh = tdv + ((b * H + h) * a.Nk + j0) * d;
+                            for (int64_t e = 0; e < keys; e++) {
+                                gather_rows(dkh + e * d, sg + h, H, e, a.q + at, srow, np, d);
+                                gather_rows(dvh + e * d, sp + h, H, e, dout + at, srow, np, d);
                             }
                         }
                         rank_update(gw1, sdz, sx, np, D, C); /* dW1 += dz x^T over the stashed rows */
