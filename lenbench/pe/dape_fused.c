@@ -23,9 +23,10 @@
  * b1 [D], w2t [D, H] (W2 transposed), b2 [H]. The bias is read as bias[h sh + r si + j] for local
  * query row r = i - first and key j: a Toeplitz row (si = -1, bias pointing at column N - 1 - first
  * of a [H, 2N - 1] distance row) or a full [H, Nq, Nk] tensor (si = Nk). Causal: keys j > first + r
- * are masked (after f, as in the reference). Work items are tiles of TQ query rows over all batch
- * rows, so dq and a full dbias get unique writes; dk, dv, the weight gradients and a Toeplitz dbias
- * are accumulated per thread (thread strides given) and summed by the caller.
+ * are masked (after f, as in the reference). Work items are (tile of TQ query rows, batch row); in the
+ * backward with a full (shared) dbias, a tile over all batch rows, so dq and dbias get unique writes;
+ * dk, dv, the weight gradients and a Toeplitz dbias are accumulated per thread (thread strides given)
+ * and summed by the caller.
  */
 #include <math.h>
 #include <stdint.h>
@@ -40,7 +41,8 @@
 #else
 #define LANES 8
 #endif
-#define TQ 16 /* query rows per work item: a key chunk is reused by TQ rows while in cache */
+#define TQ 64 /* query rows per work item: each pass over the keys serves TQ rows (16 -> 64: backward
+                 * 1.8x faster at N=2048, dk and dv leave the cache at long N) */
 
 typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef int32_t vi __attribute__((vector_size(4 * LANES)));
@@ -329,6 +331,8 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
     unpack(&a, dims, scale, slope);
     const int64_t H = a.H, d = a.d, D = a.D, C = a.C, Kp = a.Kp, tiles = (a.Nq + TQ - 1) / TQ;
     const int64_t kv_ts = strides[0], dbias_ts = strides[1];
+    /* a shared (full) dbias needs each query row in one item: batch rows inside; else one item per (tile, b) */
+    const int64_t per_item = dbias_ts == 0 ? 1 : a.B, items = tiles * per_item;
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(dape_threads(threads))
@@ -355,10 +359,12 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-            for (int64_t t = 0; t < tiles; t++) {
+            for (int64_t item = 0; item < items; item++) {
+                const int64_t t = item / per_item;
                 const int64_t r0 = (tiles - 1 - t) * TQ, r1 = r0 + TQ < a.Nq ? r0 + TQ : a.Nq;
                 const int64_t kend = key_end(&a, r1);
-                for (int64_t b = 0; b < a.B; b++) {
+                const int64_t b_end = per_item == 1 ? a.B : item % per_item + 1;
+                for (int64_t b = per_item == 1 ? 0 : item % per_item; b < b_end; b++) {
                     for (int64_t j0 = 0; j0 < kend; j0 += LANES) {
                         int64_t np = 0; /* rows stashed for this chunk */
                         for (int64_t r = r0; r < r1; r++) {
