@@ -70,15 +70,20 @@ def child(args: argparse.Namespace) -> None:
     cfg = ModelConfig(vocab_size=2, out_size=2, dim=dim, layers=1, heads=heads, causal=True, max_length=n)
     spec = parse_pe_spec(args.pe if "dape" not in args.pe else f"{args.pe}:hidden={args.hidden}")
     backend = {"fused": "dape_fused", "explicit": "explicit"}.get(args.variant, "explicit")
-    att = attention.Attention(dim, heads, build_pes(cfg, spec)[0], causal=True, backend=backend).eval()
+    device = torch.device(args.device)
+    att = attention.Attention(dim, heads, build_pes(cfg, spec)[0], causal=True, backend=backend).eval().to(device)
     width = max(heads, int(getattr(att.pe, "hidden", 0)) + 2 * heads)
     block = att.block_size(1, n)
     if args.variant in ("blocked", "unblocked"):
         block = n if args.variant == "unblocked" else min(n, args.block)
         attention.BLOCK_BUDGET = block * n * width
         assert att.block_size(1, n) == block, (att.block_size(1, n), block)
-    x = torch.randn(1, n, dim, requires_grad=args.train)
-    g = torch.randn(1, n, dim)
+    x = torch.randn(1, n, dim, device=device, requires_grad=args.train)
+    g = torch.randn(1, n, dim, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def step() -> torch.Tensor:
         if not args.train:
@@ -91,17 +96,21 @@ def child(args: argparse.Namespace) -> None:
     before = rss_kib()
     start = time.perf_counter()
     y = step()
+    sync()
     first = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    if device.type == "cuda":  # GPU memory instead of host RSS
+        peak = torch.cuda.max_memory_allocated() / 1024
     times = []
     for _ in range(args.repeats):
         x.grad = None
         att.zero_grad()
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
     assert att.last_backend == backend, att.last_backend
-    torch.save(y, args.out)
+    torch.save(y.cpu(), args.out)
     times.sort()
     median = times[len(times) // 2] if times else first
     print(json.dumps({"n": n, "variant": args.variant, "block": block, "ms": 1000 * median, "train": args.train,
@@ -118,7 +127,7 @@ def run_variant(args: argparse.Namespace, n: int, variant: str, out: Path, train
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--n", str(n), "--out", str(out),
            "--pe", args.pe, "--heads", str(args.heads), "--head-dim", str(args.head_dim),
            "--hidden", str(args.hidden), "--block", str(args.block), "--repeats", str(args.repeats),
-           "--threads", str(args.threads)] + (["--train"] if train else [])
+           "--threads", str(args.threads), "--device", args.device] + (["--train"] if train else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{variant} at N={n} failed:\n{done.stderr[-2000:]}")
@@ -170,6 +179,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=128, help="queries per block in the blocked variant")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak = torch.cuda.max_memory_allocated there)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fused", action="store_true", help="fused DAPE kernel vs explicit, forward and training")
     parser.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
