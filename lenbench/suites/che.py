@@ -328,13 +328,20 @@ def evaluate(
         except (json.JSONDecodeError, ValueError, AttributeError):
             done = {}
     model.train(ev["dropout"])
+    device = next(model.parameters()).device
     reporter.eval_start(f"{label} ({which} lengths)", len(lengths))
     with torch.no_grad():
         for i, length in enumerate(lengths):
             if length not in done:
                 rng = np.random.default_rng([cfg["seed"], stream, length])
                 fit_rng = np.random.default_rng([cfg["seed"], stream + 2, length])
-                done[length] = evaluate_length(model, task, rng, length, samples, ev["batch_size"], autocast, fit_rng)
+                # Dropout masks and randomized positions draw from torch's RNG: seed it per length, so
+                # a run resumed mid-evaluation scores every length exactly as an uninterrupted one.
+                cuda = [device.index or 0] if device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
+                    torch.manual_seed(int(np.random.default_rng([cfg["seed"], stream + 4, length]).integers(2**62)))
+                    done[length] = evaluate_length(model, task, rng, length, samples, ev["batch_size"], autocast,
+                                                   fit_rng)
                 if partial_path is not None:
                     atomic_write_json(partial_path, {str(k): asdict(v) for k, v in done.items()})
             reporter.eval_step(i + 1, f"N={length}", done[length].accuracy)
