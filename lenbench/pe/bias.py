@@ -23,6 +23,7 @@ from lenbench.pe.base import (
     PositionalEncoding,
     RandomizedPositions,
     ScoreMod,
+    fp32_region,
     relative_distance,
     sample_positions,
 )
@@ -420,9 +421,10 @@ class FIRE(PositionalEncoding):
             return fire_kernel.fire_bias(self, q_pos, k_pos)
         step = max(1, CHUNK_ELEMENTS // max(1, k_pos.shape[0] * self.fc1.out_features))
         rows = []
-        for start in range(0, q_pos.shape[0], step):
-            x = self.features(q_pos[start : start + step], k_pos)
-            rows.append(self.fc2(self.act(self.fc1(x[..., None]))))
+        with fp32_region(q_pos.device):  # the MLP in fp32 under autocast (issue 16)
+            for start in range(0, q_pos.shape[0], step):
+                x = self.features(q_pos[start : start + step], k_pos)
+                rows.append(self.fc2(self.act(self.fc1(x[..., None]))))
         return torch.cat(rows).permute(2, 0, 1)
 
     def compiled_bias(self) -> bool:

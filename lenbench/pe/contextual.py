@@ -11,7 +11,7 @@ from torch import nn
 
 from lenbench.errors import LenbenchError
 from lenbench.pe.absolute import sinusoid_table
-from lenbench.pe.base import PEContext, PositionalEncoding, relative_distance
+from lenbench.pe.base import PEContext, PositionalEncoding, fp32_region, relative_distance
 from lenbench.pe.registry import PES
 
 # --------------------------------------------------------------------------------------------------
@@ -85,13 +85,15 @@ class CoPE(PositionalEncoding):
     def scores(
         self, s: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
     ) -> torch.Tensor:
-        p = self.gate_positions(s, q_pos, k_pos).clamp(max=self.npos - 1)
-        z = interpolate(torch.matmul(q, self.table[0].to(q.dtype)), p)
-        if not self.ctx.causal:
-            z_future = interpolate(torch.matmul(q, self.table[1].to(q.dtype)), p)
-            z = torch.where(relative_distance(q_pos, k_pos) >= 0, z, z_future)
-        scale = self.ctx.head_dim**-0.5 if self.divide else 1.0
-        return s + z * scale
+        with fp32_region(s.device):  # fp32 logits under autocast (issue 16)
+            s, q = s.float(), q.float()
+            p = self.gate_positions(s, q_pos, k_pos).clamp(max=self.npos - 1)
+            z = interpolate(torch.matmul(q, self.table[0]), p)
+            if not self.ctx.causal:
+                z_future = interpolate(torch.matmul(q, self.table[1]), p)
+                z = torch.where(relative_distance(q_pos, k_pos) >= 0, z, z_future)
+            scale = self.ctx.head_dim**-0.5 if self.divide else 1.0
+            return s + z * scale
 
 
 __all__ = ["CoPE", "interpolate"]
@@ -158,12 +160,18 @@ class TransformerXL(PositionalEncoding):
         d = self.distances(q_pos, k_pos)
         lo = int(d.min())
         rel = torch.arange(lo, int(d.max()) + 1, device=q.device)
-        proj = self.r_net(sinusoid_table(rel, self.ctx.dim).to(q.dtype))  # [M, H d_h]
-        proj = proj.view(-1, self.ctx.heads, self.ctx.head_dim).transpose(0, 1)  # [H, M, d_h]
-        bd = torch.matmul(q + self.v[:, None, :].to(q.dtype), proj.transpose(-1, -2))  # [B, H, Nq, M]
-        bd = bd.gather(-1, (d - lo).expand(*bd.shape[:-1], -1))  # [B, H, Nq, Nk]
-        uk = torch.matmul(k, self.u[:, :, None].to(k.dtype)).transpose(-1, -2)  # [B, H, 1, Nk]
-        return s + (uk + bd) / math.sqrt(self.ctx.head_dim)
+        with fp32_region(s.device):  # fp32 logits under autocast (issue 16)
+            s, q, k = s.float(), q.float(), k.float()
+            proj = self.r_net(sinusoid_table(self.encoded(rel), self.ctx.dim))  # [M, H d_h]
+            proj = proj.view(-1, self.ctx.heads, self.ctx.head_dim).transpose(0, 1)  # [H, M, d_h]
+            bd = torch.matmul(q + self.v[:, None, :], proj.transpose(-1, -2))  # [B, H, Nq, M]
+            bd = bd.gather(-1, (d - lo).expand(*bd.shape[:-1], -1))  # [B, H, Nq, Nk]
+            uk = torch.matmul(k, self.u[:, :, None]).transpose(-1, -2)  # [B, H, 1, Nk]
+            return s + (uk + bd) / math.sqrt(self.ctx.head_dim)
+
+    def encoded(self, rel: torch.Tensor) -> torch.Tensor:
+        """The position whose sinusoid ``R`` encodes relative offset ``rel``: ``rel`` itself here."""
+        return rel
 
 
 __all__ = ["TransformerXL"]
