@@ -66,6 +66,7 @@ PE_COLORS = {
     "dape-v2-kerple": "#fb6a4a",
     "dape-v2-alibi": "#fd8d3c",
     "dape-v2-fire": "#dd3497",
+    "randomized-relative": "#9edae5",
 }
 EXTRA_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1",
                 "#e6550d", "#636363"]  # fmt: skip
