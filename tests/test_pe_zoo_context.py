@@ -247,7 +247,7 @@ def logit(g: float) -> float:
 
 
 def test_cope_positions_from_gate_cumsum() -> None:
-    pe = CoPE(ctx(1, 2), npos=4)
+    pe = CoPE(ctx(1, 2), npos=4, divide=True)
     gates = [[0.5, 0.9, 0.9], [0.75, 0.5, 0.9], [0.5, 0.25, 0.75]]  # entries j > i are future
     s = torch.tensor([[logit(g) for g in row] for row in gates]).view(1, 1, 3, 3)
     pos = torch.arange(3)
@@ -268,7 +268,7 @@ def test_cope_positions_from_gate_cumsum() -> None:
 
 
 def test_cope_clamps_at_npos_and_bidirectional_counts_forward() -> None:
-    pe = CoPE(ctx(1, 2), npos=4)
+    pe = CoPE(ctx(1, 2), npos=4, divide=True)
     s = torch.full((1, 1, 6, 6), 30.0)  # every gate ~ 1: p_50 = 6 -> clamped to npos - 1 = 3
     set_(pe.table, [[[0.0, 0.0, 0.0, 7.0], [0.0, 0.0, 0.0, 0.0]]])
     q = torch.ones(1, 1, 6, 2)

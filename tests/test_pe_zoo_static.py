@@ -32,7 +32,7 @@ SCORE_MOD_PES = [
     "kerple-power",
     "fire",
     "randomized-alibi",
-    "randomized-alibi:randomize=distances",
+    "randomized-alibi:randomize=positions",
 ]
 CPU = torch.device("cpu")
 
@@ -322,11 +322,11 @@ def test_randomized_rope_rotates_by_the_sampled_positions() -> None:
 
 def test_randomized_alibi_by_hand() -> None:
     m = alibi_slopes(4)[0].item()  # 1/4
-    pe = RandomizedALiBi(ctx(causal=True), max_position=100)
+    pe = RandomizedALiBi(ctx(causal=True), randomize="positions", max_position=100)
     pos = torch.tensor([2, 9, 30])
     b = pe.bias(pos, pos)
     assert b[0, 2, 1].item() == pytest.approx(-m * 21) and b[0, 1, 0].item() == pytest.approx(-m * 7)
-    enc = RandomizedALiBi(ctx(causal=False), randomize="distances", max_position=100)
+    enc = RandomizedALiBi(ctx(causal=False), max_position=100)  # randomize="distances", RPE's, by default
     enc.sample = torch.tensor([0, 3, 7, 20])  # s_0 = 0 < s_1 < s_2 < s_3 (as positions(4) would draw)
     b = enc.bias(torch.arange(4), torch.arange(4))
     assert b[0, 3, 0].item() == pytest.approx(m * (-20 + 0.5))
@@ -485,6 +485,7 @@ def pe_parameter_formulas(causal: bool, layers: int, heads: int, dim: int, train
         "randomized-sinusoidal": 0, "randomized-rope": 0, "alibi": 0, "randomized-alibi": 0,
         "kerple": kerple, "kerple-power": kerple, "fire": fire,
         "cope": sides * dh * 64, "transformer-xl": 2 * h * dh + dim * h * dh,
+        "randomized-relative": 2 * h * dh + dim * h * dh,
         "dape": mlp + kerple, "dape-kerple": mlp + kerple, "dape-alibi": mlp, "dape-fire": mlp + fire,
         "dape-v2-kerple": conv + kerple, "dape-v2-alibi": conv, "dape-v2-fire": conv + fire,
     }

@@ -57,6 +57,12 @@ BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "small", "flex", "expli
 BLOCK_BUDGET = 1 << 27
 
 
+# Backends that add a position term (bias or scores hook) to the logits: under autocast they run in
+# fp32 (q, k, v upcast, autocast off), so the bias, DAPE's MLP and the logits are never rounded to
+# bf16/fp16 (issue 16; dape.md §1.4). FlexAttention keeps its inputs: its score_mod runs on the
+# kernel's fp32 scores.
+FP32_BACKENDS = ("sdpa_bias", "blocked_bias", "small", "explicit", "dape_fused")
+
 # Queries per block of the ``blocked_bias`` backend: 64 was fastest of 32..1024 for Kerple at
 # N=4096 on a 2-core CPU (`python benchmarks/attention.py --block B`, benchmarks/README.md).
 BIAS_BLOCK = 64
@@ -195,6 +201,29 @@ class Attention(nn.Module):
             if backend in ("blocked_bias", "flex"):
                 backend = "sdpa_bias"
         nq = q.shape[-2]
+        pe_terms = type(self.pe).has_hook("bias") or type(self.pe).has_hook("scores")
+        if pe_terms and backend in FP32_BACKENDS and q.dtype != torch.float32:
+            # Position terms in fp32 under autocast (issue 16): bf16's spacing at a logit of ~8 is
+            # 0.03, far above Kerple's 0.002 per position at distance 1000.
+            with torch.autocast(x.device.type, enabled=False):
+                y = self.attend(backend, q.float(), k.float(), v.float(), qkv.float(), pos, nq, untouched)
+            y = y.to(v.dtype)
+        else:
+            y = self.attend(backend, q, k, v, qkv, pos, nq, untouched)
+        return self.out(y.transpose(1, 2).reshape(b, nq, self.dim))
+
+    def attend(
+        self,
+        backend: str,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        qkv: torch.Tensor,
+        pos: torch.Tensor,
+        nq: int,
+        untouched: bool,
+    ) -> torch.Tensor:
+        """``[B, H, nq, d]``: attention of the (last ``nq``) queries by ``backend``."""
         if backend == "dape_fused" and not self.pe.fused_ok(q):
             backend = "explicit"  # e.g. fp16 on CPU, or inside a torch.compile trace
         if backend == "small" and not small_attention.supports(q, k):
@@ -219,7 +248,7 @@ class Attention(nn.Module):
             y = self.pe.fused_attention(q, k, v, pos, self.causal)
         else:
             y = self.explicit(q, k, v, pos)
-        return self.out(y.transpose(1, 2).reshape(b, nq, self.dim))
+        return y
 
     def small_bias(self, pos: torch.Tensor, queries: int) -> torch.Tensor | None:
         """``[H, queries, N]`` fp32 bias (with -inf on future keys when causal) for the small kernel,

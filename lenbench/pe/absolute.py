@@ -63,7 +63,9 @@ class Sinusoidal(PositionalEncoding):
 
 @PES.register("learned")
 class Learned(PositionalEncoding):
-    """Learned absolute table, ``x_p = E[tok_p] sqrt(d) + P[p]``, ``P ~ N(0, 0.02)`` (pe_zoo.md §4).
+    """Learned absolute table, ``x_p = E[tok_p] sqrt(d) + P[p]`` (pe_zoo.md §4), initialised by
+    :func:`learned_table`: TruncatedNormal(std 1, +-2 sigma) in the CHE encoder (Haiku ``hk.Embed``'s
+    default, which RPE's LEARNT uses), ``N(0, 0.02)`` in the causal LM (GPT-2).
 
     Sized to the longest evaluation length (policy 1 of pe_zoo.md §4): rows past the training
     length keep their initial values, the honest "learned absolute fails" baseline. A longer
@@ -71,21 +73,26 @@ class Learned(PositionalEncoding):
     """
 
     name = "learned"
-    description = "learned absolute table N(0,0.02), sized to the longest evaluation length"
+    description = "learned absolute table, init TruncNormal(1) encoder (RPE/Haiku), N(0,0.02) LM (GPT-2)"
     shared = True
 
     def __init__(self, ctx: PEContext, max_length: int | None = None, **options: Any) -> None:
         super().__init__(ctx, **options)
-        self.table = learned_table(int(max_length or ctx.max_length), ctx.dim)
+        self.table = learned_table(int(max_length or ctx.max_length), ctx.dim, ctx.causal)
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return add_learned(x, self.table, pos, self.name, "max_length")
 
 
-def learned_table(rows: int, dim: int) -> nn.Embedding:
-    """A ``rows x dim`` position table initialised ``N(0, 0.02)`` (pe_zoo.md §4, §18)."""
+def learned_table(rows: int, dim: int, causal: bool) -> nn.Embedding:
+    """A ``rows x dim`` position table: causal (LM) ``N(0, 0.02)`` as GPT-2 (pe_zoo.md §4, §18);
+    bidirectional (CHE encoder) TruncatedNormal(std 1) cut at +-2 sigma, Haiku ``hk.Embed``'s default
+    initializer, which RPE's LEARNT and NOISY_LEARNT use (they pass no ``w_init``; che.md §2.3)."""
     table = nn.Embedding(rows, dim)
-    nn.init.normal_(table.weight, std=0.02)
+    if causal:
+        nn.init.normal_(table.weight, std=0.02)
+    else:
+        nn.init.trunc_normal_(table.weight, std=1.0, a=-2.0, b=2.0)
     return table
 
 
@@ -120,16 +127,17 @@ class RandomizedSinusoidal(RandomizedPositions, Sinusoidal):
 @PES.register("randomized-learned")
 class RandomizedLearned(RandomizedPositions):
     """A learned table of L rows read at sorted random positions (RPE ``NOISY_LEARNT``), so every row
-    is trained. Init ``N(0, 0.02)`` as ``learned`` (pe_zoo.md §4). A sequence longer than L is
+    is trained. Init as ``learned`` (:func:`learned_table`: TruncatedNormal(1) encoder, as RPE's
+    NOISY_LEARNT; ``N(0, 0.02)`` LM). A sequence longer than L is
     refused with a :class:`LenbenchError` (the table has no row for it), whatever ``overflow`` says."""
 
     name = "randomized-learned"
-    description = "learned table of L rows read at sorted random positions (Ruoss et al. 2023)"
+    description = "learned table of L rows read at sorted random positions (Ruoss et al. 2023); init as learned"
     shared = True
 
     def __init__(self, ctx: PEContext, **options: Any) -> None:
         super().__init__(ctx, **options)
-        self.table = learned_table(self.max_position, ctx.dim)
+        self.table = learned_table(self.max_position, ctx.dim, ctx.causal)
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return add_learned(x, self.table, pos, self.name, "max_position")

@@ -124,6 +124,12 @@ class PositionalEncoding(nn.Module):
         return s
 
 
+def fp32_region(device: torch.device) -> torch.autocast:
+    """Autocast off on ``device``: a position term (bias, FIRE's or DAPE's MLP) is formed in fp32
+    even when the caller runs under bf16/fp16 autocast (issue 16; dape.md §1.4)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def relative_distance(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """``D[i, j] = q_pos[i] - k_pos[j]`` in fp32 (positive for past keys), shape ``[Nq, Nk]``."""
     return q_pos.to(torch.float32)[:, None] - k_pos.to(torch.float32)[None, :]

@@ -23,6 +23,7 @@ from lenbench.pe.base import (
     PositionalEncoding,
     RandomizedPositions,
     ScoreMod,
+    fp32_region,
     relative_distance,
     sample_positions,
 )
@@ -366,13 +367,19 @@ class FIRE(PositionalEncoding):
     distinguishable.
 
     Options: ``mlp_width=32``, ``init_c=0.1``, ``l0=512`` (the class default of ARITH and DAPE's
-    ``DAPE.py``, pe_zoo.md §13 recommendation; DAPE's NeoX LM runs used 64), ``eps=1e-6``. ``c`` and
+    ``DAPE.py``, pe_zoo.md §13 recommendation; DAPE's NeoX LM runs used 64), ``eps=1e-6``. For CHE the
+    source default stays: with sequences of at most ~120 training tokens the normaliser is the constant
+    ``psi(512)`` in training and at every CHE test length below 512 (``fire:l0=N`` scales it, as DAPE's
+    NeoX code scales it to its noise length). ``c`` and
     ``L_mult`` (init 1) learn; ``l0`` is fixed. MLP: PyTorch default init. One FIRE per layer.
     Parameters per layer: ``32 + 32`` (first linear), ``32 H + H`` (second), ``c``, ``L_mult``.
     """
 
     name = "fire"
-    description = "FIRE (Li et al. 2024): MLP(psi(i-j)/psi(max(i,L))), psi=log(|cx|+1), L0=512; encoder: signed"
+    description = (
+        "FIRE (Li et al. 2024): MLP(psi(i-j)/psi(max(i,L))), psi=log(|cx|+1), L0=512 (source default, "
+        "above CHE's training lengths: no interpolation there); encoder: signed"
+    )
     shared = False
     negative_slope: ClassVar[float] = 0.0  # ReLU; DAPE's FIRE inside DAPE-FIRE uses LeakyReLU(0.01)
 
@@ -420,9 +427,10 @@ class FIRE(PositionalEncoding):
             return fire_kernel.fire_bias(self, q_pos, k_pos)
         step = max(1, CHUNK_ELEMENTS // max(1, k_pos.shape[0] * self.fc1.out_features))
         rows = []
-        for start in range(0, q_pos.shape[0], step):
-            x = self.features(q_pos[start : start + step], k_pos)
-            rows.append(self.fc2(self.act(self.fc1(x[..., None]))))
+        with fp32_region(q_pos.device):  # the MLP in fp32 under autocast (issue 16)
+            for start in range(0, q_pos.shape[0], step):
+                x = self.features(q_pos[start : start + step], k_pos)
+                rows.append(self.fc2(self.act(self.fc1(x[..., None]))))
         return torch.cat(rows).permute(2, 0, 1)
 
     def compiled_bias(self) -> bool:
@@ -473,10 +481,11 @@ class RandomizedALiBi(RandomizedPositions, ALiBi):
     ``r(i, j)`` it is ALiBi's formula (:func:`~lenbench.pe.bias.alibi_distance`):
     causal ``B_h = -m_h max(r, 0)``; bidirectional ``B_h = m_h (-|r| + 0.5 [r > 0])``.
 
-    - ``randomize="positions"`` (default; DESIGN.md, pe_zoo.md §16): ``r = p_i - p_j`` with sorted
+    - ``randomize="distances"`` (default; RPE ``NOISY_ALIBI`` exactly, che.md §3.2, with RPE's
+      ``randomize_both_sides=False``): draw sorted distinct ``s_1 < ... < s_{n-1}`` from ``[1, L)``,
+      ``s_0 = 0``, and ``r = sign(i - j) s_{|i-j|}``.
+    - ``randomize="positions"`` (ours; DESIGN.md, pe_zoo.md §16): ``r = p_i - p_j`` with sorted
       positions ``p`` drawn from ``[0, L)``, as if the n tokens sat at those places of a longer text.
-    - ``randomize="distances"`` (RPE ``NOISY_ALIBI`` exactly, che.md §3.2): draw sorted distinct
-      ``s_1 < ... < s_{n-1}`` from ``[1, L)``, ``s_0 = 0``, and ``r = sign(i - j) s_{|i-j|}``.
 
     Either way one draw per layer and forward. ``score_mod`` captures that draw, so it gives the
     same bias as :meth:`bias` for the forward that made it (the attention module calls
@@ -484,10 +493,13 @@ class RandomizedALiBi(RandomizedPositions, ALiBi):
     """
 
     name = "randomized-alibi"
-    description = "ALiBi at sorted random positions (or RPE's random distances) from [0, L) (Ruoss et al. 2023)"
+    description = (
+        "ALiBi at RPE's sorted random distances from [1, L) (NOISY_ALIBI, Ruoss et al. 2023); "
+        "randomize=positions: at random positions (ours)"
+    )
     translation_invariant = False  # the bias of a forward depends on that forward's draw
 
-    def __init__(self, ctx: PEContext, randomize: str = "positions", **options: Any) -> None:
+    def __init__(self, ctx: PEContext, randomize: str = "distances", **options: Any) -> None:
         super().__init__(ctx, **options)
         if randomize not in ("positions", "distances"):
             raise LenbenchError(f"{self.name}: randomize must be 'positions' or 'distances', got {randomize!r}")

@@ -11,7 +11,14 @@ from torch import nn
 
 from lenbench.errors import LenbenchError
 from lenbench.pe.absolute import sinusoid_table
-from lenbench.pe.base import PEContext, PositionalEncoding, relative_distance
+from lenbench.pe.base import (
+    PEContext,
+    PositionalEncoding,
+    RandomizedPositions,
+    fp32_region,
+    relative_distance,
+    sample_positions,
+)
 from lenbench.pe.registry import PES
 
 # --------------------------------------------------------------------------------------------------
@@ -25,8 +32,9 @@ from lenbench.pe.registry import PES
 # - ``z_i[p] = q_i . e[:, p]`` for integer p, linearly interpolated at the fractional ``p_ij``:
 #   ``z(p) = (p - floor p) z_i[ceil p] + (1 - p + floor p) z_i[floor p]`` (gradient through the weight
 #   only);
-# - logit ``s_ij + z(p_ij) / sqrt(d_h)`` (COPE default, ``(q.k + z) / sqrt(d_h)``), or ``s_ij + z(p_ij)``
-#   with ``divide=False`` (XT / DAPE's baseline, COPE ``--cope-nodiv``).
+# - logit ``s_ij + z(p_ij)`` (default ``divide=False``: DAPE's CoPE baseline, XT, the CoPE paper's
+#   appendix, COPE ``--cope-nodiv``), or ``s_ij + z(p_ij) / sqrt(d_h)`` with ``divide=True`` (COPE
+#   code's own default, ``(q.k + z) / sqrt(d_h)``).
 #
 # ``e`` is ``[d_h, npos]``, zero-initialised, one per layer and shared by the layer's heads.
 
@@ -51,15 +59,20 @@ class CoPE(PositionalEncoding):
     count forwards, ``p_ij = sum_{t=i..j} g_it``, with a second zero-initialised table, so the two
     sides stay distinguishable.
 
-    Options: ``npos`` (64, DAPE's baseline), ``divide`` (True, COPE's default).
+    Options: ``npos`` (64, DAPE's baseline), ``divide`` (False: the position term undivided, as DAPE's
+    CoPE baseline adds it, the code whose numbers lenbench compares against; deviation from COPE's own
+    code, whose default divides by ``sqrt(d_h)``: ``cope:divide=true``). Neither DeepMind code has CoPE.
     Parameters per layer: ``d_h * npos`` causal, ``2 * d_h * npos`` bidirectional.
     """
 
     name = "cope"
-    description = "contextual positions from cumulative sigmoid gates (Golovneva et al. 2024), npos 64"
+    description = (
+        "contextual positions from cumulative sigmoid gates (Golovneva et al. 2024), npos 64; "
+        "z undivided as DAPE's baseline (COPE's code divides by sqrt(d_h): divide=true)"
+    )
     shared = False
 
-    def __init__(self, ctx: PEContext, npos: int = 64, divide: bool = True, **options: Any) -> None:
+    def __init__(self, ctx: PEContext, npos: int = 64, divide: bool = False, **options: Any) -> None:
         super().__init__(ctx, **options)
         if int(npos) < 2:
             raise LenbenchError(f"CoPE needs npos >= 2, got {npos}")
@@ -85,13 +98,15 @@ class CoPE(PositionalEncoding):
     def scores(
         self, s: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
     ) -> torch.Tensor:
-        p = self.gate_positions(s, q_pos, k_pos).clamp(max=self.npos - 1)
-        z = interpolate(torch.matmul(q, self.table[0].to(q.dtype)), p)
-        if not self.ctx.causal:
-            z_future = interpolate(torch.matmul(q, self.table[1].to(q.dtype)), p)
-            z = torch.where(relative_distance(q_pos, k_pos) >= 0, z, z_future)
-        scale = self.ctx.head_dim**-0.5 if self.divide else 1.0
-        return s + z * scale
+        with fp32_region(s.device):  # fp32 logits under autocast (issue 16)
+            s, q = s.float(), q.float()
+            p = self.gate_positions(s, q_pos, k_pos).clamp(max=self.npos - 1)
+            z = interpolate(torch.matmul(q, self.table[0]), p)
+            if not self.ctx.causal:
+                z_future = interpolate(torch.matmul(q, self.table[1]), p)
+                z = torch.where(relative_distance(q_pos, k_pos) >= 0, z, z_future)
+            scale = self.ctx.head_dim**-0.5 if self.divide else 1.0
+            return s + z * scale
 
 
 __all__ = ["CoPE", "interpolate"]
@@ -158,12 +173,109 @@ class TransformerXL(PositionalEncoding):
         d = self.distances(q_pos, k_pos)
         lo = int(d.min())
         rel = torch.arange(lo, int(d.max()) + 1, device=q.device)
-        proj = self.r_net(sinusoid_table(rel, self.ctx.dim).to(q.dtype))  # [M, H d_h]
-        proj = proj.view(-1, self.ctx.heads, self.ctx.head_dim).transpose(0, 1)  # [H, M, d_h]
-        bd = torch.matmul(q + self.v[:, None, :].to(q.dtype), proj.transpose(-1, -2))  # [B, H, Nq, M]
-        bd = bd.gather(-1, (d - lo).expand(*bd.shape[:-1], -1))  # [B, H, Nq, Nk]
-        uk = torch.matmul(k, self.u[:, :, None].to(k.dtype)).transpose(-1, -2)  # [B, H, 1, Nk]
-        return s + (uk + bd) / math.sqrt(self.ctx.head_dim)
+        with fp32_region(s.device):  # fp32 logits under autocast (issue 16)
+            s, q, k = s.float(), q.float(), k.float()
+            proj = self.r_net(sinusoid_table(self.encoded(rel), self.ctx.dim))  # [M, H d_h]
+            proj = proj.view(-1, self.ctx.heads, self.ctx.head_dim).transpose(0, 1)  # [H, M, d_h]
+            bd = torch.matmul(q + self.v[:, None, :], proj.transpose(-1, -2))  # [B, H, Nq, M]
+            bd = bd.gather(-1, (d - lo).expand(*bd.shape[:-1], -1))  # [B, H, Nq, Nk]
+            uk = torch.matmul(k, self.u[:, :, None]).transpose(-1, -2)  # [B, H, 1, Nk]
+            return s + (uk + bd) / math.sqrt(self.ctx.head_dim)
+
+    def encoded(self, rel: torch.Tensor) -> torch.Tensor:
+        """The position whose sinusoid ``R`` encodes relative offset ``rel``: ``rel`` itself here."""
+        return rel
 
 
-__all__ = ["TransformerXL"]
+__all__ = ["RandomizedRelative", "TransformerXL"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Randomized relative encoding (Ruoss et al., ACL 2023; RPE ``NOISY_RELATIVE``,
+# ``compute_attention_with_noisy_relative_encodings``; che.md §3.2, pe_zoo.md §9).
+#
+# Transformer-XL attention (above) whose relative offsets are mapped to random signed positions:
+# per layer and forward draw ``T - 1`` distinct distances uniformly from ``[1, L)``, sort them,
+# ``r_1 < ... < r_{T-1}``, ``r_0 = 0``; offset ``d = j - i`` (key minus query, RPE's convention,
+# che.md §3.1) is encoded by the sinusoid at ``sign(d) r_{|d|}``:
+# ``logit_ij = s_ij + [u . k_j + (q_i + v) . W_R R(sign(d) r_{|d|})] / sqrt(d_h)``.
+# ``randomize_both_sides`` (RPE option, default False) draws the left side independently: RPE draws
+# ``T`` magnitudes there and uses the ``T - 1`` smallest, and so do we.
+#
+# RPE's released code (HEAD e8c6474, RPE issue #2) shifts the signed positions by +L and gathers a
+# sinusoid table of rows 0..L-1 only; JAX clamps the out-of-range gather, so every d >= 0 gets
+# PE(L - 1) and d < 0 gets PE(L - r_{|d|}). The maintainers fixed it internally (a table spanning
+# -L..L-1). We implement the intended form; ``rpe_bug=True`` reproduces the released one.
+
+
+@PES.register("randomized-relative")
+class RandomizedRelative(RandomizedPositions, TransformerXL):
+    """Randomized relative PE (Ruoss et al. 2023, RPE ``NOISY_RELATIVE``; formula in the comment above).
+
+    Bidirectional (CHE encoder): RPE's form, offsets ``d = j - i`` of both signs.
+    Causal (LM; ours, RPE raises ``NotImplementedError`` for causal attention): the same formula on
+    visible keys, ``d <= 0``, encoded at ``-r_{|d|}``; future keys use ``d = 0`` and are masked.
+    Sampling policy of :class:`~lenbench.pe.base.RandomizedPositions`: ``max_position`` L (2048 for
+    the encoder as RPE ``example.py``, ``4 * train_length`` for the LM), a draw per layer and
+    forward, also in eval mode unless ``eval_random=False`` (RPE samples at test time), and for
+    ``T > L`` (``T - 1`` distances do not fit in ``[1, L)``) ``overflow="arange"`` uses plain
+    offsets, ``overflow="error"`` raises.
+    Options also ``randomize_both_sides`` (False, RPE) and ``rpe_bug`` (False: the intended signed
+    table; True: the released clamped gather, for parity runs).
+    Init as RPE: ``u, v ~ N(0, 0.02)``, ``W_R`` Haiku's TruncatedNormal(1/sqrt(E), +-2 sigma).
+    Parameters per layer: ``2 H d_h + E H d_h``.
+    """
+
+    name = "randomized-relative"
+    description = (
+        "RPE's randomized relative (NOISY_RELATIVE, Ruoss et al. 2023): TXL attention at sorted random "
+        "distances from [1, L), L=2048 CHE / 4x train LM; intended signed table, not the released clamp bug"
+    )
+    shared = False
+
+    def __init__(
+        self, ctx: PEContext, randomize_both_sides: bool = False, rpe_bug: bool = False, **options: Any
+    ) -> None:
+        super().__init__(ctx, **options)
+        if self.max_position < 2:
+            raise LenbenchError(f"{self.name}: max_position must be >= 2, got {self.max_position}")
+        self.randomize_both_sides = bool(randomize_both_sides)
+        self.rpe_bug = bool(rpe_bug)
+        std = ctx.dim**-0.5
+        nn.init.trunc_normal_(self.r_net.weight, std=std, a=-2 * std, b=2 * std)
+        # right[m] / left[m]: the magnitude encoding offset +m / -m (index 0 is 0); None: plain offsets.
+        self.right: torch.Tensor | None = None
+        self.left: torch.Tensor | None = None
+
+    def positions(self, n: int, device: torch.device) -> torch.Tensor:
+        """``arange(n)``; draws this forward's distances (class docstring) into ``right``/``left``."""
+        self.right = self.left = None
+        both = self.randomize_both_sides
+        if self.draws(n + 1 if both else n):  # T - 1 (both sides: T) distinct values in [1, L)
+            limit = self.max_position - 1
+            zero = torch.zeros(1, dtype=torch.long, device=device)
+            self.right = torch.cat([zero, sample_positions(n - 1, limit, device) + 1])
+            self.left = self.right
+            if both:
+                self.left = torch.cat([zero, (sample_positions(n, limit, device) + 1)[: n - 1]])
+        self.sample = self.right
+        return torch.arange(n, device=device)
+
+    def distances(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Integer offsets ``j - i`` ``[Nq, Nk]`` (RPE: key minus query), clamped at 0 when causal."""
+        d = k_pos.long()[None, :] - q_pos.long()[:, None]
+        return d.clamp(max=0) if self.ctx.causal else d
+
+    def encoded(self, rel: torch.Tensor) -> torch.Tensor:
+        """The sinusoid position of offset ``rel``: ``sign(rel) r_{|rel|}`` (left side from its own
+        draw with ``randomize_both_sides``); ``rel`` when not drawing; with ``rpe_bug`` the released
+        clamp, ``L - 1`` for ``rel >= 0`` and ``L - r_{|rel|}`` for ``rel < 0``."""
+        if self.right is None or self.left is None:
+            return rel
+        if self.right.shape[0] <= int(rel.abs().max()):
+            raise LenbenchError(f"{self.name}: call positions(n) before scores()")
+        mag = rel.abs()
+        signed = torch.where(rel >= 0, self.right[mag], -self.left[mag])
+        if self.rpe_bug:
+            return (signed + self.max_position).clamp(max=self.max_position - 1)
+        return signed

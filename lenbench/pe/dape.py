@@ -9,7 +9,8 @@ every head. ``f`` is a two-layer MLP applied point-wise at every (i, j) across h
 - ``concat`` (Eq. 2): ``S + f([S; B])``
 - ``add_residual``: ``S + B + f(S + B)`` with ``f: h -> D -> h``
 
-f sees unmasked scores; the causal mask and softmax come after (dape.md §1.3).
+f sees unmasked scores; the causal mask and softmax come after (dape.md §1.3). ``[S; B]``, f and
+the sum are formed in fp32 also under autocast (issue 16): the returned logits are fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from lenbench.errors import LenbenchError
 from lenbench.pe import dape_fused
-from lenbench.pe.base import PEContext, PositionalEncoding, relative_distance
+from lenbench.pe.base import PEContext, PositionalEncoding, fp32_region, relative_distance
 from lenbench.pe.bias import ALiBi, KerpleLog, LeakyFIRE
 from lenbench.pe.registry import PES
 
@@ -84,11 +85,13 @@ class DAPE(PositionalEncoding):
     def scores(
         self, s: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
     ) -> torch.Tensor:
-        b = self.base.bias(q_pos, k_pos)
-        f = self.adaptive(s, b)
-        if self.variant == "concat":
-            return s + f
-        return s + b.to(s.dtype) + f
+        with fp32_region(s.device):  # [S; B], f and S + B + f in fp32 under autocast (issue 16)
+            s = s.float()
+            b = self.base.bias(q_pos, k_pos)
+            f = self.adaptive(s, b)
+            if self.variant == "concat":
+                return s + f
+            return s + b.to(s.dtype) + f
 
     def fused_ok(self, q: torch.Tensor) -> bool:
         """Whether :meth:`fused_attention` computes attention for these queries (:func:`dape_fused.applies`)."""
@@ -233,8 +236,10 @@ class DAPEV2(PositionalEncoding):
     def scores(
         self, s: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
     ) -> torch.Tensor:
-        b = self.base.bias(q_pos, k_pos)
-        return s + b.to(s.dtype) + self.adaptive(s, b, q_pos, k_pos)
+        with fp32_region(s.device):  # fp32 under autocast (issue 16)
+            s = s.float()
+            b = self.base.bias(q_pos, k_pos)
+            return s + b.to(s.dtype) + self.adaptive(s, b, q_pos, k_pos)
 
 
 @PES.register("dape-v2-kerple")

@@ -47,7 +47,8 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     keys: dict[str, Any] = {"suite": suite, "pe": config.get("pe"), "seed": config.get("seed")}
     if suite == "che":
-        keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"))
+        keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"),
+                    lr=train.get("lr"))
     elif suite == "ppl":
         keys.update(dataset=config.get("dataset"), train_len=train.get("length"))
     elif suite == "timing":
