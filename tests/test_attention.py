@@ -11,7 +11,7 @@ from lenbench.model import attention as attention_module
 from lenbench.model import small_attention
 from lenbench.model.attention import SMALL_MAX_LENGTH, Attention
 from lenbench.model.transformer import ModelConfig, Transformer, build_pes
-from lenbench.pe import PES, fire_kernel, parse_pe_spec
+from lenbench.pe import PES, dape_fused, fire_kernel, parse_pe_spec
 
 FOUNDATION_PES = ["nope", "sinusoidal", "learned", "rope", "alibi", "kerple", "dape", "dape-alibi"]
 
@@ -51,7 +51,8 @@ def test_backend_choice() -> None:
     small = small_attention.available()
     assert make_pair("rope", True)[0].choose_backend(cpu, 40) == ("small" if small else "sdpa")
     assert make_pair("alibi", True)[0].choose_backend(cpu, 40) == ("small" if small else "blocked_bias")
-    assert make_pair("dape", True)[0].choose_backend(cpu, 40) == "explicit"
+    fused = "dape_fused" if dape_fused.usable(cpu) else "explicit"  # DAPE v1's fused kernel where it is built
+    assert make_pair("dape", True)[0].choose_backend(cpu, 40) == fused
     assert make_pair("rope", True, dim=128)[0].choose_backend(cpu, 40) == "sdpa"  # head dim 32
     assert make_pair("alibi", True, dim=128)[0].choose_backend(cpu, 40) == "blocked_bias"
     assert make_pair("alibi", True, dim=64)[0].choose_backend(cpu, 64) == ("small" if small else "blocked_bias")

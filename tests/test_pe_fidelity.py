@@ -126,7 +126,7 @@ def test_explicit_backend_forms_dape_logits_in_fp32(monkeypatch: pytest.MonkeyPa
     fp32 logits equal to the hook run without autocast on the same inputs."""
     torch.manual_seed(0)
     pe = DAPEKerple(ctx(heads=2, dim=16))
-    att = Attention(16, 2, pe, causal=False)
+    att = Attention(16, 2, pe, causal=False, backend="explicit")  # the scores hook's path (fused: its own test)
     calls: list[tuple[torch.Tensor, ...]] = []
     scores = pe.scores
 
