@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lenbench.report.stats import PairedTest, dape_pairs, paired_test, pe_name, resolve_label
+from lenbench.report.stats import (
+    ALPHA,
+    PairedTest,
+    dape_pairs,
+    holm,
+    paired_test,
+    pe_name,
+    resolve_label,
+    t_quantile,
+)
 from lenbench.results import slug
 from lenbench.tasks.che import TASKS
 
@@ -148,17 +157,60 @@ def stat_text(stats: SeedStats | None, how: str, digits: int) -> str:
     return text + (f" ({stats.failed} {FAILED})" if stats.failed else "")
 
 
-def mark_best(cells: list[TCell], stats: list[SeedStats | None], how: str, digits: int, higher: bool) -> None:
-    """Bold the best value among ``cells`` at display precision (ties all bold; needs two values)."""
+def half_width(stats: SeedStats | None, how: str = "mean") -> float | None:
+    """Uncertainty half-width of a shown value, for bold marking.
+
+    Several seeds, ``how='mean'``: the 95% confidence interval of the mean,
+    ``t_{0.975, n-1} * std / sqrt(n)`` (Student t). One seed: the cell's standard error when its
+    statistics carry one (``se``), else None. The max over seeds has no interval: None.
+    """
+    if stats is None or stats.n == 0 or how != "mean":
+        return None
+    if stats.n >= 2 and stats.std is not None:
+        return t_quantile(0.05, stats.n - 1) * stats.std / math.sqrt(stats.n)
+    se = getattr(stats, "se", None)
+    return float(se) if se is not None and math.isfinite(float(se)) else None
+
+
+def best_flags(values: Sequence[float | None], widths: Sequence[float | None], higher: bool) -> list[bool]:
+    """Which values are bold: the best and every value whose interval ``[v - w, v + w]`` overlaps the
+    best's (``w`` None: the value itself, so exact ties). None when fewer than two finite values,
+    or when every value is bold (nothing stands out: the row ties)."""
+    finite = [i for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if len(finite) < 2:
+        return [False] * len(values)
+    sign = 1.0 if higher else -1.0
+    best = max(finite, key=lambda i: sign * float(values[i]))  # type: ignore[arg-type]
+    w_best = widths[best] or 0.0
+    reach = sign * float(values[best]) - w_best  # the best interval's worse end
+    flags = [i in finite and sign * float(values[i]) + (widths[i] or 0.0) >= reach for i in range(len(values))]
+    return [False] * len(values) if all(flags[i] for i in finite) else flags
+
+
+BOLD_NOTE = ("bold: the best value and every value whose 95% interval (several seeds: t-based CI of the "
+             "mean; one seed: ± 1 SE) overlaps the best's; no interval: equal at display precision; "
+             "no bold where every value ties")
+
+
+def mark_best(
+    cells: list[TCell],
+    stats: list[SeedStats | None],
+    how: str,
+    digits: int,
+    higher: bool,
+    widths: Sequence[float | None] | None = None,
+) -> None:
+    """Bold the best value among ``cells`` and every value within its uncertainty (:func:`best_flags`).
+
+    Values are compared at display precision (``digits``); ``widths`` are the half-widths of their
+    intervals (default: :func:`half_width` of each cell's statistics; None entries: exact).
+    """
     shown = [
         round(s.max if how == "max" else s.mean, digits) if s is not None and s.n else None for s in stats
     ]
-    present = [v for v in shown if v is not None and math.isfinite(v)]
-    if len(present) < 2:
-        return
-    best = max(present) if higher else min(present)
-    for cell, v in zip(cells, shown, strict=True):
-        cell.bold = v == best
+    hw = list(widths) if widths is not None else [half_width(s, how) for s in stats]
+    for cell, flag in zip(cells, best_flags(shown, hw, higher), strict=True):
+        cell.bold = flag
 
 
 def _seed_note(stats: dict[tuple, SeedStats]) -> str:
@@ -232,7 +284,7 @@ def che_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
             protocol,
             "mean ± sample std (ddof 1) over seeds" if how == "mean" else "max over seeds (as the CHE paper reports)",
             _seed_note(stats),
-            "bold: best in the row; chance: 1/C (uniform guess)",
+            f"{BOLD_NOTE} (per row); chance: 1/C (uniform guess)",
             f"{MISSING}: not run; {FAILED}: every seed failed; (k {FAILED}): k seeds failed, statistics over the rest",
         ]
         tables.append(Table(f"che_{how}", title, ["task", "chance", *pes], sections, notes, left=2))
@@ -303,7 +355,8 @@ def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[T
         header = ["PE", *[f"{n}" + (" (train)" if n == train_len else "") for n in lengths]]
         notes = [
             f"perplexity over the last min(256, L) tokens ({metric}) at evaluation length L; trained at {train_len}",
-            "mean ± sample std (ddof 1) over seeds; bold: lowest in the column",
+            "mean ± sample std (ddof 1) over seeds",
+            f"{BOLD_NOTE} (lowest per column)",
             _seed_note(per),
             f"{MISSING}: not evaluated; {FAILED}: every seed failed; (k {FAILED}): k seeds failed",
         ]
@@ -538,20 +591,26 @@ def significance(frame: pd.DataFrame, compare: tuple[str, str] | None = None) ->
     if not results:
         return None, pd.DataFrame()
     body, tidy = [], []
-    for suite, scope, a, b, higher, test, seeds in results:
-        body.append([TCell(suite), TCell(scope), TCell(f"{a} vs {b}"), *significance_cells(test, higher, a, b)])
+    adjusted = holm([test.p_t for *_, test, _ in results])
+    for (suite, scope, a, b, higher, test, seeds), p_holm in zip(results, adjusted, strict=True):
+        cells = significance_cells(test, higher, a, b, p_holm)
+        body.append([TCell(suite), TCell(scope), TCell(f"{a} vs {b}"), *cells])
         tidy.append({
             "suite": suite, "scope": scope, "a": a, "b": b, "seeds": ",".join(map(str, seeds)), "n": test.n,
             "mean_a": test.mean_a, "mean_b": test.mean_b, "diff": test.diff, "sd_diff": test.sd, "d_z": test.d_z,
-            "t": test.t, "df": test.df, "p_t": test.p_t, "p_sign_flip": test.p_sign_flip, "note": test.note,
+            "t": test.t, "df": test.df, "p_t": test.p_t, "p_holm": p_holm, "p_sign_flip": test.p_sign_flip,
+            "favours": cells[-1].text, "note": test.note,
         })  # fmt: skip
     header = ["suite", "task / eval", "A vs B", "n", "mean A", "mean B", "Δ (A−B)", "d_z", "t (df)",
-              "p (t-test)", "p (sign-flip)", "favours"]
+              "p (t-test)", "p (Holm)", "p (sign-flip)", "favours"]
+    m = sum(p is not None for p in adjusted)
     notes = [
         "paired by seed; CHE: score in %, higher is better; ppl: ppl_last256, lower is better",
         "t-test: two-sided paired t-test (Student t, n−1 df); sign-flip: exact two-sided permutation test "
-        "(smallest possible p = 2/2^n); d_z = mean(Δ)/sd(Δ); no correction for multiple comparisons",
-        "n < 2: no test possible; constant Δ: t = ±inf, p = 0",
+        "(smallest possible p = 2/2^n); d_z = mean(Δ)/sd(Δ)",
+        f"multiple comparisons: Holm's step-down correction of the t-test p over this table's {m} tested rows "
+        f"(p (Holm)); favours names a PE only when p (Holm) < {ALPHA:g}, else n.s. (not significant)",
+        "no test: n < 2 paired seeds, or a constant Δ (sd 0: the t-test is undefined)",
     ]
     return Table("significance", "Paired significance over seeds", header, [Section(None, body)], notes,
                  left=3), pd.DataFrame(tidy)
@@ -571,19 +630,28 @@ def _fmt_stat(v: float | None, digits: int = 2) -> str:
     return fmt_num(v, digits)
 
 
-def significance_cells(test: PairedTest, higher: bool, a: str, b: str) -> list[TCell]:
-    """n, means, difference, d_z, t (df), both p-values and which PE the mean difference favours."""
-    if test.diff == 0 or math.isnan(test.diff):
-        favours = "tie" if test.diff == 0 else MISSING
+def significance_cells(
+    test: PairedTest, higher: bool, a: str, b: str, p_holm: float | None = None, alpha: float = ALPHA
+) -> list[TCell]:
+    """n, means, difference, d_z, t (df), p (t-test), p (Holm), p (sign-flip) and ``favours``.
+
+    ``favours`` names the better PE only when the test's p (``p_holm`` when given, else the raw
+    t-test p) is below ``alpha``; ``n.s.`` otherwise; ``no test`` when no test was possible.
+    """
+    p_decide = p_holm if p_holm is not None else test.p_t
+    if not test.testable:
+        favours = "no test"
+    elif p_decide is None or not p_decide < alpha:
+        favours = "n.s."
     else:
         favours = a if (test.diff > 0) == higher else b
     if test.testable:
         t_text = f"{_fmt_stat(test.t)} ({test.df})"
-        p_t, p_sf = _fmt_p(test.p_t), _fmt_p(test.p_sign_flip)
+        p_t, p_h, p_sf = _fmt_p(test.p_t), _fmt_p(p_holm), _fmt_p(test.p_sign_flip)
     else:
-        t_text, p_t, p_sf = MISSING, f"no test ({test.note.split(':')[0]})", "no test"
+        t_text, p_t, p_h, p_sf = MISSING, f"no test ({test.note.split(':')[0]})", "no test", "no test"
     return [
         TCell(str(test.n)), TCell(_fmt_stat(test.mean_a)), TCell(_fmt_stat(test.mean_b)),
-        TCell(_fmt_stat(test.diff)), TCell(_fmt_stat(test.d_z)), TCell(t_text), TCell(p_t), TCell(p_sf),
-        TCell(favours),
+        TCell(_fmt_stat(test.diff)), TCell(_fmt_stat(test.d_z)), TCell(t_text), TCell(p_t), TCell(p_h),
+        TCell(p_sf), TCell(favours),
     ]  # fmt: skip
