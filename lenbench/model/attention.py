@@ -29,6 +29,12 @@ Backends:
   ``[S; B]``) fits :data:`BLOCK_BUDGET`. Causal blocks skip future keys (keys past the block's last
   query), unless the PE sets ``reads_future_keys`` (a scores hook whose visible logits depend on
   future keys, e.g. DAPE V2 without zeroing): then every key is kept, so blocking stays exact.
+- ``paper``: every PE through the one unfused path of DAPE's GPT-NeoX code (dape.md §1.3), so a
+  timing compares PEs on the same kernels (DAPE Table 1): the full ``S = baddbmm(Q, K^T, alpha =
+  1/sqrt(d))`` over all N keys (no query blocks, no skipped future keys), the PE on it (rotation
+  before, ``S + B``, or the ``scores`` hook on the whole ``S``), the causal mask as
+  ``finfo(dtype).min``, softmax, ``x V``. Memory ``O(B * H * N^2)`` (and DAPE's
+  ``[B, N, N, hidden]``). Chosen only when asked for.
 
 All backends agree to float tolerance (tests/test_attention.py).
 """
@@ -46,7 +52,7 @@ from torch import nn
 from lenbench.model import small_attention
 from lenbench.pe.base import PositionalEncoding
 
-BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "small", "flex", "explicit")
+BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "small", "flex", "explicit", "paper")
 
 # Elements allowed in one block's widest intermediate (fp32: 4 bytes each), ~512 MiB.
 BLOCK_BUDGET = 1 << 27
@@ -175,7 +181,7 @@ class Attention(nn.Module):
         pos = self.pe.positions(n, x.device)
         q, k = self.pe.rotate(q0, k0, pos, pos)
         untouched = q is q0 and k is k0  # the PE left q and k as projected (no rotation)
-        backend = self.backend if self.backend in ("explicit",) else self.choose_backend(x.device, n)
+        backend = self.backend if self.backend in ("explicit", "paper") else self.choose_backend(x.device, n)
         if last is not None:
             if self.causal:
                 raise ValueError("reading only the last positions is for the bidirectional encoder")
@@ -201,6 +207,8 @@ class Attention(nn.Module):
             y = self.blocked_bias(q, k, v, pos)
         elif backend == "flex":
             y = self.flex(q, k, v)
+        elif backend == "paper":
+            y = self.paper(q, k, v, pos)
         else:
             y = self.explicit(q, k, v, pos)
         return self.out(y.transpose(1, 2).reshape(b, nq, self.dim))
@@ -323,3 +331,27 @@ class Attention(nn.Module):
                 s = s.masked_fill(cols > rows, float("-inf"))
             outs.append(torch.matmul(torch.softmax(s, dim=-1), v[:, :, :kv_end]))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+    def paper(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """DAPE's NeoX attention (dape.md §1.3), unblocked: ``S = baddbmm(0, Q, K^T, beta=0,
+        alpha=1/sqrt(d))``; ``S + B`` or ``scores(S)`` on all keys; future keys set to
+        ``finfo(dtype).min``; ``softmax(S) V``."""
+        b, h, nq, d = q.shape
+        n = k.shape[-2]
+        first = n - nq
+        s = torch.baddbmm(
+            torch.empty(b * h, nq, n, dtype=q.dtype, device=q.device),
+            q.reshape(b * h, nq, d),
+            k.reshape(b * h, n, d).transpose(1, 2),
+            beta=0.0,
+            alpha=1.0 / math.sqrt(d),
+        ).view(b, h, nq, n)
+        q_pos = pos[first:]
+        if type(self.pe).has_hook("scores"):
+            s = self.pe.scores(s, q, k, q_pos, pos)
+        elif type(self.pe).has_hook("bias"):
+            s = s + self.pe.bias(q_pos, pos).to(s.dtype)
+        if self.causal:
+            future = torch.ones(nq, n, dtype=torch.bool, device=q.device).triu(1 + first)
+            s = s.masked_fill(future, torch.finfo(s.dtype).min)
+        return torch.matmul(torch.softmax(s, dim=-1), v)

@@ -60,6 +60,8 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
             layers=config.get("layers"),
             layers_timed=config.get("layers_timed"),
             device=config.get("device"),
+            backend_policy=config.get("backend_policy", "fastest"),
+            estimate_check=bool(config.get("estimate_check", False)),
         )
     return keys
 

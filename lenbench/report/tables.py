@@ -372,28 +372,42 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if _nan(v) else v) for k, v in row.items()}
 
 
-def timing_data(frame: pd.DataFrame) -> tuple[list[Any], set[tuple[str, str, int, str]]]:
-    """(:class:`~lenbench.suites.timing.TimingTable` per mode, failed (pe, size, length, mode) keys)."""
+def _flag(value: Any) -> bool:
+    """A stored boolean column (NaN where the record has no such field) as a bool."""
+    return not _nan(value) and bool(value)
+
+
+def _policy(r: dict[str, Any]) -> str:
+    """A timing record's backend policy; records from before the option are ``fastest``."""
+    value = r.get("backend_policy")
+    return "fastest" if _nan(value) else str(value)
+
+
+def timing_data(frame: pd.DataFrame) -> tuple[list[Any], set[tuple[str, str, int, str, str]]]:
+    """(:class:`~lenbench.suites.timing.TimingTable` per mode and backend policy, failed
+    (pe, size, length, mode, policy) keys)."""
     from lenbench.suites.timing import timing_tables as build
 
     timing = frame[frame["suite"] == "timing"]
     records = [_record(r) for r in timing[timing["status"] != "failed"].to_dict("records")]
     failed = {
-        (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]))
+        (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]), _policy(r))
         for r in timing[timing["status"] == "failed"].to_dict("records")
+        if not _flag(r.get("estimate_check"))
     }
     return build(records), failed
 
 
-def _memory_cells(frame: pd.DataFrame) -> dict[tuple[str, str, int, str], tuple[str, float | None]]:
-    """``{(pe, size, length, mode): (status, MiB)}`` of the timing suite's peak-memory records;
-    status ``done`` (MiB None: not measured on this platform), ``oom`` or ``failed``."""
+def _memory_cells(frame: pd.DataFrame) -> dict[tuple[str, str, int, str, str], tuple[str, float | None]]:
+    """``{(pe, size, length, mode, policy): (status, MiB)}`` of the timing suite's peak-memory records
+    (estimate-check slices left out); status ``done`` (MiB None: not measured on this platform),
+    ``oom`` or ``failed``."""
     timing = frame[frame["suite"] == "timing"]
-    out: dict[tuple[str, str, int, str], tuple[str, float | None]] = {}
+    out: dict[tuple[str, str, int, str, str], tuple[str, float | None]] = {}
     for r in timing.to_dict("records"):
-        if _nan(r.get("eval_len")) or _nan(r.get("mode")):
+        if _nan(r.get("eval_len")) or _nan(r.get("mode")) or _flag(r.get("estimate_check")):
             continue
-        key = (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]))
+        key = (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]), _policy(r))
         if r["status"] == "failed":
             out[key] = ("failed", None)
         elif r.get("metric") == "peak_mem_mb":
@@ -412,8 +426,16 @@ def _memory_text(cell: tuple[str, float | None] | None) -> str:
     return "n/a" if mib is None else (f"{mib:.0f}" if mib >= 10 else f"{mib:.1f}")
 
 
+def _policy_suffix(policy: str) -> str:
+    """Table-key suffix of a backend policy: none for ``fastest`` (the default), ``_<policy>`` else."""
+    return "" if policy == "fastest" else f"_{slug(policy)}"
+
+
 def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]) -> list[Table]:
-    """Peak memory per model size: PE rows, per length and mode the MiB the timed call added."""
+    """Peak memory per model size and backend policy: PE rows, per length and mode the MiB the
+    timed call added."""
+    from lenbench.suites.timing import POLICY_TEXT
+
     cells = _memory_cells(frame)
     if not cells:
         return []
@@ -421,14 +443,15 @@ def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]
     mem_rows = timing[timing["metric"] == "peak_mem_mb"]
     methods = sorted({str(m) for m in mem_rows.get("method", pd.Series(dtype=object)).dropna().unique()})
     tables = []
-    for size in list(dict.fromkeys(s for _, s, _, _ in cells)):
-        keys = [k for k in cells if k[1] == size]
-        lengths = sorted({n for _, _, n, _ in keys})
+    for size, policy in list(dict.fromkeys((k[1], k[4]) for k in cells)):
+        keys = [k for k in cells if k[1] == size and k[4] == policy]
+        lengths = sorted({k[2] for k in keys})
         modes = [m for m in ("fwd", "train") if any(k[3] == m for k in keys)]
         modes += sorted({k[3] for k in keys} - set(modes))
         header = ["PE"] + [f"N={n} {mode} MiB" for n in lengths for mode in modes]
         rows = [
-            [TCell(pe)] + [TCell(_memory_text(cells.get((pe, size, n, mode)))) for n in lengths for mode in modes]
+            [TCell(pe)]
+            + [TCell(_memory_text(cells.get((pe, size, n, mode, policy)))) for n in lengths for mode in modes]
             for pe in pe_order([k[0] for k in keys])
         ]
         timed, total = layers.get(size, (0, 0))
@@ -440,7 +463,9 @@ def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]
             "methods: " + (", ".join(methods) if methods else "?") + "; n/a: not measurable on this platform",
             f"OOM: did not fit in memory; {FAILED}: the cell failed; {MISSING}: not run",
         ]
-        tables.append(Table(f"timing_memory_{slug(size)}", f"{size}: peak memory (MiB), batch 1", header,
+        what = POLICY_TEXT.get(policy, f"{policy} backend forced for every PE")
+        tables.append(Table(f"timing_memory_{slug(size)}{_policy_suffix(policy)}",
+                            f"{size}: peak memory (MiB), batch 1, backend {what}", header,
                             [Section(None, rows)], notes))
     return tables
 
@@ -460,40 +485,43 @@ def _dape_width(frame: pd.DataFrame, pe: str) -> int | None:
 
 
 def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
-    """DAPE Table 1 per (mode, size): PE rows, per length ms (and the full-model estimate) and the
-    Ratio to DAPE-Kerple (its direction in every Ratio header); then peak memory per size."""
+    """DAPE Table 1 per (mode, backend policy, size): PE rows, per length ms (and the full-model
+    estimate) and the Ratio to DAPE-Kerple (its direction in every Ratio header); then peak memory
+    per size, and the estimate check where ``--check-estimate`` slices exist."""
+    from lenbench.suites.timing import TimingTable
+
     tables_by_mode, failed = timing_data(frame)
     titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
     tables, summary = [], []
-    failed_modes = {m for *_, m in failed}
-    modes = {t.mode: t for t in tables_by_mode}
     memory = _memory_cells(frame)
     layers: dict[str, tuple[int, int]] = {}
     for t in tables_by_mode:
         layers.update(t.layers)
-    for mode in [*modes, *sorted(failed_modes - set(modes))]:
-        t = modes.get(mode)
-        sizes = list(t.sizes) if t else []
-        sizes += sorted({s for _, s, _, m in failed if m == mode and s not in sizes})
-        ref = t.reference if t and t.reference else None
+    built = {(t.mode, t.policy): t for t in tables_by_mode}
+    for mode, policy in sorted({(m, p) for *_, m, p in failed} - set(built)):
+        built[(mode, policy)] = TimingTable(mode, policy)
+    for (mode, policy), t in built.items():
+        fails = {(p, s, n) for p, s, n, m, pol in failed if m == mode and pol == policy}
+        sizes = list(t.sizes) + sorted({s for _, s, _ in fails if s not in t.sizes})
+        ref = t.reference
         ratio_name = f"Ratio (PE/{ref or 'dape-kerple'})"
         for size in sizes:
-            lengths = sorted({*(t.lengths.get(size, []) if t else []), *(n for _, s, n, m in failed
-                                                                           if m == mode and s == size)})
-            sliced = bool(t and size in t.layers and t.sliced(size))
-            timed = t.layers[size][0] if sliced and t else 0
-            pes = pe_order([*(t.pes if t else []), *(p for p, s, _, m in failed if m == mode and s == size)])
+            lengths = sorted({*t.lengths.get(size, []), *(n for _, s, n in fails if s == size)})
+            sliced = size in t.layers and t.sliced(size)
+            timed = t.layers[size][0] if sliced else 0
+            pes = pe_order([*t.pes, *(p for p, s, _ in fails if s == size)])
             header = ["PE", "backend"]
             for n in lengths:
                 header += [f"N={n} {timed}L ms" if sliced else f"N={n} ms"]
                 header += ([f"N={n} est. ms"] if sliced else []) + [f"N={n} {ratio_name}"]
             rows = []
+            iqr = _iqr_by_cell(frame, mode, policy)
             for pe in pes:
-                row = [TCell(pe), TCell(t.backends.get(pe, MISSING) if t else MISSING)]
+                row = [TCell(pe), TCell(t.backends.get(pe, MISSING))]
                 for n in lengths:
-                    e = t.entries.get((pe, size, n)) if t else None
+                    e = t.entries.get((pe, size, n))
                     width = 3 if sliced else 2
-                    if (pe, size, n, mode) in failed and e is None:
+                    if (pe, size, n) in fails and e is None:
                         row += [TCell(FAILED)] * (width - 1) + [TCell(MISSING)]
                     elif e is None:
                         row += [TCell(MISSING)] * width
@@ -503,30 +531,73 @@ def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame
                         row += [TCell(_fmt_ms(e.ms))] + ([TCell(_fmt_ms(e.est_ms))] if sliced else [])
                         row.append(TCell(MISSING if e.ratio is None else f"{e.ratio:.2f}"))
                     if e is not None:
-                        mem = memory.get((pe, size, n, mode))
-                        summary.append({"mode": mode, "size": size, "pe": pe, "eval_len": n, "ms": e.ms,
-                                        "est_full_ms": e.est_ms, "ratio": e.ratio, "oom": e.oom,
-                                        "peak_mem_mb": mem[1] if mem else None})
+                        mem = memory.get((pe, size, n, mode, policy))
+                        summary.append({"mode": mode, "backend_policy": policy, "size": size, "pe": pe,
+                                        "eval_len": n, "precision": "/".join(t.precisions) or None, "ms": e.ms,
+                                        "iqr_ms": iqr.get((pe, size, n)), "est_full_ms": e.est_ms,
+                                        "ratio": e.ratio, "oom": e.oom, "peak_mem_mb": mem[1] if mem else None})
                 rows.append(row)
-            notes = [f"Ratio = PE time / {ref or 'dape-kerple (not in these results)'} time at the same length "
-                     "(full-model times; DAPE Table 1); below 1: faster than the reference"]
-            if sliced and t:
+            notes = [f"backend: {t.policy_text}" + (
+                " (Ratio isolates each PE's own cost, as DAPE Table 1)" if policy == "paper" else
+                " (Ratio mixes the PE's cost with fused-vs-unfused kernel differences; --backend paper "
+                "times DAPE Table 1's quantity)" if policy == "fastest" else "")]
+            notes.append(f"Ratio = PE time / {ref or 'dape-kerple (not in these results)'} time at the same "
+                         "length (full-model times; DAPE Table 1); below 1: faster than the reference")
+            if sliced:
                 total = t.layers[size][1]
                 notes.append(f"{timed}L ms: {timed} of {total} blocks measured; est. ms: full model estimated as "
                              f"{timed}L ms x {total}/{timed} + the measured embedding and head "
-                             "(an estimate, not a measurement)")
+                             "(an estimate, not a measurement; its error: `lenbench timing --check-estimate`, "
+                             "README Timing)")
             widths = [f"{pe} {w}" for pe in pes if (w := _dape_width(frame, pe)) is not None]
             if widths:
                 notes.append("D_DAPE (DAPE's MLP width; the paper times 32): " + ", ".join(widths))
-            notes.append("backend: the attention kernel per PE (flex: fused FlexAttention; sdpa: fused SDPA; "
-                         "sdpa_bias, blocked_bias, explicit: materialized bias or logits); a/b: a at some "
-                         "lengths, b at others")
-            notes.append(f"median over repeats (IQR in results_long); OOM: did not fit in memory; {MISSING}: not run")
-            devices = "/".join(t.devices) if t and t.devices else "?"
-            title = f"{size}: ms per sequence, {titles.get(mode, mode)}, batch 1, {devices}"
-            tables.append(Table(f"timing_{mode}_{slug(size)}", title, header, [Section(None, rows)], notes, left=2))
+            notes.append("kernel per PE (flex: fused FlexAttention; sdpa: fused SDPA; sdpa_bias, blocked_bias, "
+                         "explicit: materialized bias or logits; paper: DAPE's unfused NeoX path); a/b: a at "
+                         "some lengths, b at others")
+            notes.append(f"median over repeats (IQR: iqr_ms in timing_summary.csv, iqr in results_long); "
+                         f"OOM: did not fit in memory; {MISSING}: not run")
+            devices = "/".join(t.devices) if t.devices else "?"
+            precision = "/".join(t.precisions) if t.precisions else "?"
+            title = (f"{size}: ms per sequence, {titles.get(mode, mode)}, batch 1, {devices} {precision}, "
+                     f"backend {policy}")
+            key = f"timing_{mode}_{slug(size)}{_policy_suffix(policy)}"
+            tables.append(Table(key, title, header, [Section(None, rows)], notes, left=2))
     tables += timing_memory_tables(frame, layers)
+    check = estimate_check_table(frame)
+    if check is not None:
+        tables.append(check)
     return tables, pd.DataFrame(summary)
+
+
+def _iqr_by_cell(frame: pd.DataFrame, mode: str, policy: str) -> dict[tuple[str, str, int], float | None]:
+    """IQR (ms) of each shown timing cell (the table's uncertainty, a column of the summary)."""
+    timing = frame[(frame["suite"] == "timing") & (frame["metric"] == f"ms_{mode}")]
+    out: dict[tuple[str, str, int], float | None] = {}
+    for r in timing.to_dict("records"):
+        if _policy(r) == policy and not _flag(r.get("estimate_check")) and not _nan(r.get("eval_len")):
+            out[(str(r["pe"]), str(r["size"]), int(r["eval_len"]))] = None if _nan(r.get("iqr")) else float(r["iqr"])
+    return out
+
+
+def estimate_check_table(frame: pd.DataFrame) -> Table | None:
+    """The measured error of ``K-layer x M/K`` (:func:`lenbench.suites.timing.estimate_checks`)."""
+    from lenbench.suites.timing import estimate_checks
+
+    timing = frame[(frame["suite"] == "timing") & (frame["status"] == "done")]
+    checks = estimate_checks([_record(r) for r in timing.to_dict("records")])
+    if not checks:
+        return None
+    header = ["PE", "size", "N", "mode", "backend", "K", "M", "K ms", "predicted M ms (K ms x M/K)",
+              "measured M ms", "error"]
+    rows = [[TCell(c.pe), TCell(c.size), TCell(str(c.eval_len)), TCell(c.mode), TCell(c.policy), TCell(str(c.k)),
+             TCell(str(c.m)), TCell(_fmt_ms(c.k_ms)), TCell(_fmt_ms(c.predicted_ms)), TCell(_fmt_ms(c.m_ms)),
+             TCell(f"{100 * c.rel_error:+.1f}%")] for c in checks]
+    notes = ["error = (predicted - measured) / measured: how well scaling a K-block slice predicts a deeper "
+             "M-block slice (the full-model estimate scales the timed slice the same way)",
+             "median over repeats of each slice; IQRs in results_long"]
+    return Table("timing_estimate_check", "Timing: error of the slice-to-full-model extrapolation", header,
+                 [Section(None, rows)], notes, left=5)
 
 
 def _fmt_ms(value: float | None) -> str:
