@@ -32,7 +32,7 @@ precision, dape.md §3(d)) or fp32. Stored per cell and shown in every table tit
   PE's estimate. Absolute PEs' O(N x E) input addition is not part of the estimate.
 
 Estimate check (``--check-estimate``): the same cells are also timed as slices of 1, 2 and 4
-blocks (capped at the model's depth); :func:`estimate_checks` compares ``K-layer x M / K`` with
+blocks (those shallower than the model); :func:`estimate_checks` compares ``K-layer x M / K`` with
 the measured M-layer slice, the error of the full-model extrapolation's slice part.
 
 Times: median and IQR over ``repeats`` measurements, after at least ``warmup`` calls and
@@ -209,7 +209,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
         timed = min(prof.layers or (size.layers if cuda else 1), size.layers)
         slices = [(timed, False)]
         if prof.check_estimate:
-            slices += [(k, True) for k in sorted({min(k, size.layers) for k in CHECK_LAYERS} - {timed})]
+            slices += [(k, True) for k in CHECK_LAYERS if k < size.layers and k != timed]
         for spec in pes:
             for n in lengths:
                 for mode in modes:
