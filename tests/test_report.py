@@ -146,6 +146,16 @@ def test_long_table_has_every_record_and_failed_cells_as_nan(results: Path) -> N
     for col in ("suite", "task", "dataset", "pe", "seed", "train_len", "eval_len", "metric", "value", "git"):
         assert col in frame.columns
     assert (frame[frame["suite"] == "timing"]["status"] == "oom").sum() == 2  # ms and peak memory
+    # every shown uncertainty is a column: even_pairs/alibi scores 0.5, 0.6, 0.7 -> std 0.1,
+    # 95% CI 0.6 -+ t_{0.975,2} 0.1 / sqrt(3) = 0.6 -+ 0.24841 (the half-width bold marking used)
+    row = che[(che["task"] == "even_pairs") & (che["pe"] == "alibi") & (che["metric"] == "score")].iloc[0]
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)
+    assert (row["seeds_n"], row["seeds_mean"]) == (3, pytest.approx(0.6))
+    assert row["seeds_std"] == pytest.approx(0.1) and row["bold_half_width"] == pytest.approx(half)
+    assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    one = che[(che["task"] == "reverse_string") & (che["pe"] == "alibi") & (che["metric"] == "score")]
+    assert set(one["seeds_n"]) == {2} and one["ci95_low"].notna().all()  # the failed seed is not counted
+    assert frame[frame["suite"] == "timing"]["ci95_low"].isna().all() and "iqr" in frame.columns
 
 
 def test_che_tables_hand_computed(results: Path) -> None:
@@ -195,6 +205,35 @@ def test_timing_table_ratio_to_dape_kerple_and_oom(results: Path) -> None:
     assert texts(memory) == {"kerple": ["5.0", "5.0"], "dape-kerple": ["5.0", "OOM"]}
     row = summary[(summary["pe"] == "dape-kerple") & (summary["eval_len"] == 512)].iloc[0]
     assert (row["est_full_ms"], row["ratio"], row["peak_mem_mb"]) == (484.0, 1.0, 5.0)
+
+
+def test_timing_report_labels_backend_policy_and_shows_the_estimate_check(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    medians = {(1, "fastest"): 10.0, (1, "paper"): 12.0, (2, "paper"): 25.0, (4, "paper"): 46.0}
+    for policy, check in (("fastest", False), ("paper", True)):
+        overrides = {"grid": {"pes": "kerple"}, "profile": {"sizes": "350m", "lengths": "512", "modes": "fwd",
+                                                             "isolate": False, "backend": policy,
+                                                             "check_estimate": check}}
+        for cell in timing_suite.expand(load_suite("timing"), "quick", overrides):
+            cfg = cell.config
+            ms = medians[(cfg["layers_timed"], policy)]
+            result = {"status": "ok", "ms": ms, "iqr": 0.25, "times_ms": [ms], "calls_per_repeat": 1,
+                      "peak_mem_mb": 5.0, "mem_method": "test", "backend": policy, "threads": 2, "params": 1,
+                      "embed_head": {"status": "ok", "ms": 4.0, "iqr": 0.0}}
+            write_cell(store, "timing", cell.label, cfg, timing_suite.cell_records(cfg, result))
+    tables, summary = T.timing_report_tables(collect(tmp_path).frame)
+    by_key = {t.key: t for t in tables}
+    assert {"timing_fwd_350m", "timing_fwd_350m_paper", "timing_memory_350m", "timing_memory_350m_paper",
+            "timing_estimate_check"} == set(by_key)
+    fast, paper = by_key["timing_fwd_350m"], by_key["timing_fwd_350m_paper"]
+    assert "backend fastest" in fast.title and "backend paper" in paper.title and "cpu fp32" in paper.title
+    assert "Table 1" in paper.notes[0] and "--backend paper" in fast.notes[0]
+    assert texts(paper)["kerple"][1:3] == ["12.0", f"{12 * 24 + 4:.0f}"]  # the 1-block slice, not the checks
+    check = [[c.text for c in row] for row in by_key["timing_estimate_check"].rows]
+    # 1 -> 4 blocks: 12 x 4 = 48 predicted vs 46 measured: +4.3%; 1 -> 2: 24 vs 25: -4.0%; 2 -> 4: 50 vs 46: +8.7%
+    assert [(r[5], r[6], r[-1]) for r in check] == [("1", "2", "-4.0%"), ("1", "4", "+4.3%"), ("2", "4", "+8.7%")]
+    assert set(summary["backend_policy"]) == {"fastest", "paper"} and set(summary["iqr_ms"]) == {0.25}
+    assert set(summary["precision"]) == {"fp32"}
 
 
 # --------------------------------------------------------------------------- statistics
