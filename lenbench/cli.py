@@ -41,7 +41,7 @@ def run(
     profile: Annotated[str, typer.Option(help="paper, quick, or auto (paper on CUDA, quick on CPU).")] = "auto",
     steps: Annotated[int | None, typer.Option(help="Training steps per cell.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    lr: Annotated[str | None, typer.Option(help="Learning rate(s): 1e-3, or a grid axis 1e-4,3e-4,5e-4.")] = None,
     test_lengths: Annotated[str | None, typer.Option(help="Test lengths: 41,77,100 or 41-500 or 41-500:20.")] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Samples per test length.")] = None,
     layers: Annotated[int | None, typer.Option(help="Encoder layers.")] = None,
@@ -158,6 +158,16 @@ def parse_set(text: str) -> tuple[str, Any]:
     return ".".join(keys), value
 
 
+def _lr_value(text: str) -> float | str:
+    """``--lr 1e-3`` -> 1e-3; a comma list (CHE's learning-rate axis) stays text for the suite to parse."""
+    if "," in text:
+        return text
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise LenbenchError(f"--lr must be a number or a comma list of numbers, got {text!r}") from exc
+
+
 def _grid(suite: str, profile: str, **flags: Any) -> tuple[str, list[Any], str]:
     """Expand a suite with its profile and flag overrides -> (suite name, cells, why this profile)."""
     import torch
@@ -172,7 +182,7 @@ def _grid(suite: str, profile: str, **flags: Any) -> tuple[str, list[Any], str]:
     set_values = flags.pop("set_values", None) or []
     for flag, value in flags.items():
         if value is not None:
-            _set(overrides, GRID_FLAGS[flag], value)
+            _set(overrides, GRID_FLAGS[flag], _lr_value(value) if flag == "lr" else value)
     for path, value in map(parse_set, set_values):
         _set(overrides, path, value)
     return suite_file.name, module.expand(suite_file, chosen, overrides), reason
@@ -188,7 +198,7 @@ def status(
     profile: Annotated[str | None, typer.Option(help="paper, quick or auto.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps per cell.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    lr: Annotated[str | None, typer.Option(help="Learning rate(s): 1e-3, or a grid axis 1e-4,3e-4,5e-4.")] = None,
     test_lengths: Annotated[str | None, typer.Option(help="CHE test lengths.")] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Samples per test length.")] = None,
     layers: Annotated[int | None, typer.Option(help="Layers.")] = None,
@@ -248,17 +258,22 @@ def print_scores(outcomes: list[Any]) -> None:
 
     scores: dict[tuple[str, str], list[float]] = {}
     failed: set[tuple[str, str]] = set()
+    unfit: dict[tuple[str, str], int] = {}
     tasks: list[str] = []
     pes: list[str] = []
+    lrs = {o.cell.config.get("train", {}).get("lr") for o in outcomes}
     for o in outcomes:
-        key = (o.cell.config.get("task", o.cell.config.get("dataset", "")), o.cell.config["pe"])
+        pe_label = o.cell.config["pe"] + (f" lr={o.cell.config['train']['lr']:g}" if len(lrs) > 1 else "")
+        key = (o.cell.config.get("task", o.cell.config.get("dataset", "")), pe_label)
         tasks += [key[0]] if key[0] not in tasks else []
         pes += [key[1]] if key[1] not in pes else []
         if o.status == "failed":
             failed.add(key)
         elif "score" in o.summary:
             scores.setdefault(key, []).append(100 * float(o.summary["score"]))
-    table = Table(title="score: mean accuracy over test lengths (%), mean ± sample std over seeds")
+            unfit[key] = unfit.get(key, 0) + (o.summary.get("fit") is False)
+    table = Table(title="score: mean accuracy over test lengths (%), mean ± sample std over seeds; "
+                  "DNF: did not fit the training lengths")
     table.add_column("task")
     for p in pes:
         table.add_column(p, justify="right")
@@ -267,7 +282,9 @@ def print_scores(outcomes: list[Any]) -> None:
         for p in pes:
             vals = scores.get((t, p))
             if vals:
-                row.append(f"{np.mean(vals):.1f}" + (f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else ""))
+                dnf = unfit.get((t, p), 0)
+                mark = "" if not dnf else " (DNF)" if dnf == len(vals) else f" ({dnf} DNF)"
+                row.append(f"{np.mean(vals):.1f}" + (f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else "") + mark)
             else:
                 row.append("FAILED" if (t, p) in failed else "-")
         table.add_row(t, *row)

@@ -159,20 +159,21 @@ def test_long_table_has_every_record_and_failed_cells_as_nan(results: Path) -> N
 
 
 def test_che_tables_hand_computed(results: Path) -> None:
-    (mean, best), summary = T.che_tables(collect(results, "che").frame)
-    assert mean.header == ["task", "chance", "alibi", "kerple", "dape-kerple"]
+    (mean, best, train), summary = T.che_tables(collect(results, "che").frame)
+    assert mean.header == ["task", "chance", "majority", "alibi", "kerple", "dape-kerple"]
     assert [s.label for s in mean.sections] == ["Regular (R)", "Deterministic context-free (DCF)"]
     rows = texts(mean)
-    # mean ± sample std (ddof 1): alibi 50/60/70 -> 60 ± 10; kerple 56/65/74 -> 65 ± 9
-    assert rows["even_pairs"] == ["50%", "60.0 ± 10.0", "65.0 ± 9.0", "90.0 ± 10.0"]
+    # mean ± sample std (ddof 1): alibi 50/60/70 -> 60 ± 10; kerple 56/65/74 -> 65 ± 9; no majority records: —
+    assert rows["even_pairs"] == ["50%", "—", "60.0 ± 10.0", "65.0 ± 9.0", "90.0 ± 10.0"]
     # 95% CIs of the mean (t_{0.975,2} = 4.303): alibi 60 ± 24.8, kerple 65 ± 22.4, dape 90 ± 24.8;
     # every interval reaches dape's lower end 65.2, so the row ties and nothing is bold
-    assert bold(mean)["even_pairs"] == [False, False, False, False]
-    assert any(note.startswith("bold: the best value and every value whose 95% interval") for note in mean.notes)
+    assert bold(mean)["even_pairs"] == [False] * 5
+    assert any("bold: the best value and every value whose 95% interval" in note for note in mean.notes)
     # one failed seed: 40/50 -> 45 ± 7.07; all failed -> FAILED; never run -> —
-    assert rows["reverse_string"] == ["50%", "45.0 ± 7.1 (1 FAILED)", "FAILED", "—"]
-    assert bold(mean)["reverse_string"] == [False, False, False, False]  # a single value is not "best"
-    assert texts(best)["even_pairs"] == ["50%", "70.0", "74.0", "100.0"]
+    assert rows["reverse_string"] == ["50%", "—", "45.0 ± 7.1 (1 FAILED)", "FAILED", "—"]
+    assert bold(mean)["reverse_string"] == [False] * 5  # a single value is not "best"
+    assert texts(best)["even_pairs"] == ["50%", "—", "70.0", "74.0", "100.0"]
+    assert texts(train)["even_pairs"][2:] == ["—", "—", "—"]  # these cells stored no in-distribution score
     row = summary[(summary["task"] == "reverse_string") & (summary["pe"] == "alibi")].iloc[0]
     assert (row["n"], row["failed"]) == (2, 1) and row["mean"] == pytest.approx(45.0)
     assert row["std"] == pytest.approx(np.std([40.0, 50.0], ddof=1))

@@ -53,7 +53,8 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     keys: dict[str, Any] = {"suite": suite, "pe": config.get("pe"), "seed": config.get("seed")}
     if suite == "che":
-        keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"))
+        keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"),
+                    lr=train.get("lr"))
     elif suite == "ppl":
         keys.update(dataset=config.get("dataset"), train_len=train.get("length"))
     elif suite == "timing":
@@ -159,7 +160,7 @@ def collect(results: Path | str, suite: str | None = None) -> Collection:
     return Collection(frame, warnings, incomplete)
 
 
-CELL_KEYS = ["suite", "task", "dataset", "pe", "train_len", "eval_len", "metric"]
+CELL_KEYS = ["suite", "task", "dataset", "pe", "lr", "train_len", "eval_len", "metric"]  # one table cell
 
 
 def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:
@@ -176,7 +177,8 @@ def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:
     done = out[out["suite"].isin(["che", "ppl"]) & (out["status"] == "done") & out["value"].notna()]
     if done.empty:
         return out
-    for _, group in done.groupby(CELL_KEYS, dropna=False, sort=False):
+    keys = [k for k in CELL_KEYS if k in done.columns]
+    for _, group in done.groupby(keys, dropna=False, sort=False):
         values = group["value"].astype(float)
         n = len(values)
         idx = group.index

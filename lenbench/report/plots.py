@@ -29,7 +29,16 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from lenbench.report.stats import pe_name  # noqa: E402
-from lenbench.report.tables import che_frames, pe_order, ppl_frames, task_info, task_order, timing_data  # noqa: E402
+from lenbench.report.tables import (  # noqa: E402
+    best_lr,
+    che_frames,
+    che_stats,
+    pe_order,
+    ppl_frames,
+    task_info,
+    task_order,
+    timing_data,
+)
 from lenbench.results import slug  # noqa: E402
 
 PE_COLORS = {
@@ -109,14 +118,16 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def _curve(ax: Any, rows: pd.DataFrame, label: str, scale: float = 1.0) -> None:
-    """Mean over seeds per x, with the min..max band over seeds."""
+def _curve(ax: Any, rows: pd.DataFrame, label: str, scale: float = 1.0, unfit: bool = False) -> None:
+    """Mean over seeds per x, with the min..max band over seeds; ``unfit``: dotted, "did not fit"."""
     g = rows.groupby("eval_len")["value"]
     x = np.array(sorted(rows["eval_len"].dropna().unique()), dtype=float)
     mean, lo, hi = (g.mean().reindex(x).to_numpy() * scale, g.min().reindex(x).to_numpy() * scale,
                     g.max().reindex(x).to_numpy() * scale)  # fmt: skip
     style = pe_style(label)
-    ax.plot(x, mean, label=label, **style)
+    if unfit:
+        style = {**style, "linestyle": ":", "alpha": 0.7}
+    ax.plot(x, mean, label=f"{label} (did not fit)" if unfit else label, **style)
     if rows["seed"].nunique() > 1:
         ax.fill_between(x, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
 
@@ -172,10 +183,14 @@ def _minor_label(ax: Any, v: float) -> str:
 
 
 def _che_panel(ax: Any, frame: pd.DataFrame, task: str, legend: bool) -> None:
+    """Accuracy vs length over the training lengths and the test lengths, one curve per PE (at its
+    chosen learning rate when several were run); a PE none of whose runs fit its training lengths is
+    drawn dotted and labelled "did not fit"."""
     che = frame[(frame["suite"] == "che") & (frame["task"] == task)]
-    acc = che[(che["metric"] == "accuracy") & (che["status"] == "done")]
-    _, failed = che_frames(frame)
+    acc = che[che["metric"].isin(["accuracy", "train_accuracy"]) & (che["status"] == "done")]
+    scores, failed = che_frames(frame)
     failed = failed[failed["task"] == task]
+    stats = che_stats(scores[scores["task"] == task], failed)
     lo, hi = che["train_min_len"].dropna(), che["train_len"].dropna()
     if len(hi):
         ax.axvspan(int(lo.min()) if len(lo) else 0, int(hi.max()), color="0.85", alpha=0.6, lw=0,
@@ -186,8 +201,13 @@ def _che_panel(ax: Any, frame: pd.DataFrame, task: str, legend: bool) -> None:
     all_failed = []
     for pe in pe_order([*acc["pe"].unique(), *failed["pe"].unique()]):
         rows = acc[acc["pe"] == pe]
+        lr = best_lr(stats, task, pe)
+        if "lr" in rows and lr is not None and not (isinstance(lr, float) and np.isnan(lr)):
+            rows = rows[rows["lr"] == lr]
+        chosen = stats.get((task, pe, lr))
         if len(rows):
-            _curve(ax, rows, pe, scale=100.0)
+            unfit = chosen is not None and chosen.all_unfit
+            _curve(ax, rows, pe, scale=100.0, unfit=unfit)
         elif legend:
             _failed_handle(ax, pe)
         else:
@@ -204,7 +224,7 @@ def che_task_figure(frame: pd.DataFrame, task: str) -> Figure:
     with paper_style():
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.5))
         _che_panel(ax, frame, task, legend=True)
-        ax.set_xlabel("test length N")
+        ax.set_xlabel("length N (training range shaded)")
         ax.set_ylabel("accuracy (%)")
         fig.tight_layout()
         legend_below(fig)
@@ -224,7 +244,7 @@ def che_grid_figure(frame: pd.DataFrame, tasks: list[str], cols: int = 5) -> Fig
         for ax in axes[:, 0]:
             ax.set_ylabel("accuracy (%)")
         for ax in axes[-1, :]:
-            ax.set_xlabel("test length N")
+            ax.set_xlabel("length N (training range shaded)")
         fig.tight_layout()
         legend_below(fig, ncol=6)
     return fig

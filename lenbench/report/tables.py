@@ -37,6 +37,7 @@ from lenbench.tasks.che import TASKS
 
 MISSING = "—"
 FAILED = "FAILED"
+DNF = "DNF"  # did not fit: the cell's in-distribution score stayed below its fit threshold
 LEVELS = {"regular": "Regular (R)", "dcf": "Deterministic context-free (DCF)", "cs": "Context-sensitive (CS)"}
 LEVEL_SHORT = {"regular": "R", "dcf": "DCF", "cs": "CS"}
 
@@ -75,10 +76,16 @@ class Table:
 
 @dataclass(frozen=True)
 class SeedStats:
-    """The finished seeds' values of one table cell and how many seeds failed."""
+    """The finished seeds' values of one table cell and how many seeds failed.
+
+    CHE cells also carry each seed's standard error of its score (``ses``) and whether it fitted
+    its training lengths (``fits``; None where the cell predates the flag).
+    """
 
     values: tuple[float, ...]
     failed: int = 0
+    ses: tuple[float | None, ...] = ()
+    fits: tuple[bool | None, ...] = ()
 
     @property
     def n(self) -> int:
@@ -100,6 +107,22 @@ class SeedStats:
     @property
     def min(self) -> float:
         return float(np.min(self.values))
+
+    @property
+    def se(self) -> float | None:
+        """The standard error of a single seed's value (None for several seeds or when unknown)."""
+        if self.n != 1 or not self.ses or self.ses[0] is None or not math.isfinite(self.ses[0]):
+            return None
+        return float(self.ses[0])
+
+    @property
+    def unfit(self) -> int:
+        """Seeds flagged "did not fit" (their in-distribution score stayed below the threshold)."""
+        return sum(1 for f in self.fits if f is False)
+
+    @property
+    def all_unfit(self) -> bool:
+        return self.n > 0 and self.unfit == self.n
 
 
 # --------------------------------------------------------------------------- helpers
@@ -152,8 +175,11 @@ def stat_text(stats: SeedStats | None, how: str, digits: int) -> str:
         text = fmt_num(stats.max, digits)
     else:
         text = fmt_num(stats.mean, digits)
-        if stats.std is not None:
-            text += f" ± {fmt_num(stats.std, digits)}"
+        spread = stats.std if stats.std is not None else stats.se
+        if spread is not None:
+            text += f" ± {fmt_num(spread, digits)}"
+    if stats.unfit:
+        text += f" ({DNF})" if stats.all_unfit else f" ({stats.unfit} {DNF})"
     return text + (f" ({stats.failed} {FAILED})" if stats.failed else "")
 
 
@@ -242,59 +268,164 @@ def task_order(tasks: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(tasks), key=lambda t: (names.index(t) if t in names else len(names), t))
 
 
-def che_frames(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(done score rows, failed-cell rows) of the CHE suite."""
+def che_frames(frame: pd.DataFrame, metric: str = "score") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(done rows of ``metric``, failed-cell rows) of the CHE suite."""
     che = frame[frame["suite"] == "che"]
-    return che[(che["status"] == "done") & (che["metric"] == "score")], che[che["status"] == "failed"]
+    return che[(che["status"] == "done") & (che["metric"] == metric)], che[che["status"] == "failed"]
+
+
+def _column(rows: pd.DataFrame, name: str) -> pd.Series:
+    return rows[name] if name in rows else pd.Series([None] * len(rows), index=rows.index, dtype=object)
+
+
+def che_stats(done: pd.DataFrame, failed: pd.DataFrame) -> dict[tuple, SeedStats]:
+    """``{(task, pe, lr): SeedStats}`` of CHE cells in %: values, per-seed SEs and fit flags."""
+    done = done.assign(lr=pd.to_numeric(_column(done, "lr"), errors="coerce"))
+    failed = failed.assign(lr=pd.to_numeric(_column(failed, "lr"), errors="coerce"))
+    out: dict[tuple, SeedStats] = {}
+    def norm(key: tuple) -> tuple:  # NaN (no rate stored) -> None, so keys from both frames compare equal
+        return (key[0], key[1], None if _nan(key[2]) else float(key[2]))
+
+    for key, group in done.groupby(["task", "pe", "lr"], sort=False, dropna=False):
+        key = norm(key)
+        group = group[group["value"].notna()].sort_values("seed")
+        ses = tuple(None if _nan(v) else 100.0 * float(v) for v in _column(group, "se"))
+        fits = tuple(None if _nan(v) else bool(v) for v in _column(group, "fit"))
+        out[key] = SeedStats(tuple(100.0 * float(v) for v in group["value"]), 0, ses, fits)
+    for key, group in failed.groupby(["task", "pe", "lr"], sort=False, dropna=False):
+        key = norm(key)
+        have = out.get(key, SeedStats(()))
+        out[key] = SeedStats(have.values, len(group), have.ses, have.fits)
+    return out
+
+
+def _lr_text(lr: Any) -> str:
+    return "" if _nan(lr) else f"{float(lr):g}"
+
+
+def best_lr(stats: dict[tuple, SeedStats], task: str, pe: str) -> Any:
+    """The learning rate of (task, PE) with the highest mean score over its runs that fit (more fitted
+    runs break ties; a rate none of whose runs fit ranks last)."""
+    options = [(lr, s) for (t, p, lr), s in stats.items() if t == task and p == pe]
+    if not options:
+        return None
+
+    def rank(item: tuple[Any, SeedStats]) -> tuple[bool, float, int]:
+        s = item[1]
+        fitted = [v for i, v in enumerate(s.values) if i >= len(s.fits) or s.fits[i] is not False]
+        return (bool(fitted), float(np.mean(fitted)) if fitted else -math.inf, len(fitted))
+
+    return max(options, key=rank)[0]
+
+
+def pooled_stats(stats: dict[tuple, SeedStats], task: str, pe: str) -> SeedStats | None:
+    """Every run of (task, PE) over seeds and learning rates together (for the max over both)."""
+    runs = [s for (t, p, _), s in stats.items() if t == task and p == pe]
+    if not runs:
+        return None
+    return SeedStats(tuple(v for s in runs for v in s.values), sum(s.failed for s in runs),
+                     tuple(v for s in runs for v in s.ses), tuple(v for s in runs for v in s.fits))
+
+
+def fitted_max(stats: SeedStats | None) -> SeedStats | None:
+    """The runs that fitted their training lengths (unknown counts as fitted), for the max table."""
+    if stats is None or not stats.fits:
+        return stats
+    keep = [i for i, f in enumerate(stats.fits) if f is not False]
+    if not keep:
+        return stats  # every run did not fit: shown as DNF
+    return SeedStats(tuple(stats.values[i] for i in keep), stats.failed, tuple(stats.ses[i] for i in keep),
+                     tuple(stats.fits[i] for i in keep))
+
+
+def _majority(frame: pd.DataFrame) -> dict[str, float]:
+    """Mean majority-baseline score (%) per task over its cells (measured on each cell's test samples)."""
+    done, _ = che_frames(frame, "majority_score")
+    return {str(t): 100.0 * float(g["value"].mean()) for t, g in done.groupby("task") if g["value"].notna().any()}
 
 
 def che_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
-    """The CHE mean ± std and max-over-seeds tables, and their tidy summary."""
+    """The CHE tables: mean over seeds (± std, or ± SE for one seed), the max over seeds and learning
+    rates (the papers' statistic), and in-distribution accuracy; plus their tidy summary."""
     done, failed = che_frames(frame)
     if done.empty and failed.empty:
         return [], pd.DataFrame()
-    stats = seed_stats(done, failed, ["task", "pe"], scale=100.0)
+    stats = che_stats(done, failed)
+    train_done, _ = che_frames(frame, "train_score")
+    train_stats = che_stats(train_done, failed.iloc[0:0])
     tasks = task_order([k[0] for k in stats])
     pes = pe_order([k[1] for k in stats])
+    several_lrs = len({_lr_text(k[2]) for k in stats}) > 1
+    majority = _majority(frame)
     acc = frame[(frame["suite"] == "che") & (frame["metric"] == "accuracy") & (frame["status"] == "done")]
     lengths = sorted(int(n) for n in acc["eval_len"].dropna().unique())
     che = frame[frame["suite"] == "che"]
     train_max = sorted(int(n) for n in che["train_len"].dropna().unique())
     train_min = sorted(int(n) for n in che["train_min_len"].dropna().unique())
-    protocol = (
-        f"trained on lengths {'/'.join(map(str, train_min))}..{'/'.join(map(str, train_max))}; "
-        + (f"tested on {len(lengths)} lengths {lengths[0]}..{lengths[-1]}" if lengths else "no test lengths")
+    training = f"{'/'.join(map(str, train_min))}..{'/'.join(map(str, train_max))}"
+    protocol = f"trained on lengths {training}; " + (
+        f"tested on {len(lengths)} lengths {lengths[0]}..{lengths[-1]}" if lengths else "no test lengths"
     )
+    thresholds = sorted({float(v) for v in _column(done, "fit_threshold") if not _nan(v)})
+    fit_note = (
+        f"{DNF}: did not fit: accuracy on the training lengths {training} stayed below "
+        + "/".join(f"{100 * t:.0f}%" for t in thresholds)
+        + "; its score is not extrapolation, and it is never bold"
+        if thresholds else f"{DNF}: did not fit its training lengths"
+    )
+    chosen = {(task, pe): best_lr(stats, task, pe) for task in tasks for pe in pes}
+    specs = [
+        ("mean", "che_mean", "CHE score (%): mean accuracy over test lengths, mean ± std over seeds (± SE for one)",
+         lambda t, p: stats.get((t, p, chosen[(t, p)])), "mean"),
+        ("max", "che_max", "CHE score (%): max over seeds and learning rates of the runs that fit (the papers' "
+         "statistic)", lambda t, p: fitted_max(pooled_stats(stats, t, p)), "max"),
+        ("train", "che_train", f"CHE in-distribution accuracy (%): training lengths {training}, mean ± std over "
+         "seeds (± SE for one)", lambda t, p: train_stats.get((t, p, chosen[(t, p)])), "mean"),
+    ]
     tables = []
-    for how, title in (
-        ("mean", "CHE score (%): mean accuracy over test lengths, mean ± std over seeds"),
-        ("max", "CHE score (%): mean accuracy over test lengths, max over seeds"),
-    ):
+    for kind, key, title, lookup, how in specs:
         by_level: dict[str | None, list[list[TCell]]] = {}
         for task in tasks:
             info = task_info(task)
-            row_stats = [stats.get((task, pe)) for pe in pes]
-            cells = [TCell(stat_text(s, how, 1)) for s in row_stats]
-            mark_best(cells, row_stats, how, 1, higher=True)
+            row_stats = [lookup(task, pe) for pe in pes]
+            cells = [TCell(stat_text(s, how, 1) + (f" @{_lr_text(chosen[(task, pe)])}"
+                                                   if several_lrs and kind != "max" and s is not None and s.n else ""))
+                     for s, pe in zip(row_stats, pes, strict=True)]
+            eligible = [None if s is None or s.all_unfit else s for s in row_stats] if kind != "train" else row_stats
+            mark_best(cells, eligible, how, 1, higher=True)
             chance = MISSING if info.chance is None else f"{100 * info.chance:.0f}%"
-            by_level.setdefault(info.level, []).append([TCell(task), TCell(chance), *cells])
+            base = f"{majority[task]:.1f}%" if task in majority else MISSING
+            by_level.setdefault(info.level, []).append([TCell(task), TCell(chance), TCell(base), *cells])
         sections = [Section(LEVELS.get(lv, "other tasks") if lv is not None else "other tasks", rows)
                     for lv, rows in sorted(by_level.items(), key=lambda kv: _level_rank(kv[0]))]
         notes = [
             protocol,
-            "mean ± sample std (ddof 1) over seeds" if how == "mean" else "max over seeds (as the CHE paper reports)",
-            _seed_note(stats),
-            f"{BOLD_NOTE} (per row); chance: 1/C (uniform guess)",
+            {"mean": "mean ± sample std (ddof 1) over seeds; one seed: mean ± the standard error of its score "
+                     "(per-length binomial/ratio SE over the test samples, lengths pooled)",
+             "max": "max over seeds and learning rates (CHE: the max over 10 seeds, che.md §2.6), taken over the "
+                    "runs that fit; DNF: no run fit",
+             "train": "in-distribution: fresh samples at the training lengths, scored like the test lengths"}[kind],
+            _seed_note({k: v for k, v in stats.items()}),
+            f"{BOLD_NOTE} (per row; runs that did not fit excluded); chance: 1/C (uniform guess); majority: a "
+            "constant class per output position, fitted on an independent draw and scored on the test samples",
+            fit_note,
             f"{MISSING}: not run; {FAILED}: every seed failed; (k {FAILED}): k seeds failed, statistics over the rest",
         ]
-        tables.append(Table(f"che_{how}", title, ["task", "chance", *pes], sections, notes, left=2))
+        if several_lrs and kind != "max":
+            notes.append("@lr: the learning rate with the highest mean score over the seeds that fit")
+        tables.append(Table(key, title, ["task", "chance", "majority", *pes], sections, notes, left=3))
     summary = pd.DataFrame([
         {
-            "task": task, "level": task_info(task).level, "chance": task_info(task).chance, "pe": pe,
-            "n": s.n, "failed": s.failed,
-            "mean": s.mean if s.n else None, "std": s.std, "max": s.max if s.n else None, "min": s.min if s.n else None,
+            "task": task, "level": task_info(task).level, "chance": task_info(task).chance,
+            "majority": majority.get(task), "pe": pe, "lr": None if _nan(lr) else float(lr), "n": s.n,
+            "failed": s.failed, "did_not_fit": s.unfit,
+            "mean": s.mean if s.n else None, "std": s.std, "se": s.se,
+            "max": s.max if s.n else None, "min": s.min if s.n else None,
+            "train_mean": train_stats[(task, pe, lr)].mean if train_stats.get((task, pe, lr)) and
+            train_stats[(task, pe, lr)].n else None,
+            "chosen_lr": _lr_text(chosen.get((task, pe))) == _lr_text(lr),
         }
-        for (task, pe), s in stats.items()
+        for (task, pe, lr), s in stats.items()
     ])  # fmt: skip
     return tables, summary
 

@@ -3,8 +3,19 @@
 Protocol (che.md §2; DESIGN.md): one length per batch drawn uniformly from the training range,
 unmasked cross-entropy, Adam with global-norm clipping; each test length gets ``samples`` fresh
 samples in sub-batches, per-sub-batch accuracy pooled over masked tokens, per-length accuracy the
-mean over sub-batches, and the cell's score the mean over test lengths. Dropout is off at
-evaluation (che.md §7.6: the reference leaves it on; ``eval.dropout: true`` restores that).
+mean over sub-batches, and the cell's score the mean over test lengths. Dropout stays **on** at
+evaluation, as in the reference (RPE/CHE ``range_evaluation.py`` applies the model with an rng and
+Haiku's dropout has no eval switch, che.md §2.6); ``eval.dropout: false`` turns it off.
+
+What a reader needs beside the score (issue 16; :mod:`lenbench.suites.che_stats`):
+
+- the standard error of every per-length accuracy and of the score;
+- accuracy on the training lengths (``eval.train_lengths``, fresh samples), and ``fit``: whether
+  that in-distribution score reached ``eval.fit_threshold``; a cell that did not fit is reported
+  as such, never as extrapolation;
+- the majority baseline (a constant class per output position) on the same test samples.
+
+The learning rate is a grid axis (``train.lr`` may be a list): one cell per (task, PE, lr, seed).
 Cells train on CUDA when it is available (the ``paper`` profile's device), else on the CPU; batches
 are drawn on the CPU from numpy and moved to the model's device.
 """
@@ -28,6 +39,15 @@ from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec, resolve_pes
 from lenbench.results import CellDir, atomic_write_json
 from lenbench.suites.base import Cell, Reporter
+from lenbench.suites.che_stats import (
+    Counts,
+    majority_classes,
+    majority_counts,
+    pooled,
+    ratio_se,
+    sample_counts,
+    score_se,
+)
 from lenbench.tasks.che import TASKS, CheTask
 from lenbench.train import CompileClock, OptimConfig, train
 
@@ -46,7 +66,7 @@ class CheModel:
 class CheTrain:
     steps: int = 10000
     batch_size: int = 128
-    lr: float = 1e-4
+    lr: float | list[float] | str = 1e-4  # a list is a grid axis: one cell per learning rate
     grad_clip: float = 1.0
     min_length: int = 1
     max_length: int = 40
@@ -61,7 +81,10 @@ class CheEval:
     lengths: str | list[int] = "41-500"
     samples: int = 512
     batch_size: int = 64
-    dropout: bool = False
+    dropout: bool = True  # the reference evaluates with dropout on (che.md §2.6)
+    train_lengths: str | list[int] | None = None  # in-distribution accuracy; None: every training length
+    train_samples: int = 64
+    fit_threshold: float = 0.9  # in-distribution score below this: "did not fit"
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,8 @@ class CheProfile:
     train: CheTrain = field(default_factory=CheTrain)
     eval: CheEval = field(default_factory=CheEval)
     pe_defaults: dict[str, Any] = field(default_factory=dict)
+    tasks: str | list[str] | None = None  # the profile's tasks and seeds, unless --task/--seeds say
+    seeds: str | int | list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,40 +141,80 @@ def check_lengths(train_cfg: CheTrain, lengths: list[int]) -> None:
     for what, value in (("steps", train_cfg.steps), ("batch size", train_cfg.batch_size)):
         if value < 1:
             raise LenbenchError(f"{what} must be >= 1, got {value}")
-    if train_cfg.lr <= 0:
-        raise LenbenchError(f"learning rate must be > 0, got {train_cfg.lr}")
+    for lr in learning_rates(train_cfg.lr):
+        if lr <= 0:
+            raise LenbenchError(f"learning rate must be > 0, got {lr}")
     check_precision(train_cfg.precision)
+
+
+def learning_rates(value: float | list[float] | str) -> list[float]:
+    """``train.lr`` as a list: a number, a YAML list, or ``--lr 1e-4,3e-4,5e-4`` text."""
+    items = value if isinstance(value, list) else [value] if isinstance(value, int | float) else str(value).split(",")
+    out = []
+    for item in items:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError) as exc:
+            raise LenbenchError(f"learning rates must be numbers, got {item!r}") from exc
+    if not out:
+        raise LenbenchError("no learning rate given")
+    return list(dict.fromkeys(out))
+
+
+def check_eval(ev: CheEval, train_cfg: CheTrain, train_lengths: list[int]) -> None:
+    if ev.samples < 2 or ev.batch_size < 1 or ev.train_samples < 2:
+        raise LenbenchError("evaluation samples must be >= 2 (a standard error needs two) and batch size >= 1")
+    outside = [n for n in train_lengths if not train_cfg.min_length <= n <= train_cfg.max_length]
+    if outside:
+        raise LenbenchError(
+            f"eval.train_lengths must lie in the training range {train_cfg.min_length}..{train_cfg.max_length}; "
+            f"got {outside[:5]}"
+        )
+    if not 0.0 <= ev.fit_threshold <= 1.0:
+        raise LenbenchError(f"eval.fit_threshold must be in [0, 1], got {ev.fit_threshold}")
 
 
 def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
     """Suite YAML + profile + CLI overrides -> one cell per (task, PE, seed)."""
     where = f"{suite_file.path} profiles.{profile}"
     prof = from_dict(CheProfile, merge(suite_file.profiles[profile], overrides.get("profile", {})), where)
-    grid = from_dict(CheGrid, merge(suite_file.grid, overrides.get("grid", {})), f"{suite_file.path} grid")
+    grid_raw = dict(suite_file.grid)
+    given = overrides.get("grid", {})
+    for key in ("tasks", "seeds"):  # the profile's choice beats the suite grid; a flag beats both
+        if getattr(prof, key) is not None and key not in given:
+            grid_raw[key] = getattr(prof, key)
+    grid = from_dict(CheGrid, merge(grid_raw, given), f"{suite_file.path} grid")
     tasks = resolve_tasks(grid.tasks)
     pes = resolve_pes(grid.pes, prof.pe_defaults)
     seeds = parse_int_list(grid.seeds, "seeds")
     if any(seed < 0 for seed in seeds):
         raise LenbenchError(f"seeds must be >= 0, got {min(seeds)}")
     lengths = parse_int_list(prof.eval.lengths, "test lengths")
+    train_lengths = (
+        parse_int_list(prof.eval.train_lengths, "eval.train_lengths") if prof.eval.train_lengths is not None
+        else list(range(prof.train.min_length, prof.train.max_length + 1))
+    )
+    lrs = learning_rates(prof.train.lr)
     check_model(prof.model)
     check_lengths(prof.train, lengths)
-    if prof.eval.samples < 1 or prof.eval.batch_size < 1:
-        raise LenbenchError("evaluation samples and batch size must be >= 1")
+    check_eval(prof.eval, prof.train, train_lengths)
+    evaluation = {**asdict(prof.eval), "lengths": lengths, "train_lengths": train_lengths}
     cells = []
     for task in tasks:
         for spec in pes:
-            for seed in seeds:
-                config = {
-                    "suite": name,
-                    "task": task,
-                    "pe": str(spec),
-                    "seed": seed,
-                    "model": asdict(prof.model),
-                    "train": asdict(prof.train),
-                    "eval": {**asdict(prof.eval), "lengths": lengths},
-                }
-                cells.append(Cell(name, f"{task}-{spec.label}-s{seed}", config))
+            for lr in lrs:
+                for seed in seeds:
+                    config = {
+                        "suite": name,
+                        "task": task,
+                        "pe": str(spec),
+                        "seed": seed,
+                        "model": asdict(prof.model),
+                        "train": {**asdict(prof.train), "lr": lr},
+                        "eval": evaluation,
+                    }
+                    lr_part = f"-lr{lr:g}" if len(lrs) > 1 else ""
+                    cells.append(Cell(name, f"{task}-{spec.label}{lr_part}-s{seed}", config))
     return cells
 
 
@@ -196,38 +261,91 @@ def build_model(cfg: dict[str, Any], task: CheTask) -> Transformer:
     return Transformer(model_cfg, parse_pe_spec(cfg["pe"]))
 
 
+@dataclass(frozen=True)
+class LengthResult:
+    """One evaluation length: accuracy (mean of sub-batch pooled accuracies), its SE, the majority
+    baseline on the same samples, and the number of samples."""
+
+    accuracy: float
+    se: float
+    majority: float
+    samples: int
+
+    @staticmethod
+    def from_json(data: Any) -> LengthResult | None:
+        if not isinstance(data, dict):
+            return None  # written by an older lenbench: evaluate that length again
+        try:
+            return LengthResult(float(data["accuracy"]), float(data["se"]), float(data["majority"]),
+                                int(data["samples"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def evaluate_length(
+    model: Transformer, task: CheTask, rng: np.random.Generator, length: int, samples: int, batch_size: int,
+    autocast: Callable[[], Any] = contextlib.nullcontext, majority_rng: np.random.Generator | None = None,
+) -> LengthResult:
+    """``samples`` fresh samples of one length in sub-batches (che.md §2.6), with SE and majority.
+
+    The majority classes are fitted on an independent draw of ``samples`` (from ``majority_rng``).
+    """
+    device = next(model.parameters()).device
+    accs, counts, targets_all, masks_all = [], [], [], []
+    for start in range(0, samples, batch_size):
+        batch = min(batch_size, samples - start)
+        inputs, targets = (t.to(device) for t in task.sample(rng, batch, length))
+        with autocast():
+            logits = predict(model, task, inputs, length)
+        accs.append(masked_accuracy(task, logits, targets))
+        mask = task.accuracy_mask(targets)
+        counts.append(sample_counts(logits.argmax(-1), targets, mask))
+        targets_all.append(targets.cpu())
+        masks_all.append(mask.cpu())
+    _, fit_targets = task.sample(majority_rng or np.random.default_rng([length, 3]), samples, length)
+    constant = majority_classes(fit_targets, task.accuracy_mask(fit_targets), task.output_size)
+    majority = pooled(majority_counts(constant, torch.cat(targets_all), torch.cat(masks_all)))
+    return LengthResult(float(np.mean(accs)), ratio_se(Counts.join(counts)), majority, samples)
+
+
 def evaluate(
     model: Transformer, task: CheTask, cfg: dict[str, Any], cell_dir: CellDir | None, reporter: Reporter, label: str,
-    autocast: Callable[[], Any] = contextlib.nullcontext,
-) -> dict[int, float]:
-    """Accuracy per test length; progress is saved after each length so a kill resumes here."""
+    autocast: Callable[[], Any] = contextlib.nullcontext, which: str = "test",
+) -> dict[int, LengthResult]:
+    """Results per test length (``which="test"``) or training length (``"train"``, fresh samples
+    from a separate stream); progress is saved after each length so a kill resumes there."""
     ev = cfg["eval"]
-    partial_path = cell_dir.path / "eval_partial.json" if cell_dir is not None else None
-    device = next(model.parameters()).device
-    done: dict[int, float] = {}
+    lengths, samples, stream = (
+        (ev["lengths"], ev["samples"], 1) if which == "test" else (ev["train_lengths"], ev["train_samples"], 2)
+    )
+    partial_name = "eval_partial.json" if which == "test" else "eval_partial_train.json"
+    partial_path = cell_dir.path / partial_name if cell_dir is not None else None
+    done: dict[int, LengthResult] = {}
     if partial_path is not None and partial_path.exists():
         try:
-            done = {int(k): float(v) for k, v in json.loads(partial_path.read_text()).items()}
-        except (json.JSONDecodeError, ValueError):
+            stored = json.loads(partial_path.read_text())
+            done = {int(k): r for k, v in stored.items() if (r := LengthResult.from_json(v)) is not None}
+        except (json.JSONDecodeError, ValueError, AttributeError):
             done = {}
     model.train(ev["dropout"])
-    reporter.eval_start(label, len(ev["lengths"]))
+    reporter.eval_start(f"{label} ({which} lengths)", len(lengths))
     with torch.no_grad():
-        for i, length in enumerate(ev["lengths"]):
+        for i, length in enumerate(lengths):
             if length not in done:
-                rng = np.random.default_rng([cfg["seed"], 1, length])
-                accs = []
-                for start in range(0, ev["samples"], ev["batch_size"]):
-                    batch = min(ev["batch_size"], ev["samples"] - start)
-                    inputs, targets = (t.to(device) for t in task.sample(rng, batch, length))
-                    with autocast():
-                        logits = predict(model, task, inputs, length)
-                    accs.append(masked_accuracy(task, logits, targets))
-                done[length] = float(np.mean(accs))
+                rng = np.random.default_rng([cfg["seed"], stream, length])
+                fit_rng = np.random.default_rng([cfg["seed"], stream + 2, length])
+                done[length] = evaluate_length(model, task, rng, length, samples, ev["batch_size"], autocast, fit_rng)
                 if partial_path is not None:
-                    atomic_write_json(partial_path, {str(k): v for k, v in done.items()})
-            reporter.eval_step(i + 1, f"N={length}", done[length])
-    return {n: done[n] for n in ev["lengths"]}
+                    atomic_write_json(partial_path, {str(k): asdict(v) for k, v in done.items()})
+            reporter.eval_step(i + 1, f"N={length}", done[length].accuracy)
+    return {n: done[n] for n in lengths}
+
+
+def summarize(results: dict[int, LengthResult]) -> tuple[float, float, float]:
+    """(score, its SE, majority score): means over lengths (che_stats module doc)."""
+    values = list(results.values())
+    score = float(np.mean([r.accuracy for r in values]))
+    return score, score_se([r.se for r in values]), float(np.mean([r.majority for r in values]))
 
 
 def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
@@ -266,14 +384,40 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
           compile_clock=clock)
     trained = time.perf_counter()
-    accuracies = evaluate(model, task, cfg, cell_dir, reporter, cell.label, autocast)
+    in_dist = evaluate(model, task, cfg, cell_dir, reporter, cell.label, autocast, which="train")
+    tests = evaluate(model, task, cfg, cell_dir, reporter, cell.label, autocast, which="test")
     seconds = {"train_seconds_this_run": round(trained - started, 2),
                "compile_seconds_this_run": round(clock.seconds if clock is not None else 0.0, 2),
                "eval_seconds_this_run": round(time.perf_counter() - trained, 2)}
-    score = float(np.mean(list(accuracies.values())))
-    common = {"suite": name, "task": cfg["task"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": t["max_length"]}
-    records = [{**common, "eval_len": n, "metric": "accuracy", "value": a} for n, a in accuracies.items()]
-    records.append({**common, "eval_len": None, "metric": "score", "value": score})
+    records, summary = cell_records(cfg, in_dist, tests)
     cell_dir.write_metrics(records)
-    return {"score": score, "resumed_from": resumed["from"], "params": model.num_parameters(), **seconds}
+    return {**summary, "resumed_from": resumed["from"], "params": model.num_parameters(), **seconds}
+
+
+def cell_records(
+    cfg: dict[str, Any], in_dist: dict[int, LengthResult], tests: dict[int, LengthResult]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """metrics.json records (per length: accuracy, its SE, majority; per cell: score, train_score,
+    majority_score, with SEs and the ``fit`` flag) and the cell's summary."""
+    t = cfg["train"]
+    score, se, majority = summarize(tests)
+    train_score, train_se, train_majority = summarize(in_dist)
+    fit = bool(train_score >= cfg["eval"]["fit_threshold"])
+    common = {"suite": name, "task": cfg["task"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": t["max_length"],
+              "lr": t["lr"]}
+    records = []
+    for metric, results in (("accuracy", tests), ("train_accuracy", in_dist)):
+        for n, r in results.items():
+            records.append({**common, "eval_len": n, "metric": metric, "value": r.accuracy, "se": r.se,
+                            "majority": r.majority, "samples": r.samples})
+    per_cell = {"fit": fit, "fit_threshold": cfg["eval"]["fit_threshold"], "train_score": train_score}
+    records += [
+        {**common, "eval_len": None, "metric": "score", "value": score, "se": se, **per_cell},
+        {**common, "eval_len": None, "metric": "train_score", "value": train_score, "se": train_se, **per_cell},
+        {**common, "eval_len": None, "metric": "majority_score", "value": majority, "se": None, **per_cell},
+        {**common, "eval_len": None, "metric": "train_majority_score", "value": train_majority, "se": None,
+         **per_cell},
+    ]
+    summary = {"score": score, "score_se": se, "train_score": train_score, "fit": fit, "majority_score": majority}
+    return records, summary
 
