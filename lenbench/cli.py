@@ -372,6 +372,17 @@ def timing(
     layers: Annotated[int | None, typer.Option(help="Blocks to time (default: 1 on CPU, all on CUDA).")] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed repeats per cell (median and IQR over them).")] = None,
     warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="fastest (each PE's fastest exact kernel), paper (every PE on DAPE's unfused NeoX "
+                     "logits path, as Table 1 times it) or an attention backend name forced for every PE."),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp16 (the paper's), bf16 or fp32.")
+    ] = None,
+    check_estimate: Annotated[
+        bool, typer.Option("--check-estimate", help="Also time 1-, 2- and 4-block slices: the estimate's error.")
+    ] = False,
     profile: Annotated[str, typer.Option(help="paper, quick, or auto (paper on CUDA, quick on CPU).")] = "auto",
     out_dir: Annotated[str, typer.Option("--out", help="Results root folder.")] = "results",
 ) -> None:
@@ -396,6 +407,9 @@ def timing(
         ("profile.layers", layers),
         ("profile.repeats", repeats),
         ("profile.warmup", warmup),
+        ("profile.backend", backend),
+        ("profile.precision", precision),
+        ("profile.check_estimate", True if check_estimate else None),
     ):
         if value is not None:
             _set(overrides, path, value)
@@ -421,7 +435,7 @@ def _fmt_ms(value: float | None) -> str:
 def print_timing(records: list[dict[str, Any]]) -> None:
     """DAPE Table 1 layout per mode (PE rows, a column group per size, ms per length, Ratio), then
     peak memory; built from the stored records alone."""
-    from lenbench.suites.timing import memory_table, timing_tables
+    from lenbench.suites.timing import estimate_checks, memory_table, timing_tables
 
     titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
     tables = timing_tables(records)
@@ -437,7 +451,8 @@ def print_timing(records: list[dict[str, Any]]) -> None:
                 )
         notes.append("OOM: did not fit in memory. Median over repeats; IQR in the stored records.")
         table = Table(
-            title=f"ms per sequence, {titles.get(t.mode, t.mode)}, batch 1, {'/'.join(t.devices)}",
+            title=f"ms per sequence, {titles.get(t.mode, t.mode)}, batch 1, {'/'.join(t.devices)} "
+            f"{'/'.join(t.precisions)}, backend {t.policy_text}",
             caption="\n".join(notes),
             caption_justify="left",
         )
@@ -464,6 +479,19 @@ def print_timing(records: list[dict[str, Any]]) -> None:
                         row += [_fmt_ms(e.ms)] + ([_fmt_ms(e.est_ms)] if cols == 3 else [])
                         row.append("-" if e.ratio is None else f"{e.ratio:.2f}")
             table.add_row(*row)
+        _print_wide(table)
+    checks = estimate_checks(records)
+    if checks:
+        table = Table(
+            title="estimate check: K-layer time x M/K against the measured M-layer slice",
+            caption="error = (predicted - measured) / measured; the full-model estimate scales a slice this way.",
+            caption_justify="left",
+        )
+        for col in ("PE", "size", "N", "mode", "backend", "K", "M", "K ms", "predicted M ms", "measured M ms", "error"):
+            table.add_column(col, justify="left" if col in ("PE", "size", "mode", "backend") else "right")
+        for c in checks:
+            table.add_row(c.pe, c.size, str(c.eval_len), c.mode, c.policy, str(c.k), str(c.m), _fmt_ms(c.k_ms),
+                          _fmt_ms(c.predicted_ms), _fmt_ms(c.m_ms), f"{100 * c.rel_error:+.1f}%")
         _print_wide(table)
     memory = memory_table(records)
     if memory and tables:

@@ -146,6 +146,16 @@ def test_long_table_has_every_record_and_failed_cells_as_nan(results: Path) -> N
     for col in ("suite", "task", "dataset", "pe", "seed", "train_len", "eval_len", "metric", "value", "git"):
         assert col in frame.columns
     assert (frame[frame["suite"] == "timing"]["status"] == "oom").sum() == 2  # ms and peak memory
+    # every shown uncertainty is a column: even_pairs/alibi scores 0.5, 0.6, 0.7 -> std 0.1,
+    # 95% CI 0.6 -+ t_{0.975,2} 0.1 / sqrt(3) = 0.6 -+ 0.24841 (the half-width bold marking used)
+    row = che[(che["task"] == "even_pairs") & (che["pe"] == "alibi") & (che["metric"] == "score")].iloc[0]
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)
+    assert (row["seeds_n"], row["seeds_mean"]) == (3, pytest.approx(0.6))
+    assert row["seeds_std"] == pytest.approx(0.1) and row["bold_half_width"] == pytest.approx(half)
+    assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    one = che[(che["task"] == "reverse_string") & (che["pe"] == "alibi") & (che["metric"] == "score")]
+    assert set(one["seeds_n"]) == {2} and one["ci95_low"].notna().all()  # the failed seed is not counted
+    assert frame[frame["suite"] == "timing"]["ci95_low"].isna().all() and "iqr" in frame.columns
 
 
 def test_che_tables_hand_computed(results: Path) -> None:
@@ -155,7 +165,10 @@ def test_che_tables_hand_computed(results: Path) -> None:
     rows = texts(mean)
     # mean ± sample std (ddof 1): alibi 50/60/70 -> 60 ± 10; kerple 56/65/74 -> 65 ± 9; no majority records: —
     assert rows["even_pairs"] == ["50%", "—", "60.0 ± 10.0", "65.0 ± 9.0", "90.0 ± 10.0"]
-    assert bold(mean)["even_pairs"] == [False, False, False, False, True]
+    # 95% CIs of the mean (t_{0.975,2} = 4.303): alibi 60 ± 24.8, kerple 65 ± 22.4, dape 90 ± 24.8;
+    # every interval reaches dape's lower end 65.2, so the row ties and nothing is bold
+    assert bold(mean)["even_pairs"] == [False] * 5
+    assert any("bold: the best value and every value whose 95% interval" in note for note in mean.notes)
     # one failed seed: 40/50 -> 45 ± 7.07; all failed -> FAILED; never run -> —
     assert rows["reverse_string"] == ["50%", "—", "45.0 ± 7.1 (1 FAILED)", "FAILED", "—"]
     assert bold(mean)["reverse_string"] == [False] * 5  # a single value is not "best"
@@ -173,7 +186,9 @@ def test_ppl_table_per_length_lowest_bold_and_failed_pe(results: Path) -> None:
     assert rows["alibi"] == ["11.00 ± 1.41", "21.00 ± 1.41"]
     assert rows["dape"] == ["9.50 ± 0.71", "11.75 ± 1.06"]
     assert rows["kerple"] == ["FAILED", "FAILED"]
-    assert bold(table)["dape"] == [True, True] and bold(table)["alibi"] == [False, False]
+    # two seeds: 95% CI half-width t_{0.975,1} sd / sqrt(2) = 12.706 sd / sqrt(2): at 16, alibi 11 ± 12.7
+    # and dape 9.5 ± 6.35 overlap, as at 32 (21 ± 12.7 vs 11.75 ± 9.5): no column has a distinct best
+    assert bold(table)["dape"] == [False, False] and bold(table)["alibi"] == [False, False]
 
 
 def test_timing_table_ratio_to_dape_kerple_and_oom(results: Path) -> None:
@@ -193,6 +208,35 @@ def test_timing_table_ratio_to_dape_kerple_and_oom(results: Path) -> None:
     assert (row["est_full_ms"], row["ratio"], row["peak_mem_mb"]) == (484.0, 1.0, 5.0)
 
 
+def test_timing_report_labels_backend_policy_and_shows_the_estimate_check(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    medians = {(1, "fastest"): 10.0, (1, "paper"): 12.0, (2, "paper"): 25.0, (4, "paper"): 46.0}
+    for policy, check in (("fastest", False), ("paper", True)):
+        overrides = {"grid": {"pes": "kerple"}, "profile": {"sizes": "350m", "lengths": "512", "modes": "fwd",
+                                                             "isolate": False, "backend": policy,
+                                                             "check_estimate": check}}
+        for cell in timing_suite.expand(load_suite("timing"), "quick", overrides):
+            cfg = cell.config
+            ms = medians[(cfg["layers_timed"], policy)]
+            result = {"status": "ok", "ms": ms, "iqr": 0.25, "times_ms": [ms], "calls_per_repeat": 1,
+                      "peak_mem_mb": 5.0, "mem_method": "test", "backend": policy, "threads": 2, "params": 1,
+                      "embed_head": {"status": "ok", "ms": 4.0, "iqr": 0.0}}
+            write_cell(store, "timing", cell.label, cfg, timing_suite.cell_records(cfg, result))
+    tables, summary = T.timing_report_tables(collect(tmp_path).frame)
+    by_key = {t.key: t for t in tables}
+    assert {"timing_fwd_350m", "timing_fwd_350m_paper", "timing_memory_350m", "timing_memory_350m_paper",
+            "timing_estimate_check"} == set(by_key)
+    fast, paper = by_key["timing_fwd_350m"], by_key["timing_fwd_350m_paper"]
+    assert "backend fastest" in fast.title and "backend paper" in paper.title and "cpu fp32" in paper.title
+    assert "Table 1" in paper.notes[0] and "--backend paper" in fast.notes[0]
+    assert texts(paper)["kerple"][1:3] == ["12.0", f"{12 * 24 + 4:.0f}"]  # the 1-block slice, not the checks
+    check = [[c.text for c in row] for row in by_key["timing_estimate_check"].rows]
+    # 1 -> 4 blocks: 12 x 4 = 48 predicted vs 46 measured: +4.3%; 1 -> 2: 24 vs 25: -4.0%; 2 -> 4: 50 vs 46: +8.7%
+    assert [(r[5], r[6], r[-1]) for r in check] == [("1", "2", "-4.0%"), ("1", "4", "+4.3%"), ("2", "4", "+8.7%")]
+    assert set(summary["backend_policy"]) == {"fastest", "paper"} and set(summary["iqr_ms"]) == {0.25}
+    assert set(summary["precision"]) == {"fp32"}
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -206,9 +250,12 @@ def test_t_distribution_known_values() -> None:
 
 def test_paired_test_known_answers() -> None:
     a = [10.0, 12.0, 17.0]
-    shifted = S.paired_test([x + 2.0 for x in a], a)  # a constant shift: sd 0 -> t = inf, p = 0
-    assert (shifted.diff, shifted.sd, shifted.t, shifted.p_t) == (2.0, 0.0, math.inf, 0.0)
-    assert shifted.p_sign_flip == pytest.approx(0.25)  # 2 of the 2^3 sign flips reach |mean| = 2
+    shifted = S.paired_test([x + 2.0 for x in a], a)  # a constant shift: sd 0 -> no test (not t = inf, p = 0)
+    assert (shifted.diff, shifted.sd, shifted.t, shifted.p_t, shifted.p_sign_flip) == (2.0, 0.0, None, None, None)
+    assert not shifted.testable and "constant difference" in shifted.note
+    assert T.significance_cells(shifted, True, "a", "b")[-1].text == "no test"
+    same = S.paired_test(a, a)
+    assert not same.testable and same.t is None and "identical" in same.note
     test = S.paired_test([11.0, 14.0, 20.0], a)  # d = 1, 2, 3: mean 2, sd 1, t = 2 sqrt(3), df 2
     assert test.t == pytest.approx(2 * math.sqrt(3)) and test.df == 2 and test.d_z == pytest.approx(2.0)
     assert test.p_t == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14), rel=1e-10)  # 0.0742
@@ -217,6 +264,63 @@ def test_paired_test_known_answers() -> None:
     assert not single.testable and single.p_t is None and "no test possible" in single.note
     cells = T.significance_cells(single, True, "a", "b")
     assert cells[6].text.startswith("no test") and not any(re.fullmatch(r"[0-9.]+", c.text) for c in cells[5:8])
+
+
+def test_holm_hand_computed() -> None:
+    # m = 4 tests, p sorted 0.01 < 0.02 < 0.03 < 0.5: 4*0.01 = 0.04, 3*0.02 = 0.06, 2*0.03 = 0.06, 1*0.5 = 0.5;
+    # step-down keeps them monotone; None (no test) is not counted in m
+    adjusted = S.holm([0.03, None, 0.5, 0.01, 0.02])
+    assert adjusted[1] is None
+    assert adjusted[3] == pytest.approx(0.04) and adjusted[4] == pytest.approx(0.06)
+    assert adjusted[0] == pytest.approx(0.06) and adjusted[2] == pytest.approx(0.5)
+    assert S.holm([0.4, 0.3]) == [pytest.approx(0.6), pytest.approx(0.6)]  # 2*0.3 = 0.6; max(0.6, 1*0.4)
+    assert S.holm([0.9, 0.8]) == [pytest.approx(1.0), pytest.approx(1.0)]  # capped at 1
+
+
+def test_t_quantile_inverts_the_t_test() -> None:
+    assert S.t_quantile(0.05, 1) == pytest.approx(12.7062047, rel=1e-6)  # tan(pi/2 * 0.95)
+    assert S.t_quantile(0.05, 2) == pytest.approx(4.3026527, rel=1e-6)  # df 2: t / sqrt(2 + t^2) = 0.95
+    assert S.t_quantile(0.05, 2) == pytest.approx(0.95 * math.sqrt(2 / (1 - 0.95**2)), rel=1e-9)
+
+
+def test_favours_only_below_005() -> None:
+    # d = 1, 2, 3: t = 2 sqrt(3) (df 2), p = 1 - 2 sqrt(3)/sqrt(14) = 0.0742 -> n.s.
+    test = S.paired_test([11.0, 14.0, 20.0], [10.0, 12.0, 17.0])
+    assert T.significance_cells(test, True, "a", "b")[-1].text == "n.s."
+    # df 2: p < 0.05 iff |t| > 4.3027. d = 5 + e, 5 - e, 5 (mean 5, sd e): t = 5 sqrt(3) / e
+    e_at = 5 * math.sqrt(3) / S.t_quantile(0.05, 2)  # e where p = 0.05 exactly (2.0127)
+    below = S.paired_test([5 + e_at * 0.99, 5 - e_at * 0.99, 5.0], [0.0, 0.0, 0.0])
+    above = S.paired_test([5 + e_at * 1.01, 5 - e_at * 1.01, 5.0], [0.0, 0.0, 0.0])
+    assert below.p_t is not None and 0.049 < below.p_t < 0.05 < above.p_t < 0.051  # type: ignore[operator]
+    assert T.significance_cells(below, True, "a", "b")[-1].text == "a"
+    assert T.significance_cells(below, False, "a", "b")[-1].text == "b"  # lower is better: b wins
+    assert T.significance_cells(above, True, "a", "b")[-1].text == "n.s."
+    # after Holm the decision uses the adjusted p: raw 0.0499 with p_holm 0.0998 is n.s.
+    assert T.significance_cells(below, True, "a", "b", p_holm=2 * below.p_t)[-1].text == "n.s."  # type: ignore[operator]
+    p49 = S.paired_test([1.0, 2.0, 0.5], [0.0, 0.0, 0.0])
+    assert p49.p_t is not None and p49.p_t > 0.05 and T.significance_cells(p49, True, "a", "b")[-1].text == "n.s."
+    one = S.paired_test([3.0], [1.0])  # one seed: never a winner
+    assert T.significance_cells(one, True, "a", "b")[-1].text == "no test"
+
+
+def test_bold_marks_the_best_and_all_within_its_interval() -> None:
+    # higher is better; best 90 ± 5 reaches down to 85: 84 ± 2 reaches 86 -> bold; 80 ± 4 reaches 84 -> not
+    assert T.best_flags([90.0, 84.0, 80.0], [5.0, 2.0, 4.0], higher=True) == [True, True, False]
+    # lower is better: best 10 ± 1 reaches 11; 11.5 ± 0.4 reaches 11.1 -> not bold; 11.9 ± 1 reaches 10.9 -> bold
+    assert T.best_flags([10.0, 11.5, 11.9], [1.0, 0.4, 1.0], higher=False) == [True, False, True]
+    # no uncertainty known: exact comparison; an exact tie of two is bold, a row where all tie is not
+    assert T.best_flags([3.0, 3.0, 2.0], [None, None, None], higher=True) == [True, True, False]
+    assert T.best_flags([50.0, 50.0, 50.0], [None] * 3, higher=True) == [False, False, False]
+    assert T.best_flags([50.3, 50.9, 50.1], [0.5, 0.5, 0.5], higher=True) == [False, False, False]  # all overlap
+    assert T.best_flags([1.0, None], [None, None], higher=True) == [False, False]  # one value: no best
+    # from seed statistics: three seeds, 95% CI half-width = 4.3027 * std / sqrt(3)
+    s = T.SeedStats((0.0, 1.0, 2.0))
+    assert T.half_width(s) == pytest.approx(S.t_quantile(0.05, 2) / math.sqrt(3))
+    assert T.half_width(s, "max") is None and T.half_width(T.SeedStats((1.0,))) is None
+    cells = [T.TCell("x"), T.TCell("y"), T.TCell("z")]
+    T.mark_best(cells, [T.SeedStats((10.0,)), T.SeedStats((9.0,)), T.SeedStats((7.0,))], "mean", 1, True,
+                widths=[0.6, 0.5, 0.5])  # one seed each with an SE: 10 - 0.6 = 9.4 <= 9 + 0.5
+    assert [c.bold for c in cells] == [True, True, False]
 
 
 def test_paired_t_matches_scipy() -> None:
@@ -247,7 +351,17 @@ def test_significance_table_from_the_store(results: Path) -> None:
     ppl = tidy[(tidy["suite"] == "ppl") & (tidy["scope"] == "toy T=16 L=32")].iloc[0]
     assert (ppl["a"], ppl["b"], ppl["n"]) == ("dape", "alibi", 2)
     assert ppl["diff"] == pytest.approx(((11 - 20) + (12.5 - 22)) / 2)  # paired by seed
-    assert table is not None and any(row[-1].text == "dape" for row in table.rows)  # lower ppl favours dape
+    # ppl at L=32: d = -9, -9.5 -> t = -37 (df 1), p = 0.0172; the table holds 4 tested rows (CHE even_pairs
+    # and reverse_string x dape-kerple vs kerple are untestable or tested; see p_holm), so Holm multiplies
+    # the smallest p by m: p_holm >= p_t, and "favours" follows p_holm, never the raw p
+    assert table is not None and "p (Holm)" in table.header
+    assert any("Holm" in note for note in table.notes)
+    for row in tidy.itertuples():
+        if row.p_holm is None or row.p_holm != row.p_holm:
+            assert row.favours == "no test"
+        else:
+            assert row.p_holm >= row.p_t and row.favours == ("n.s." if row.p_holm >= 0.05 else row.favours)
+            assert row.favours != "n.s." or row.p_holm >= 0.05
 
 
 # --------------------------------------------------------------------------- renderers

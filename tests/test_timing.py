@@ -195,6 +195,10 @@ def test_cli_timing_end_to_end_in_worker(tmp_path: Path, capsys: pytest.CaptureF
         (["--repeats", "0"], "--repeats must be >= 1"),
         (["--pe", "alibii"], "did you mean 'alibi'"),
         (["--profile", "fast"], "no profile 'fast'"),
+        (["--backend", "fused"], "unknown timing backend 'fused'"),
+        (["--precision", "fp16"], "precision fp16 needs CUDA"),
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--check-estimate", "--backend", "paper", "--layers", "0"], "--layers must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -207,3 +211,117 @@ def test_bad_input_is_one_line_and_exit_2(
     assert main(["timing", *args]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and expected in err[0], err
+
+
+# --------------------------------------------------------------------------- backend policy, precision, estimate check
+
+TABLE1_PES = ["rope", "t5", "alibi", "kerple", "fire", "dape-kerple"]
+
+
+def _lm(pe: str, backend: str, dim: int) -> T.Transformer:
+    T.torch.manual_seed(0)
+    cfg = T.ModelConfig(vocab_size=11, out_size=11, dim=dim, layers=2, heads=4, causal=True, max_length=64,
+                        train_length=16, attention_backend=backend)
+    return T.Transformer(cfg, T.parse_pe_spec(pe))
+
+
+@pytest.mark.parametrize("pe", TABLE1_PES)
+def test_paper_backend_equals_the_fastest_backend(pe: str) -> None:
+    ids = T.torch.randint(0, 11, (2, 24), generator=T.torch.Generator().manual_seed(1))
+    got = {}
+    for backend in ("auto", "paper"):
+        model = _lm(pe, backend, 32)
+        with T.torch.no_grad():
+            logits = model(ids)
+        out = model(ids)
+        out.square().sum().backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        used = {m.last_backend for m in model.modules() if isinstance(m, T.Attention)}
+        got[backend] = (logits, out, grads, used)
+    (fast, fast_train, fast_grads, fast_used), (paper, paper_train, paper_grads, paper_used) = got.values()
+    assert paper_used == {"paper"} and "paper" not in fast_used
+    assert T.torch.allclose(paper, fast, atol=1e-5, rtol=1e-5), (pe, fast_used)
+    assert T.torch.allclose(paper_train, fast_train, atol=1e-5, rtol=1e-5)
+    assert len(paper_grads) == len(fast_grads)
+    scale = max(float(g.abs().max()) for g in fast_grads)  # float noise relative to the largest gradient
+    for a, b in zip(paper_grads, fast_grads, strict=True):
+        assert T.torch.allclose(a, b, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_paper_backend_runs_the_pe_on_the_full_unblocked_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _lm("dape-kerple", "paper", 32)
+    attn = model.blocks[0].attn
+    shapes: list[tuple[int, ...]] = []
+    real = attn.pe.scores
+
+    def spy(s: Any, *args: Any) -> Any:
+        shapes.append(tuple(s.shape))
+        return real(s, *args)
+
+    monkeypatch.setattr(attn.pe, "scores", spy)
+    monkeypatch.setattr(T.Attention, "block_size", lambda self, batch, n_keys: 4)  # would block explicit
+    with T.torch.no_grad():
+        model(T.torch.zeros(1, 24, dtype=T.torch.long))
+    assert shapes == [(1, 4, 24, 24)]  # one call on every query x every key, future keys included
+
+
+def test_backend_policy_and_precision_are_in_every_cell(tmp_path: Path) -> None:
+    fastest = cells("alibi", lengths="16", modes="fwd")
+    paper = cells("alibi", lengths="16", modes="fwd", backend="paper")
+    assert fastest[0].config["backend_policy"] == "fastest" and paper[0].config["backend_policy"] == "paper"
+    assert paper[0].label.endswith("-paper") and paper[0].config["precision"] == "fp32"
+    store = ResultStore(tmp_path)
+    assert store.cell("timing", fastest[0].label, fastest[0].config).path != store.cell(
+        "timing", paper[0].label, paper[0].config).path  # never the same folder
+    assert T.resolve_backend("explicit") == "explicit" and T.attention_backend("fastest") == "auto"
+    with pytest.raises(T.LenbenchError, match="unknown timing backend"):
+        T.resolve_backend("fused")
+    with pytest.raises(T.LenbenchError, match="needs CUDA"):
+        T.resolve_precision("fp16", cuda=False)
+    assert T.resolve_precision("fp16", cuda=True) == "fp16" and T.resolve_precision("auto", cuda=False) == "fp32"
+    outcomes = run(fastest + paper, tmp_path)
+    records = records_of(outcomes)
+    assert {(r["backend_policy"], r["precision"]) for r in records} == {("fastest", "fp32"), ("paper", "fp32")}
+    tables = T.timing_tables(records)
+    assert [(t.mode, t.policy) for t in tables] == [("fwd", "fastest"), ("fwd", "paper")]
+    assert tables[1].backends == {"alibi": "paper"} and tables[1].precisions == ["fp32"]
+    assert "unfused" in tables[1].policy_text
+
+
+def test_estimate_check_hand_computed() -> None:
+    common = {"suite": "timing", "size": "350m", "pe": "kerple", "eval_len": 512, "layers": 24, "device": "cpu",
+              "metric": "ms_fwd", "status": "ok", "backend_policy": "paper", "precision": "fp32"}
+    records = [
+        {**common, "layers_timed": 1, "value": 10.0, "estimated_full_ms": 250.0},
+        {**common, "layers_timed": 2, "value": 21.0, "estimate_check": True},
+        {**common, "layers_timed": 4, "value": 38.0, "estimate_check": True},
+    ]
+    checks = {(c.k, c.m): c for c in T.estimate_checks(records)}
+    assert set(checks) == {(1, 2), (1, 4), (2, 4)}
+    assert checks[(1, 4)].predicted_ms == 40.0 and checks[(1, 4)].rel_error == pytest.approx(2 / 38)  # +5.3%
+    assert checks[(1, 2)].rel_error == pytest.approx(-1 / 21)  # 20 vs 21: -4.8%
+    assert checks[(2, 4)].rel_error == pytest.approx(4 / 38)  # 42 vs 38: +10.5%
+    (table,) = T.timing_tables(records)  # the check slices stay out of Table 1
+    assert table.layers["350m"] == (1, 24) and table.entries[("kerple", "350m", 512)].ms == 10.0
+
+
+def test_paper_backend_with_estimate_check_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    medians = iter([10.0, 3.0, 21.0, 38.0])  # 1-block slice, embedding+head (once), 2 and 4 blocks
+
+    def fake_measure(fn: Any, repeats: int, number: int) -> bench.Timing:
+        value = next(medians)
+        return bench.Timing(value, 0.5, [value] * repeats, number)
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    todo = cells("alibi", lengths="16", modes="fwd", sizes="125m", vocab_size=11, backend="paper",
+                 check_estimate=True)
+    assert [(c.config["layers_timed"], c.config.get("estimate_check", False)) for c in todo] == [
+        (1, False), (2, True), (4, True)]
+    records = records_of(run(todo, tmp_path))
+    assert {r["backend"] for r in records} == {"paper"}
+    print_timing(records)
+    out = capsys.readouterr().out
+    assert "backend paper: every PE on DAPE's unfused NeoX logits path" in out and "fp32" in out
+    assert "estimate check" in out and "+5.3%" in out and "-4.8%" in out  # 40 vs 38, 20 vs 21

@@ -33,6 +33,12 @@ Backends:
   :mod:`lenbench.pe.dape_fused`: logits, MLP across heads and online softmax per tile, backward
   recomputing tiles, O(B H N) memory; CPU C kernel (fp32), Triton on CUDA. ``explicit`` stays the
   reference and the off switch (``backend="explicit"`` or ``LENBENCH_DAPE_KERNEL=0``).
+- ``paper``: every PE through the one unfused path of DAPE's GPT-NeoX code (dape.md §1.3), so a
+  timing compares PEs on the same kernels (DAPE Table 1): the full ``S = baddbmm(Q, K^T, alpha =
+  1/sqrt(d))`` over all N keys (no query blocks, no skipped future keys), the PE on it (rotation
+  before, ``S + B``, or the ``scores`` hook on the whole ``S``), the causal mask as
+  ``finfo(dtype).min``, softmax, ``x V``. Memory ``O(B * H * N^2)`` (and DAPE's
+  ``[B, N, N, hidden]``). Chosen only when asked for.
 
 All backends agree to float tolerance (tests/test_attention.py).
 """
@@ -51,7 +57,7 @@ from lenbench.model import small_attention
 from lenbench.pe import dape_fused
 from lenbench.pe.base import PositionalEncoding
 
-BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "small", "flex", "explicit", "dape_fused")
+BACKENDS = ("auto", "sdpa", "sdpa_bias", "blocked_bias", "small", "flex", "explicit", "dape_fused", "paper")
 
 # Elements allowed in one block's widest intermediate (fp32: 4 bytes each), ~512 MiB.
 BLOCK_BUDGET = 1 << 27
@@ -193,7 +199,7 @@ class Attention(nn.Module):
         pos = self.pe.positions(n, x.device)
         q, k = self.pe.rotate(q0, k0, pos, pos)
         untouched = q is q0 and k is k0  # the PE left q and k as projected (no rotation)
-        backend = self.backend if self.backend in ("explicit",) else self.choose_backend(x.device, n)
+        backend = self.backend if self.backend in ("explicit", "paper") else self.choose_backend(x.device, n)
         if last is not None:
             if self.causal:
                 raise ValueError("reading only the last positions is for the bidirectional encoder")
@@ -246,6 +252,8 @@ class Attention(nn.Module):
             y = self.flex(q, k, v)
         elif backend == "dape_fused":
             y = self.pe.fused_attention(q, k, v, pos, self.causal)
+        elif backend == "paper":
+            y = self.paper(q, k, v, pos)
         else:
             y = self.explicit(q, k, v, pos)
         return y
@@ -368,3 +376,27 @@ class Attention(nn.Module):
                 s = s.masked_fill(cols > rows, float("-inf"))
             outs.append(torch.matmul(torch.softmax(s, dim=-1), v[:, :, :kv_end]))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+    def paper(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """DAPE's NeoX attention (dape.md §1.3), unblocked: ``S = baddbmm(0, Q, K^T, beta=0,
+        alpha=1/sqrt(d))``; ``S + B`` or ``scores(S)`` on all keys; future keys set to
+        ``finfo(dtype).min``; ``softmax(S) V``."""
+        b, h, nq, d = q.shape
+        n = k.shape[-2]
+        first = n - nq
+        s = torch.baddbmm(
+            torch.empty(b * h, nq, n, dtype=q.dtype, device=q.device),
+            q.reshape(b * h, nq, d),
+            k.reshape(b * h, n, d).transpose(1, 2),
+            beta=0.0,
+            alpha=1.0 / math.sqrt(d),
+        ).view(b, h, nq, n)
+        q_pos = pos[first:]
+        if type(self.pe).has_hook("scores"):
+            s = self.pe.scores(s, q, k, q_pos, pos)
+        elif type(self.pe).has_hook("bias"):
+            s = s + self.pe.bias(q_pos, pos).to(s.dtype)
+        if self.causal:
+            future = torch.ones(nq, n, dtype=torch.bool, device=q.device).triu(1 + first)
+            s = s.masked_fill(future, torch.finfo(s.dtype).min)
+        return torch.matmul(torch.softmax(s, dim=-1), v)

@@ -7,6 +7,12 @@ eval_len, metric, value, status, ...``); the records' extra fields (``n_sequence
 cell is one row with ``status = failed``, its reason, and ``value`` NaN (never 0). ``status`` is
 ``done``, ``failed`` or ``oom`` (a timing cell that did not fit in memory). Cells still running
 or never finished are counted, not shown.
+
+Uncertainty columns (:func:`add_uncertainty`): every CHE and ppl record also carries the statistics
+of its table cell over seeds, as the rendered tables show them: ``seeds_n``, ``seeds_mean``,
+``seeds_std`` (ddof 1), ``ci95_low``/``ci95_high`` (t-based 95% CI of the mean, n >= 2) and
+``bold_half_width`` (the half-width bold marking used: the CI's, or the record's ``se`` for one
+seed). Timing records carry their ``iqr``.
 Folders that are not cells (no config, manifest, lock or marker: e.g. a report written into the
 results root, ``results/report/plots``) are ignored.
 """
@@ -61,6 +67,8 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
             layers=config.get("layers"),
             layers_timed=config.get("layers_timed"),
             device=config.get("device"),
+            backend_policy=config.get("backend_policy", "fastest"),
+            estimate_check=bool(config.get("estimate_check", False)),
         )
     return keys
 
@@ -146,9 +154,45 @@ def collect(results: Path | str, suite: str | None = None) -> Collection:
     for col in INT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+    frame = add_uncertainty(frame)
     if incomplete:
         warnings.append(f"{incomplete} cell(s) neither finished nor failed (running or interrupted); not shown")
     return Collection(frame, warnings, incomplete)
+
+
+CELL_KEYS = ["suite", "task", "dataset", "pe", "lr", "train_len", "eval_len", "metric"]  # one table cell
+
+
+def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add each CHE/ppl record's table-cell statistics over seeds (module docstring); others get NaN.
+
+    ``ci95 = mean -+ t_{0.975, n-1} * std / sqrt(n)``; one seed: no CI, ``bold_half_width = se``
+    when the record has one.
+    """
+    from lenbench.report.stats import t_quantile
+
+    out = frame.copy()
+    for col in ("seeds_n", "seeds_mean", "seeds_std", "ci95_low", "ci95_high", "bold_half_width"):
+        out[col] = math.nan
+    done = out[out["suite"].isin(["che", "ppl"]) & (out["status"] == "done") & out["value"].notna()]
+    if done.empty:
+        return out
+    keys = [k for k in CELL_KEYS if k in done.columns]
+    for _, group in done.groupby(keys, dropna=False, sort=False):
+        values = group["value"].astype(float)
+        n = len(values)
+        idx = group.index
+        out.loc[idx, "seeds_n"] = n
+        out.loc[idx, "seeds_mean"] = float(values.mean())
+        if n >= 2:
+            std = float(values.std(ddof=1))
+            half = t_quantile(0.05, n - 1) * std / math.sqrt(n)
+            out.loc[idx, "seeds_std"] = std
+            out.loc[idx, ["ci95_low", "ci95_high"]] = [float(values.mean()) - half, float(values.mean()) + half]
+            out.loc[idx, "bold_half_width"] = half
+        elif "se" in group and pd.notna(group["se"].iloc[0]):
+            out.loc[idx, "bold_half_width"] = float(group["se"].iloc[0])
+    return out
 
 
 def parquet_ready(frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,16 +6,20 @@ score) or per evaluation length (ppl_last256). For the differences ``d = a - b``
 - **paired t-test** (two-sided): ``t = mean(d) / (sd(d) / sqrt(n))`` with ``n - 1`` degrees of
   freedom, ``sd`` the sample standard deviation (ddof 1); ``p = I_{df/(df+t^2)}(df/2, 1/2)``, the
   regularized incomplete beta function, computed here by its continued fraction (no SciPy).
-  When all differences are equal (sd = 0) the limit is taken: ``t = +-inf, p = 0``, or
-  ``t = 0, p = 1`` (and no ``d_z``) when they are all 0.
+  When all differences are equal (sd = 0, a constant shift or identical samples) there is no
+  test: t's limit (+-inf, p = 0) would claim certainty that n seeds cannot give.
 - **exact sign-flip permutation test** (two-sided, distribution-free): the share of the ``2^n``
   sign assignments of ``d`` whose ``|mean|`` reaches the observed one. Its smallest possible p is
   ``2 / 2^n`` (0.25 for three seeds), so with few seeds only the t-test can reach 0.05, at the
   price of assuming normal differences.
 - **effect size**: the mean difference and Cohen's ``d_z = mean(d) / sd(d)``.
 
-With fewer than two pairs no test is possible, and the result says so instead of a number.
-No correction for multiple comparisons is applied.
+With fewer than two pairs, or a constant difference, no test is done, and the result says so
+instead of a number (``t``, ``p_t``, ``p_sign_flip`` are None).
+
+**Multiple comparisons**: :func:`holm` adjusts the t-test p-values of one table's rows (Holm 1979,
+step-down Bonferroni: ``p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j))`` over the m testable
+rows sorted by p); a row names a winner only when its adjusted p is below :data:`ALPHA`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from lenbench.errors import LenbenchError
 
 EXACT_SIGN_FLIP_MAX_N = 16  # 65536 sign assignments; beyond, a seeded Monte Carlo estimate
 MONTE_CARLO_DRAWS = 100_000
+ALPHA = 0.05  # a test names a winner only below this (Holm-adjusted) p
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -124,17 +129,41 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
             "n = 1 seed: no test possible (needs >= 2 paired seeds)",
         )  # fmt: skip
     sd = float(d.std(ddof=1))
-    scale = max(1.0, float(np.abs(d).max()))
-    if sd <= 1e-12 * scale:
-        if abs(diff) <= 1e-12 * scale:
-            t, p, d_z, note = 0.0, 1.0, None, "identical samples"
-        else:
-            t, p, d_z, note = math.copysign(math.inf, diff), 0.0, math.copysign(math.inf, diff), "constant difference"
-        sd = 0.0
-    else:
-        t = diff / (sd / math.sqrt(n))
-        p, d_z, note = t_two_sided_p(t, n - 1), diff / sd, ""
+    if sd <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        note = "identical samples: no test" if diff == 0 else "constant difference (sd = 0): no test"
+        return PairedTest(n, float(x.mean()), float(y.mean()), diff, 0.0, None, None, None, None, None, note)
+    t = diff / (sd / math.sqrt(n))
+    p, d_z, note = t_two_sided_p(t, n - 1), diff / sd, ""
     return PairedTest(n, float(x.mean()), float(y.mean()), diff, sd, d_z, t, n - 1, p, sign_flip_p(d), note)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values (Holm 1979), in input order; None (no test) stays None and is not
+    counted in m. ``adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))`` for p sorted ascending."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(order)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def t_quantile(p_two_sided: float, df: float) -> float:
+    """``t`` with ``P(|T| >= t) = p_two_sided`` for Student's t with ``df`` degrees of freedom
+    (bisection on :func:`t_two_sided_p`; e.g. 12.706 for p = 0.05, df = 1)."""
+    if not 0.0 < p_two_sided < 1.0 or df <= 0:
+        raise ValueError(f"need 0 < p < 1 and df > 0, got p={p_two_sided}, df={df}")
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > p_two_sided:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > p_two_sided else (lo, mid)
+        if hi - lo <= 1e-12 * hi:
+            break
+    return 0.5 * (lo + hi)
 
 
 # --------------------------------------------------------------------------- which pairs

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lenbench.report.stats import PairedTest, dape_pairs, paired_test, pe_name, resolve_label
+from lenbench.report.stats import (
+    ALPHA,
+    PairedTest,
+    dape_pairs,
+    holm,
+    paired_test,
+    pe_name,
+    resolve_label,
+    t_quantile,
+)
 from lenbench.results import slug
 from lenbench.tasks.che import TASKS
 
@@ -174,17 +183,60 @@ def stat_text(stats: SeedStats | None, how: str, digits: int) -> str:
     return text + (f" ({stats.failed} {FAILED})" if stats.failed else "")
 
 
-def mark_best(cells: list[TCell], stats: list[SeedStats | None], how: str, digits: int, higher: bool) -> None:
-    """Bold the best value among ``cells`` at display precision (ties all bold; needs two values)."""
+def half_width(stats: SeedStats | None, how: str = "mean") -> float | None:
+    """Uncertainty half-width of a shown value, for bold marking.
+
+    Several seeds, ``how='mean'``: the 95% confidence interval of the mean,
+    ``t_{0.975, n-1} * std / sqrt(n)`` (Student t). One seed: the cell's standard error when its
+    statistics carry one (``se``), else None. The max over seeds has no interval: None.
+    """
+    if stats is None or stats.n == 0 or how != "mean":
+        return None
+    if stats.n >= 2 and stats.std is not None:
+        return t_quantile(0.05, stats.n - 1) * stats.std / math.sqrt(stats.n)
+    se = getattr(stats, "se", None)
+    return float(se) if se is not None and math.isfinite(float(se)) else None
+
+
+def best_flags(values: Sequence[float | None], widths: Sequence[float | None], higher: bool) -> list[bool]:
+    """Which values are bold: the best and every value whose interval ``[v - w, v + w]`` overlaps the
+    best's (``w`` None: the value itself, so exact ties). None when fewer than two finite values,
+    or when every value is bold (nothing stands out: the row ties)."""
+    finite = [i for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if len(finite) < 2:
+        return [False] * len(values)
+    sign = 1.0 if higher else -1.0
+    best = max(finite, key=lambda i: sign * float(values[i]))  # type: ignore[arg-type]
+    w_best = widths[best] or 0.0
+    reach = sign * float(values[best]) - w_best  # the best interval's worse end
+    flags = [i in finite and sign * float(values[i]) + (widths[i] or 0.0) >= reach for i in range(len(values))]
+    return [False] * len(values) if all(flags[i] for i in finite) else flags
+
+
+BOLD_NOTE = ("bold: the best value and every value whose 95% interval (several seeds: t-based CI of the "
+             "mean; one seed: ± 1 SE) overlaps the best's; no interval: equal at display precision; "
+             "no bold where every value ties")
+
+
+def mark_best(
+    cells: list[TCell],
+    stats: list[SeedStats | None],
+    how: str,
+    digits: int,
+    higher: bool,
+    widths: Sequence[float | None] | None = None,
+) -> None:
+    """Bold the best value among ``cells`` and every value within its uncertainty (:func:`best_flags`).
+
+    Values are compared at display precision (``digits``); ``widths`` are the half-widths of their
+    intervals (default: :func:`half_width` of each cell's statistics; None entries: exact).
+    """
     shown = [
         round(s.max if how == "max" else s.mean, digits) if s is not None and s.n else None for s in stats
     ]
-    present = [v for v in shown if v is not None and math.isfinite(v)]
-    if len(present) < 2:
-        return
-    best = max(present) if higher else min(present)
-    for cell, v in zip(cells, shown, strict=True):
-        cell.bold = v == best
+    hw = list(widths) if widths is not None else [half_width(s, how) for s in stats]
+    for cell, flag in zip(cells, best_flags(shown, hw, higher), strict=True):
+        cell.bold = flag
 
 
 def _seed_note(stats: dict[tuple, SeedStats]) -> str:
@@ -354,7 +406,7 @@ def che_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
                     "runs that fit; DNF: no run fit",
              "train": "in-distribution: fresh samples at the training lengths, scored like the test lengths"}[kind],
             _seed_note({k: v for k, v in stats.items()}),
-            "bold: best in the row (runs that did not fit excluded); chance: 1/C (uniform guess); majority: a "
+            f"{BOLD_NOTE} (per row; runs that did not fit excluded); chance: 1/C (uniform guess); majority: a "
             "constant class per output position, fitted on an independent draw and scored on the test samples",
             fit_note,
             f"{MISSING}: not run; {FAILED}: every seed failed; (k {FAILED}): k seeds failed, statistics over the rest",
@@ -434,7 +486,8 @@ def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[T
         header = ["PE", *[f"{n}" + (" (train)" if n == train_len else "") for n in lengths]]
         notes = [
             f"perplexity over the last min(256, L) tokens ({metric}) at evaluation length L; trained at {train_len}",
-            "mean ± sample std (ddof 1) over seeds; bold: lowest in the column",
+            "mean ± sample std (ddof 1) over seeds",
+            f"{BOLD_NOTE} (lowest per column)",
             _seed_note(per),
             f"{MISSING}: not evaluated; {FAILED}: every seed failed; (k {FAILED}): k seeds failed",
         ]
@@ -450,28 +503,42 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if _nan(v) else v) for k, v in row.items()}
 
 
-def timing_data(frame: pd.DataFrame) -> tuple[list[Any], set[tuple[str, str, int, str]]]:
-    """(:class:`~lenbench.suites.timing.TimingTable` per mode, failed (pe, size, length, mode) keys)."""
+def _flag(value: Any) -> bool:
+    """A stored boolean column (NaN where the record has no such field) as a bool."""
+    return not _nan(value) and bool(value)
+
+
+def _policy(r: dict[str, Any]) -> str:
+    """A timing record's backend policy; records from before the option are ``fastest``."""
+    value = r.get("backend_policy")
+    return "fastest" if _nan(value) else str(value)
+
+
+def timing_data(frame: pd.DataFrame) -> tuple[list[Any], set[tuple[str, str, int, str, str]]]:
+    """(:class:`~lenbench.suites.timing.TimingTable` per mode and backend policy, failed
+    (pe, size, length, mode, policy) keys)."""
     from lenbench.suites.timing import timing_tables as build
 
     timing = frame[frame["suite"] == "timing"]
     records = [_record(r) for r in timing[timing["status"] != "failed"].to_dict("records")]
     failed = {
-        (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]))
+        (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]), _policy(r))
         for r in timing[timing["status"] == "failed"].to_dict("records")
+        if not _flag(r.get("estimate_check"))
     }
     return build(records), failed
 
 
-def _memory_cells(frame: pd.DataFrame) -> dict[tuple[str, str, int, str], tuple[str, float | None]]:
-    """``{(pe, size, length, mode): (status, MiB)}`` of the timing suite's peak-memory records;
-    status ``done`` (MiB None: not measured on this platform), ``oom`` or ``failed``."""
+def _memory_cells(frame: pd.DataFrame) -> dict[tuple[str, str, int, str, str], tuple[str, float | None]]:
+    """``{(pe, size, length, mode, policy): (status, MiB)}`` of the timing suite's peak-memory records
+    (estimate-check slices left out); status ``done`` (MiB None: not measured on this platform),
+    ``oom`` or ``failed``."""
     timing = frame[frame["suite"] == "timing"]
-    out: dict[tuple[str, str, int, str], tuple[str, float | None]] = {}
+    out: dict[tuple[str, str, int, str, str], tuple[str, float | None]] = {}
     for r in timing.to_dict("records"):
-        if _nan(r.get("eval_len")) or _nan(r.get("mode")):
+        if _nan(r.get("eval_len")) or _nan(r.get("mode")) or _flag(r.get("estimate_check")):
             continue
-        key = (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]))
+        key = (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]), _policy(r))
         if r["status"] == "failed":
             out[key] = ("failed", None)
         elif r.get("metric") == "peak_mem_mb":
@@ -490,8 +557,16 @@ def _memory_text(cell: tuple[str, float | None] | None) -> str:
     return "n/a" if mib is None else (f"{mib:.0f}" if mib >= 10 else f"{mib:.1f}")
 
 
+def _policy_suffix(policy: str) -> str:
+    """Table-key suffix of a backend policy: none for ``fastest`` (the default), ``_<policy>`` else."""
+    return "" if policy == "fastest" else f"_{slug(policy)}"
+
+
 def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]) -> list[Table]:
-    """Peak memory per model size: PE rows, per length and mode the MiB the timed call added."""
+    """Peak memory per model size and backend policy: PE rows, per length and mode the MiB the
+    timed call added."""
+    from lenbench.suites.timing import POLICY_TEXT
+
     cells = _memory_cells(frame)
     if not cells:
         return []
@@ -499,14 +574,15 @@ def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]
     mem_rows = timing[timing["metric"] == "peak_mem_mb"]
     methods = sorted({str(m) for m in mem_rows.get("method", pd.Series(dtype=object)).dropna().unique()})
     tables = []
-    for size in list(dict.fromkeys(s for _, s, _, _ in cells)):
-        keys = [k for k in cells if k[1] == size]
-        lengths = sorted({n for _, _, n, _ in keys})
+    for size, policy in list(dict.fromkeys((k[1], k[4]) for k in cells)):
+        keys = [k for k in cells if k[1] == size and k[4] == policy]
+        lengths = sorted({k[2] for k in keys})
         modes = [m for m in ("fwd", "train") if any(k[3] == m for k in keys)]
         modes += sorted({k[3] for k in keys} - set(modes))
         header = ["PE"] + [f"N={n} {mode} MiB" for n in lengths for mode in modes]
         rows = [
-            [TCell(pe)] + [TCell(_memory_text(cells.get((pe, size, n, mode)))) for n in lengths for mode in modes]
+            [TCell(pe)]
+            + [TCell(_memory_text(cells.get((pe, size, n, mode, policy)))) for n in lengths for mode in modes]
             for pe in pe_order([k[0] for k in keys])
         ]
         timed, total = layers.get(size, (0, 0))
@@ -518,7 +594,9 @@ def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]
             "methods: " + (", ".join(methods) if methods else "?") + "; n/a: not measurable on this platform",
             f"OOM: did not fit in memory; {FAILED}: the cell failed; {MISSING}: not run",
         ]
-        tables.append(Table(f"timing_memory_{slug(size)}", f"{size}: peak memory (MiB), batch 1", header,
+        what = POLICY_TEXT.get(policy, f"{policy} backend forced for every PE")
+        tables.append(Table(f"timing_memory_{slug(size)}{_policy_suffix(policy)}",
+                            f"{size}: peak memory (MiB), batch 1, backend {what}", header,
                             [Section(None, rows)], notes))
     return tables
 
@@ -538,40 +616,43 @@ def _dape_width(frame: pd.DataFrame, pe: str) -> int | None:
 
 
 def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
-    """DAPE Table 1 per (mode, size): PE rows, per length ms (and the full-model estimate) and the
-    Ratio to DAPE-Kerple (its direction in every Ratio header); then peak memory per size."""
+    """DAPE Table 1 per (mode, backend policy, size): PE rows, per length ms (and the full-model
+    estimate) and the Ratio to DAPE-Kerple (its direction in every Ratio header); then peak memory
+    per size, and the estimate check where ``--check-estimate`` slices exist."""
+    from lenbench.suites.timing import TimingTable
+
     tables_by_mode, failed = timing_data(frame)
     titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
     tables, summary = [], []
-    failed_modes = {m for *_, m in failed}
-    modes = {t.mode: t for t in tables_by_mode}
     memory = _memory_cells(frame)
     layers: dict[str, tuple[int, int]] = {}
     for t in tables_by_mode:
         layers.update(t.layers)
-    for mode in [*modes, *sorted(failed_modes - set(modes))]:
-        t = modes.get(mode)
-        sizes = list(t.sizes) if t else []
-        sizes += sorted({s for _, s, _, m in failed if m == mode and s not in sizes})
-        ref = t.reference if t and t.reference else None
+    built = {(t.mode, t.policy): t for t in tables_by_mode}
+    for mode, policy in sorted({(m, p) for *_, m, p in failed} - set(built)):
+        built[(mode, policy)] = TimingTable(mode, policy)
+    for (mode, policy), t in built.items():
+        fails = {(p, s, n) for p, s, n, m, pol in failed if m == mode and pol == policy}
+        sizes = list(t.sizes) + sorted({s for _, s, _ in fails if s not in t.sizes})
+        ref = t.reference
         ratio_name = f"Ratio (PE/{ref or 'dape-kerple'})"
         for size in sizes:
-            lengths = sorted({*(t.lengths.get(size, []) if t else []), *(n for _, s, n, m in failed
-                                                                           if m == mode and s == size)})
-            sliced = bool(t and size in t.layers and t.sliced(size))
-            timed = t.layers[size][0] if sliced and t else 0
-            pes = pe_order([*(t.pes if t else []), *(p for p, s, _, m in failed if m == mode and s == size)])
+            lengths = sorted({*t.lengths.get(size, []), *(n for _, s, n in fails if s == size)})
+            sliced = size in t.layers and t.sliced(size)
+            timed = t.layers[size][0] if sliced else 0
+            pes = pe_order([*t.pes, *(p for p, s, _ in fails if s == size)])
             header = ["PE", "backend"]
             for n in lengths:
                 header += [f"N={n} {timed}L ms" if sliced else f"N={n} ms"]
                 header += ([f"N={n} est. ms"] if sliced else []) + [f"N={n} {ratio_name}"]
             rows = []
+            iqr = _iqr_by_cell(frame, mode, policy)
             for pe in pes:
-                row = [TCell(pe), TCell(t.backends.get(pe, MISSING) if t else MISSING)]
+                row = [TCell(pe), TCell(t.backends.get(pe, MISSING))]
                 for n in lengths:
-                    e = t.entries.get((pe, size, n)) if t else None
+                    e = t.entries.get((pe, size, n))
                     width = 3 if sliced else 2
-                    if (pe, size, n, mode) in failed and e is None:
+                    if (pe, size, n) in fails and e is None:
                         row += [TCell(FAILED)] * (width - 1) + [TCell(MISSING)]
                     elif e is None:
                         row += [TCell(MISSING)] * width
@@ -581,30 +662,73 @@ def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame
                         row += [TCell(_fmt_ms(e.ms))] + ([TCell(_fmt_ms(e.est_ms))] if sliced else [])
                         row.append(TCell(MISSING if e.ratio is None else f"{e.ratio:.2f}"))
                     if e is not None:
-                        mem = memory.get((pe, size, n, mode))
-                        summary.append({"mode": mode, "size": size, "pe": pe, "eval_len": n, "ms": e.ms,
-                                        "est_full_ms": e.est_ms, "ratio": e.ratio, "oom": e.oom,
-                                        "peak_mem_mb": mem[1] if mem else None})
+                        mem = memory.get((pe, size, n, mode, policy))
+                        summary.append({"mode": mode, "backend_policy": policy, "size": size, "pe": pe,
+                                        "eval_len": n, "precision": "/".join(t.precisions) or None, "ms": e.ms,
+                                        "iqr_ms": iqr.get((pe, size, n)), "est_full_ms": e.est_ms,
+                                        "ratio": e.ratio, "oom": e.oom, "peak_mem_mb": mem[1] if mem else None})
                 rows.append(row)
-            notes = [f"Ratio = PE time / {ref or 'dape-kerple (not in these results)'} time at the same length "
-                     "(full-model times; DAPE Table 1); below 1: faster than the reference"]
-            if sliced and t:
+            notes = [f"backend: {t.policy_text}" + (
+                " (Ratio isolates each PE's own cost, as DAPE Table 1)" if policy == "paper" else
+                " (Ratio mixes the PE's cost with fused-vs-unfused kernel differences; --backend paper "
+                "times DAPE Table 1's quantity)" if policy == "fastest" else "")]
+            notes.append(f"Ratio = PE time / {ref or 'dape-kerple (not in these results)'} time at the same "
+                         "length (full-model times; DAPE Table 1); below 1: faster than the reference")
+            if sliced:
                 total = t.layers[size][1]
                 notes.append(f"{timed}L ms: {timed} of {total} blocks measured; est. ms: full model estimated as "
                              f"{timed}L ms x {total}/{timed} + the measured embedding and head "
-                             "(an estimate, not a measurement)")
+                             "(an estimate, not a measurement; its error: `lenbench timing --check-estimate`, "
+                             "README Timing)")
             widths = [f"{pe} {w}" for pe in pes if (w := _dape_width(frame, pe)) is not None]
             if widths:
                 notes.append("D_DAPE (DAPE's MLP width; the paper times 32): " + ", ".join(widths))
-            notes.append("backend: the attention kernel per PE (flex: fused FlexAttention; sdpa: fused SDPA; "
-                         "sdpa_bias, blocked_bias, explicit: materialized bias or logits); a/b: a at some "
-                         "lengths, b at others")
-            notes.append(f"median over repeats (IQR in results_long); OOM: did not fit in memory; {MISSING}: not run")
-            devices = "/".join(t.devices) if t and t.devices else "?"
-            title = f"{size}: ms per sequence, {titles.get(mode, mode)}, batch 1, {devices}"
-            tables.append(Table(f"timing_{mode}_{slug(size)}", title, header, [Section(None, rows)], notes, left=2))
+            notes.append("kernel per PE (flex: fused FlexAttention; sdpa: fused SDPA; sdpa_bias, blocked_bias, "
+                         "explicit: materialized bias or logits; paper: DAPE's unfused NeoX path); a/b: a at "
+                         "some lengths, b at others")
+            notes.append(f"median over repeats (IQR: iqr_ms in timing_summary.csv, iqr in results_long); "
+                         f"OOM: did not fit in memory; {MISSING}: not run")
+            devices = "/".join(t.devices) if t.devices else "?"
+            precision = "/".join(t.precisions) if t.precisions else "?"
+            title = (f"{size}: ms per sequence, {titles.get(mode, mode)}, batch 1, {devices} {precision}, "
+                     f"backend {policy}")
+            key = f"timing_{mode}_{slug(size)}{_policy_suffix(policy)}"
+            tables.append(Table(key, title, header, [Section(None, rows)], notes, left=2))
     tables += timing_memory_tables(frame, layers)
+    check = estimate_check_table(frame)
+    if check is not None:
+        tables.append(check)
     return tables, pd.DataFrame(summary)
+
+
+def _iqr_by_cell(frame: pd.DataFrame, mode: str, policy: str) -> dict[tuple[str, str, int], float | None]:
+    """IQR (ms) of each shown timing cell (the table's uncertainty, a column of the summary)."""
+    timing = frame[(frame["suite"] == "timing") & (frame["metric"] == f"ms_{mode}")]
+    out: dict[tuple[str, str, int], float | None] = {}
+    for r in timing.to_dict("records"):
+        if _policy(r) == policy and not _flag(r.get("estimate_check")) and not _nan(r.get("eval_len")):
+            out[(str(r["pe"]), str(r["size"]), int(r["eval_len"]))] = None if _nan(r.get("iqr")) else float(r["iqr"])
+    return out
+
+
+def estimate_check_table(frame: pd.DataFrame) -> Table | None:
+    """The measured error of ``K-layer x M/K`` (:func:`lenbench.suites.timing.estimate_checks`)."""
+    from lenbench.suites.timing import estimate_checks
+
+    timing = frame[(frame["suite"] == "timing") & (frame["status"] == "done")]
+    checks = estimate_checks([_record(r) for r in timing.to_dict("records")])
+    if not checks:
+        return None
+    header = ["PE", "size", "N", "mode", "backend", "K", "M", "K ms", "predicted M ms (K ms x M/K)",
+              "measured M ms", "error"]
+    rows = [[TCell(c.pe), TCell(c.size), TCell(str(c.eval_len)), TCell(c.mode), TCell(c.policy), TCell(str(c.k)),
+             TCell(str(c.m)), TCell(_fmt_ms(c.k_ms)), TCell(_fmt_ms(c.predicted_ms)), TCell(_fmt_ms(c.m_ms)),
+             TCell(f"{100 * c.rel_error:+.1f}%")] for c in checks]
+    notes = ["error = (predicted - measured) / measured: how well scaling a K-block slice predicts a deeper "
+             "M-block slice (the full-model estimate scales the timed slice the same way)",
+             "median over repeats of each slice; IQRs in results_long"]
+    return Table("timing_estimate_check", "Timing: error of the slice-to-full-model extrapolation", header,
+                 [Section(None, rows)], notes, left=5)
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -669,20 +793,26 @@ def significance(frame: pd.DataFrame, compare: tuple[str, str] | None = None) ->
     if not results:
         return None, pd.DataFrame()
     body, tidy = [], []
-    for suite, scope, a, b, higher, test, seeds in results:
-        body.append([TCell(suite), TCell(scope), TCell(f"{a} vs {b}"), *significance_cells(test, higher, a, b)])
+    adjusted = holm([test.p_t for *_, test, _ in results])
+    for (suite, scope, a, b, higher, test, seeds), p_holm in zip(results, adjusted, strict=True):
+        cells = significance_cells(test, higher, a, b, p_holm)
+        body.append([TCell(suite), TCell(scope), TCell(f"{a} vs {b}"), *cells])
         tidy.append({
             "suite": suite, "scope": scope, "a": a, "b": b, "seeds": ",".join(map(str, seeds)), "n": test.n,
             "mean_a": test.mean_a, "mean_b": test.mean_b, "diff": test.diff, "sd_diff": test.sd, "d_z": test.d_z,
-            "t": test.t, "df": test.df, "p_t": test.p_t, "p_sign_flip": test.p_sign_flip, "note": test.note,
+            "t": test.t, "df": test.df, "p_t": test.p_t, "p_holm": p_holm, "p_sign_flip": test.p_sign_flip,
+            "favours": cells[-1].text, "note": test.note,
         })  # fmt: skip
     header = ["suite", "task / eval", "A vs B", "n", "mean A", "mean B", "Δ (A−B)", "d_z", "t (df)",
-              "p (t-test)", "p (sign-flip)", "favours"]
+              "p (t-test)", "p (Holm)", "p (sign-flip)", "favours"]
+    m = sum(p is not None for p in adjusted)
     notes = [
         "paired by seed; CHE: score in %, higher is better; ppl: ppl_last256, lower is better",
         "t-test: two-sided paired t-test (Student t, n−1 df); sign-flip: exact two-sided permutation test "
-        "(smallest possible p = 2/2^n); d_z = mean(Δ)/sd(Δ); no correction for multiple comparisons",
-        "n < 2: no test possible; constant Δ: t = ±inf, p = 0",
+        "(smallest possible p = 2/2^n); d_z = mean(Δ)/sd(Δ)",
+        f"multiple comparisons: Holm's step-down correction of the t-test p over this table's {m} tested rows "
+        f"(p (Holm)); favours names a PE only when p (Holm) < {ALPHA:g}, else n.s. (not significant)",
+        "no test: n < 2 paired seeds, or a constant Δ (sd 0: the t-test is undefined)",
     ]
     return Table("significance", "Paired significance over seeds", header, [Section(None, body)], notes,
                  left=3), pd.DataFrame(tidy)
@@ -702,19 +832,28 @@ def _fmt_stat(v: float | None, digits: int = 2) -> str:
     return fmt_num(v, digits)
 
 
-def significance_cells(test: PairedTest, higher: bool, a: str, b: str) -> list[TCell]:
-    """n, means, difference, d_z, t (df), both p-values and which PE the mean difference favours."""
-    if test.diff == 0 or math.isnan(test.diff):
-        favours = "tie" if test.diff == 0 else MISSING
+def significance_cells(
+    test: PairedTest, higher: bool, a: str, b: str, p_holm: float | None = None, alpha: float = ALPHA
+) -> list[TCell]:
+    """n, means, difference, d_z, t (df), p (t-test), p (Holm), p (sign-flip) and ``favours``.
+
+    ``favours`` names the better PE only when the test's p (``p_holm`` when given, else the raw
+    t-test p) is below ``alpha``; ``n.s.`` otherwise; ``no test`` when no test was possible.
+    """
+    p_decide = p_holm if p_holm is not None else test.p_t
+    if not test.testable:
+        favours = "no test"
+    elif p_decide is None or not p_decide < alpha:
+        favours = "n.s."
     else:
         favours = a if (test.diff > 0) == higher else b
     if test.testable:
         t_text = f"{_fmt_stat(test.t)} ({test.df})"
-        p_t, p_sf = _fmt_p(test.p_t), _fmt_p(test.p_sign_flip)
+        p_t, p_h, p_sf = _fmt_p(test.p_t), _fmt_p(p_holm), _fmt_p(test.p_sign_flip)
     else:
-        t_text, p_t, p_sf = MISSING, f"no test ({test.note.split(':')[0]})", "no test"
+        t_text, p_t, p_h, p_sf = MISSING, f"no test ({test.note.split(':')[0]})", "no test", "no test"
     return [
         TCell(str(test.n)), TCell(_fmt_stat(test.mean_a)), TCell(_fmt_stat(test.mean_b)),
-        TCell(_fmt_stat(test.diff)), TCell(_fmt_stat(test.d_z)), TCell(t_text), TCell(p_t), TCell(p_sf),
-        TCell(favours),
+        TCell(_fmt_stat(test.diff)), TCell(_fmt_stat(test.d_z)), TCell(t_text), TCell(p_t), TCell(p_h),
+        TCell(p_sf), TCell(favours),
     ]  # fmt: skip

@@ -6,17 +6,34 @@ final LN, untied head) with the GPT-2 vocabulary of 50257 tokens, batch 1, train
 whether its times are forward-only or forward+backward, so both are measured: ``fwd`` is inference
 under ``no_grad``; ``train`` is forward, cross-entropy and backward (no optimizer step).
 
-One cell is (size, PE, length, mode). The cell's records hold everything the table needs, so a
-report can rebuild it from the store alone.
+One cell is (size, PE, length, mode, backend policy). The cell's records hold everything the table
+needs, so a report can rebuild it from the store alone.
 
-- CUDA: bf16 weights and activations, the full model, attention backend as the model chooses it
-  (FlexAttention for static biases with a ``score_mod``).
-- CPU: fp32; a slice of K consecutive blocks of the real shape (K = ``--layers``, default 1) is
+Backend policy (``--backend``, stored as ``backend_policy`` in every cell's config and record):
+
+- ``fastest`` (default): each PE on the fastest exact kernel the model picks for it (fused SDPA or
+  FlexAttention for the baselines, query-blocked explicit logits for DAPE). Its Ratio mixes
+  DAPE's MLP cost with the fused-vs-unfused kernel difference.
+- ``paper``: every PE through the one unfused path of DAPE's NeoX code (``baddbmm`` logits, PE
+  on the full ``[H, N, N]`` scores, ``finfo.min`` mask, softmax; :meth:`Attention.paper`), so
+  Ratio isolates each PE's own cost, as DAPE Table 1 measures it.
+- any backend name of :data:`lenbench.model.attention.BACKENDS` (e.g. ``explicit``): forced for
+  every PE where it applies.
+
+Precision (``--precision``): fp32 on CPU; on CUDA bf16 by default, or fp16 (the paper's
+precision, dape.md §3(d)) or fp32. Stored per cell and shown in every table title.
+
+- CUDA: the full model.
+- CPU: a slice of K consecutive blocks of the real shape (K = ``--layers``, default 1) is
   timed on hidden states, and the full model is estimated as
   ``K-layer time x layers / K + embedding-and-head time``. The embedding-and-head part (token
   embedding, final LN, vocabulary projection, and in train mode the loss and their backward) does
   not depend on the PE: it is timed once per (size, length, mode) in a run and shared by every
   PE's estimate. Absolute PEs' O(N x E) input addition is not part of the estimate.
+
+Estimate check (``--check-estimate``): the same cells are also timed as slices of 1, 2 and 4
+blocks (those shallower than the model); :func:`estimate_checks` compares ``K-layer x M / K`` with
+the measured M-layer slice, the error of the full-model extrapolation's slice part.
 
 Times: median and IQR over ``repeats`` measurements, after at least ``warmup`` calls and
 ``min_warmup_ms`` of warm-up (:mod:`lenbench.bench`). Peak memory: the timed call's peak above the
@@ -59,6 +76,12 @@ GPT2_VOCAB = 50257
 DEFAULT_PES = "rope,t5,alibi,kerple,fire,dape-kerple"
 REFERENCE_PES = ("dape-kerple", "dape")  # Ratio = PE time / time of this PE (first one present)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+POLICIES = ("fastest", "paper")  # plus any forced backend name of Attention's BACKENDS
+CHECK_LAYERS = (1, 2, 4)  # slices timed by --check-estimate
+POLICY_TEXT = {
+    "fastest": "fastest exact kernel per PE",
+    "paper": "paper: every PE on DAPE's unfused NeoX logits path",
+}
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,8 @@ class TimingProfile:
     vocab_size: int = GPT2_VOCAB
     train_length: int = 512
     isolate: str | bool = "auto"  # measure in a worker process; auto: on CPU only
+    backend: str = "fastest"  # fastest, paper, or a backend name forced for every PE
+    check_estimate: bool = False  # also time 1-, 2- and 4-block slices to measure the estimate's error
 
 
 @dataclass(frozen=True)
@@ -117,10 +142,32 @@ def resolve_modes(value: str | list[str]) -> list[str]:
 
 
 def resolve_precision(value: str, cuda: bool) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 on CPU; fp16/bf16 only on CUDA (CPU half kernels are not
+    what the paper's GPUs run, and are slower than fp32 there)."""
     precision = ("bf16" if cuda else "fp32") if value == "auto" else value
     if precision not in DTYPES:
         raise LenbenchError(f"unknown precision {value!r} (choose auto, {', '.join(DTYPES)})")
+    if precision != "fp32" and not cuda:
+        raise LenbenchError(f"precision {precision} needs CUDA; CPU timing runs fp32")
     return precision
+
+
+def resolve_backend(value: str) -> str:
+    """``fastest``, ``paper`` or a forced attention backend name -> the cell's ``backend_policy``."""
+    from lenbench.model.attention import BACKENDS
+
+    policy = value.strip().lower()
+    if policy == "auto":
+        policy = "fastest"
+    if policy not in POLICIES and policy not in BACKENDS:
+        names = ", ".join([*POLICIES, *(b for b in BACKENDS if b != "auto")])
+        raise LenbenchError(f"unknown timing backend {value!r} (choose {names})")
+    return policy
+
+
+def attention_backend(policy: str) -> str:
+    """The model's ``attention_backend`` for a backend policy."""
+    return "auto" if policy == "fastest" else policy
 
 
 def resolve_isolate(value: str | bool, cuda: bool) -> bool:
@@ -156,34 +203,43 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
     pes = resolve_pes(grid.pes)
     cuda = torch.cuda.is_available()
     precision, isolate = resolve_precision(prof.precision, cuda), resolve_isolate(prof.isolate, cuda)
+    policy = resolve_backend(prof.backend)
     cells = []
     for size in sizes:
         timed = min(prof.layers or (size.layers if cuda else 1), size.layers)
+        slices = [(timed, False)]
+        if prof.check_estimate:
+            slices += [(k, True) for k in CHECK_LAYERS if k < size.layers and k != timed]
         for spec in pes:
             for n in lengths:
                 for mode in modes:
-                    config = {
-                        "suite": name,
-                        "size": size.name,
-                        "layers": size.layers,
-                        "dim": size.dim,
-                        "heads": size.heads,
-                        "pe": str(spec),
-                        "eval_len": n,
-                        "train_len": prof.train_length,
-                        "mode": mode,
-                        "layers_timed": timed,
-                        "batch_size": 1,
-                        "vocab_size": prof.vocab_size,
-                        "precision": precision,
-                        "device": "cuda" if cuda else "cpu",
-                        "repeats": prof.repeats,
-                        "warmup": prof.warmup,
-                        "min_warmup_ms": prof.min_warmup_ms,
-                        "min_block_ms": prof.min_block_ms,
-                        "isolate": isolate,
-                    }
-                    cells.append(Cell(name, f"{size.name}-{spec.label}-L{n}-{mode}", config))
+                    for k, check in slices:
+                        config = {
+                            "suite": name,
+                            "size": size.name,
+                            "layers": size.layers,
+                            "dim": size.dim,
+                            "heads": size.heads,
+                            "pe": str(spec),
+                            "eval_len": n,
+                            "train_len": prof.train_length,
+                            "mode": mode,
+                            "layers_timed": k,
+                            "batch_size": 1,
+                            "vocab_size": prof.vocab_size,
+                            "precision": precision,
+                            "device": "cuda" if cuda else "cpu",
+                            "repeats": prof.repeats,
+                            "warmup": prof.warmup,
+                            "min_warmup_ms": prof.min_warmup_ms,
+                            "min_block_ms": prof.min_block_ms,
+                            "isolate": isolate,
+                            "backend_policy": policy,
+                        }
+                        if check:
+                            config["estimate_check"] = True
+                        tags = ("" if policy == "fastest" else f"-{policy}") + (f"-K{k}" if check else "")
+                        cells.append(Cell(name, f"{size.name}-{spec.label}-L{n}-{mode}{tags}", config))
     return cells
 
 
@@ -200,8 +256,9 @@ def estimate_full_ms(k_layer_ms: float, layers: int, layers_timed: int, embed_he
 
 
 def model_config(cfg: dict[str, Any], layers: int) -> ModelConfig:
-    """The LM decoder of the cell's shape (GPT-2 style, no dropout)."""
+    """The LM decoder of the cell's shape (GPT-2 style, no dropout), attention per its backend policy."""
     return ModelConfig(
+        attention_backend=attention_backend(cfg.get("backend_policy", "fastest")),
         vocab_size=cfg["vocab_size"],
         out_size=cfg["vocab_size"],
         dim=cfg["dim"],
@@ -326,7 +383,10 @@ def estimate_bytes(cfg: dict[str, Any]) -> int:
     total = (k * 12 * d * d + (2 * v * d if full else 0)) * elem * (2 if train else 1)
     if train:
         total += k * 16 * n * d * elem
-    if pe.has_hook("scores") and train:  # explicit attention keeps per-block logits for backward
+    if cfg.get("backend_policy") == "paper":  # full [H, N, N] logits and softmax (and DAPE's [N, N, width])
+        per_layer = (2 * h + (2 * h + _hidden_width(pe, spec) if pe.has_hook("scores") else 0)) * n * n * elem
+        total += per_layer * (k if train else 1)
+    elif pe.has_hook("scores") and train:  # explicit attention keeps per-block logits for backward
         total += k * (4 * h + 2 * _hidden_width(pe, spec)) * (n * n // 2) * elem
     elif pe.has_hook("bias") and cfg["device"] != "cuda":  # fp32 bias and float mask of one layer
         total += 2 * h * n * n * 4
@@ -360,7 +420,8 @@ _MODELS: dict[str, nn.Module] = {}
 
 def _model_key(cfg: dict[str, Any]) -> str:
     keys = ("size", "pe", "layers", "layers_timed", "vocab_size", "precision", "device", "train_len")
-    return json.dumps([cfg[k] for k in keys] + [max(cfg["eval_len"], cfg["train_len"])])
+    extra = [cfg.get("backend_policy", "fastest"), max(cfg["eval_len"], cfg["train_len"])]
+    return json.dumps([cfg[k] for k in keys] + extra)
 
 
 def _measure_model(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -549,6 +610,8 @@ def cell_records(cfg: dict[str, Any], result: dict[str, Any]) -> list[dict[str, 
         "device": cfg["device"],
         "d_dape": dape_width(cfg["pe"]),
         "status": result["status"],
+        "backend_policy": cfg.get("backend_policy", "fastest"),
+        "estimate_check": bool(cfg.get("estimate_check", False)),
     }
     if result["status"] != "ok":
         why = {"value": None, "backend": None, "reason": result.get("reason", "")}
@@ -638,6 +701,7 @@ class TimingTable:
     """DAPE Table 1 layout for one mode: rows are PEs, column groups are sizes, columns lengths."""
 
     mode: str
+    policy: str = "fastest"  # backend_policy of its cells
     pes: list[str] = field(default_factory=list)
     sizes: list[str] = field(default_factory=list)
     lengths: dict[str, list[int]] = field(default_factory=dict)
@@ -646,6 +710,12 @@ class TimingTable:
     entries: dict[tuple[str, str, int], TableEntry] = field(default_factory=dict)
     reference: str | None = None
     devices: list[str] = field(default_factory=list)
+    precisions: list[str] = field(default_factory=list)
+
+    @property
+    def policy_text(self) -> str:
+        """What the backend policy means, for table titles."""
+        return POLICY_TEXT.get(self.policy, f"{self.policy} backend forced for every PE")
 
     def sliced(self, size: str) -> bool:
         timed, total = self.layers[size]
@@ -661,15 +731,16 @@ def _reference(pes: list[str]) -> str | None:
 
 
 def timing_tables(records: list[dict[str, Any]]) -> list[TimingTable]:
-    """Tables (one per mode, fwd first) from stored timing records alone."""
-    tables: dict[str, TimingTable] = {}
-    raw: dict[str, dict[tuple[str, str, int], dict[str, Any]]] = {}
+    """Tables (one per mode and backend policy; fwd first, fastest before paper) from stored timing
+    records alone; ``--check-estimate`` slices are left to :func:`estimate_checks`."""
+    tables: dict[tuple[str, str], TimingTable] = {}
+    raw: dict[tuple[str, str], dict[tuple[str, str, int], dict[str, Any]]] = {}
     for rec in records:
         metric = str(rec.get("metric", ""))
-        if rec.get("suite") != name or not metric.startswith("ms_"):
+        if rec.get("suite") != name or not metric.startswith("ms_") or rec.get("estimate_check"):
             continue
-        mode = metric[3:]
-        t = tables.setdefault(mode, TimingTable(mode))
+        mode, policy = metric[3:], str(rec.get("backend_policy") or "fastest")
+        t = tables.setdefault((mode, policy), TimingTable(mode, policy))
         pe, size, n = rec["pe"], rec["size"], int(rec["eval_len"])
         if pe not in t.pes:
             t.pes.append(pe)
@@ -679,22 +750,79 @@ def timing_tables(records: list[dict[str, Any]]) -> list[TimingTable]:
         t.layers[size] = (int(rec["layers_timed"]), int(rec["layers"]))
         if rec.get("device") and rec["device"] not in t.devices:
             t.devices.append(rec["device"])
+        if rec.get("precision") and rec["precision"] not in t.precisions:
+            t.precisions.append(rec["precision"])
         if rec.get("backend"):
             seen = t.backends.get(pe, "").split("/") if t.backends.get(pe) else []
             if rec["backend"] not in seen:
                 t.backends[pe] = "/".join([*seen, rec["backend"]])
-        raw.setdefault(mode, {})[(pe, size, n)] = rec
-    for mode, t in tables.items():
+        raw.setdefault((mode, policy), {})[(pe, size, n)] = rec
+    for key, t in tables.items():
         t.reference = _reference(t.pes)
         base = {k: TableEntry(r.get("value"), r.get("estimated_full_ms"), None, r.get("status") == "oom")
-                for k, r in raw[mode].items()}
+                for k, r in raw[key].items()}
         for (pe, size, n), entry in base.items():
             ref = base.get((t.reference, size, n)) if t.reference else None
             ratio = None
             if ref is not None and ref.headline and entry.headline is not None:
                 ratio = entry.headline / ref.headline
             t.entries[(pe, size, n)] = replace(entry, ratio=ratio)
-    return [tables[m] for m in sorted(tables, key=lambda m: (MODES + (m,)).index(m))]
+
+    def order(key: tuple[str, str]) -> tuple[int, int, str]:
+        mode, policy = key
+        return ((MODES + (mode,)).index(mode), (POLICIES + (policy,)).index(policy), policy)
+
+    return [tables[k] for k in sorted(tables, key=order)]
+
+
+@dataclass(frozen=True)
+class EstimateCheck:
+    """``K``-layer slice time scaled to ``M`` layers against the measured ``M``-layer slice."""
+
+    pe: str
+    size: str
+    eval_len: int
+    mode: str
+    policy: str
+    k: int
+    m: int
+    k_ms: float
+    m_ms: float
+    k_iqr: float | None
+    m_iqr: float | None
+
+    @property
+    def predicted_ms(self) -> float:
+        """``K-layer time x M / K``, the extrapolation the full-model estimate uses."""
+        return self.k_ms * self.m / self.k
+
+    @property
+    def rel_error(self) -> float:
+        """``(predicted - measured) / measured``."""
+        return (self.predicted_ms - self.m_ms) / self.m_ms
+
+
+def estimate_checks(records: list[dict[str, Any]]) -> list[EstimateCheck]:
+    """Every (K < M) pair of slice depths timed at one (PE, size, length, mode, policy, precision)."""
+    groups: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
+    for rec in records:
+        metric = str(rec.get("metric", ""))
+        if rec.get("suite") != name or not metric.startswith("ms_") or rec.get("value") is None:
+            continue
+        if rec.get("status") not in (None, "ok", "done") or int(rec["layers_timed"]) >= int(rec["layers"]):
+            continue
+        key = (rec["pe"], rec["size"], int(rec["eval_len"]), metric[3:], str(rec.get("backend_policy") or "fastest"),
+               rec.get("precision"), rec.get("device"))
+        groups.setdefault(key, {})[int(rec["layers_timed"])] = rec
+    out = []
+    for (pe, size, n, mode, policy, _, _), by_k in groups.items():
+        for k in sorted(by_k):
+            for m in sorted(by_k):
+                if k < m:
+                    a, b = by_k[k], by_k[m]
+                    out.append(EstimateCheck(pe, size, n, mode, policy, k, m, float(a["value"]), float(b["value"]),
+                                             a.get("iqr"), b.get("iqr")))
+    return out
 
 
 def memory_table(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, str], float | None]:
@@ -702,5 +830,5 @@ def memory_table(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, str
     return {
         (r["pe"], r["size"], int(r["eval_len"]), r["mode"]): r.get("value")
         for r in records
-        if r.get("suite") == name and r.get("metric") == "peak_mem_mb"
+        if r.get("suite") == name and r.get("metric") == "peak_mem_mb" and not r.get("estimate_check")
     }
