@@ -357,7 +357,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
             int64_t srow[TQ];
             float *tdk = dk + tid * kv_ts, *tdv = dv + tid * kv_ts, *tdb = dbias + tid * dbias_ts;
 #ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)  /* fixed items per thread: the per-thread gradient sums, and so training, are reproducible */
 #endif
             for (int64_t item = 0; item < items; item++) {
                 const int64_t t = item / per_item;
