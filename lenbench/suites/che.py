@@ -297,9 +297,9 @@ def evaluate_length(
         inputs, targets = (t.to(device) for t in task.sample(rng, batch, length))
         with autocast():
             logits = predict(model, task, inputs, length)
-        accs.append(masked_accuracy(task, logits, targets))
         mask = task.accuracy_mask(targets)
         counts.append(sample_counts(logits.argmax(-1), targets, mask))
+        accs.append(pooled(counts[-1]))  # the sub-batch's masked_accuracy, from the same counts
         targets_all.append(targets.cpu())
         masks_all.append(mask.cpu())
     _, fit_targets = task.sample(majority_rng or np.random.default_rng([length, 3]), samples, length)
