@@ -154,7 +154,7 @@ def test_fixed_targets_score_identical_token_ids_at_every_length() -> None:
     assert EvalPlan(split, "fixed_targets", lengths, 3, 1, 256).fixed.tolist() == plan.fixed.tolist()  # fixed
     short = EvalPlan(split, "fixed_targets", [16, 48], samples=2, min_sequences=1, last_tokens=256)
     assert short.span == 48 and all(len(short.at(n).targets()) == 2 * 48 for n in (16, 48))  # S = max L < 256
-    with pytest.raises(LenbenchError, match="fewer than one fixed window of 513"):
+    with pytest.raises(LenbenchError, match=r"fewer than one sequence of 513 \(a fixed_targets window\)"):
         EvalPlan(stream_split(500), "fixed_targets", lengths, 3, 1, 256)
 
 
@@ -380,7 +380,7 @@ def test_cli_run_prints_a_perplexity_table(tmp_path: Path, capsys: pytest.Captur
     ).split() + [str(tmp_path)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "trained at 32" in table
+    assert "trained at 32" in table and "fixed_targets" in table  # the title names the protocol
     rows = {line.split()[1]: line for line in table.splitlines() if line.startswith("│")}
     assert set(rows) == {"alibi", "rope"}
     for pe, line in rows.items():

@@ -381,6 +381,7 @@ def evaluate(
     cell_dir: CellDir | None,
     reporter: Reporter,
     label: str,
+    plan: EvalPlan | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Per evaluation length under ``eval.protocol``: ppl_last256, ppl_all, protocol, n_sequences
     (rows run), n_targets (tokens in ppl_last256), concatenated, long_documents (documents
@@ -401,8 +402,7 @@ def evaluate(
     reporter.eval_start(label, len(ev["lengths"]))
     vocab = corpus.tokenizer.vocab_size
     logp = unigram_logprobs(corpus.train, vocab)
-    plan = EvalPlan(corpus.validation, ev["protocol"], ev["lengths"], ev["samples"], ev["min_sequences"],
-                    ev["last_tokens"])
+    plan = plan or eval_plan(corpus, cfg)
     for i, length in enumerate(ev["lengths"]):
         if length not in done:
             rows: EvalSet = plan.at(length)
@@ -429,6 +429,14 @@ def evaluate(
     said = describe_documents(results, ev["last_tokens"]) if plan.protocol == "documents" else plan.describe()
     reporter.message(f"{label}: {said}")
     return results
+
+
+def eval_plan(corpus: TokenizedCorpus, cfg: dict[str, Any]) -> EvalPlan:
+    """The cell's evaluation sets (``eval.protocol``); a validation split too short is a LenbenchError."""
+    ev = cfg["eval"]
+    return EvalPlan(
+        corpus.validation, ev["protocol"], ev["lengths"], ev["samples"], ev["min_sequences"], ev["last_tokens"]
+    )
 
 
 def save_model(cell_dir: CellDir, model: Transformer, cfg: dict[str, Any], corpus: TokenizedCorpus) -> None:
@@ -485,6 +493,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     stream = corpus.train.tokens
     if len(stream) < length + 2:
         raise LenbenchError(f"the training split has {len(stream)} tokens, too few for length {length}")
+    plan = eval_plan(corpus, cfg)  # before training: a validation split too short fails at once
     device, autocast = device_and_autocast(t["precision"])
     vocab = corpus.tokenizer.vocab_size
     torch.manual_seed(cfg["seed"])
@@ -531,7 +540,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     train_seconds = time.perf_counter() - started
     save_model(cell_dir, model, cfg, corpus)
     started = time.perf_counter()
-    results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label)
+    results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label, plan)
     eval_seconds = time.perf_counter() - started
     common = {"suite": name, "dataset": cfg["dataset"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": length}
     records = [

@@ -40,6 +40,14 @@ PROTOCOLS = ("fixed_targets", "dape", "documents")
 DEFAULT_PROTOCOL = "fixed_targets"
 LEGACY_PROTOCOL = "documents"  # what a record without a ``protocol`` field was scored with
 EVAL_SEED = 0  # the evaluation windows are the same for every cell
+PROTOCOL_TEXT = {  # one line per protocol, for report notes
+    "fixed_targets": "fixed_targets protocol: the same target tokens at every L (the last 256 tokens of fixed "
+    "windows of the validation stream), each scored with L tokens of context",
+    "dape": "dape protocol (DAPE's): at each L, random windows of L + 1 tokens of the validation stream, "
+    "the last min(256, L) scored, so each L scores different tokens",
+    "documents": "documents protocol: the first L + 1 tokens of validation documents that long, the last "
+    "min(256, L) scored; the documents (and so the content) change with L",
+}
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ def packed_blocks(split: TokenSplit, width: int, samples: int, seed: list[int], 
     blocks = len(split.tokens) // width
     if blocks == 0:
         raise LenbenchError(
-            f"the validation split has {len(split.tokens)} tokens, fewer than one {what} of {width}; "
+            f"the validation split has {len(split.tokens)} tokens, fewer than one sequence of {width} ({what}); "
             "use shorter evaluation lengths or a larger corpus"
         )
     chosen = np.sort(np.random.default_rng(seed).permutation(blocks)[:samples])
@@ -94,7 +102,7 @@ def fixed_window_length(lengths: list[int], last_tokens: int) -> int:
 def fixed_windows(split: TokenSplit, lengths: list[int], samples: int, last_tokens: int) -> np.ndarray:
     """The fixed windows ``[n, W]`` of the ``fixed_targets`` protocol (the same for every length)."""
     width = fixed_window_length(lengths, last_tokens)
-    return packed_blocks(split, width, samples, [EVAL_SEED], "fixed window")
+    return packed_blocks(split, width, samples, [EVAL_SEED], "a fixed_targets window")
 
 
 def fixed_target_set(windows: np.ndarray, length: int, span: int) -> EvalSet:
@@ -116,7 +124,7 @@ def fixed_target_set(windows: np.ndarray, length: int, span: int) -> EvalSet:
 
 def dape_set(split: TokenSplit, length: int, samples: int, last_tokens: int) -> EvalSet:
     """DAPE's protocol at length L: random non-overlapping blocks of ``L + 1`` tokens of the packed stream."""
-    windows = packed_blocks(split, length + 1, samples, [EVAL_SEED, length], "sequence")
+    windows = packed_blocks(split, length + 1, samples, [EVAL_SEED, length], f"length {length} + 1")
     return EvalSet(windows, np.full(len(windows), min(last_tokens, length), dtype=np.int64), concatenated=True)
 
 
@@ -160,6 +168,8 @@ class EvalPlan:
         self.min_sequences, self.last_tokens = min_sequences, last_tokens
         self.span = span_length(lengths, last_tokens)
         self.fixed = fixed_windows(split, lengths, samples, last_tokens) if protocol == "fixed_targets" else None
+        if self.fixed is None:  # the longest length must fit too: say so before any training
+            self.at(max(lengths))
 
     def at(self, length: int) -> EvalSet:
         if self.fixed is not None:
