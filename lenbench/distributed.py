@@ -103,11 +103,6 @@ def rank_split(batch_size: int, micro_batch_size: int | None = None) -> BatchSpl
     return split_batch(batch_size, micro_batch_size, 1 if par is None else par.world_size)
 
 
-def shard_size(batch_size: int) -> int:
-    """Sequences this rank samples per step: the global batch split evenly over ranks."""
-    return rank_split(batch_size).per_rank
-
-
 class DataParallel:
     """The collectives the training loop needs, over the default process group."""
 
