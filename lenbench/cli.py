@@ -295,20 +295,21 @@ def print_perplexities(outcomes: list[Any]) -> None:
     """One table per (dataset, training length): PE rows x evaluation-length columns of ppl_last256."""
     import numpy as np
 
-    values: dict[tuple[str, int], dict[str, dict[int, list[float]]]] = {}
-    failed: set[tuple[str, int, str]] = set()
+    values: dict[tuple[str, int, str], dict[str, dict[int, list[float]]]] = {}
+    failed: set[tuple[str, int, str, str]] = set()
     for o in outcomes:
         cfg = o.cell.config
-        key = (cfg["dataset"], int(cfg["train"]["length"]))
+        key = (cfg["dataset"], int(cfg["train"]["length"]), str(cfg["eval"].get("protocol", "documents")))
         rows = values.setdefault(key, {}).setdefault(cfg["pe"], {})
         if o.status == "failed":
             failed.add((*key, cfg["pe"]))
         for length, ppl in o.summary.get("ppl_last256", {}).items():
             rows.setdefault(int(length), []).append(float(ppl))
-    for (dataset, train_len), rows in values.items():
+    for (dataset, train_len, protocol), rows in values.items():
         lengths = sorted({n for per_pe in rows.values() for n in per_pe})
         table = Table(
-            title=f"{dataset}, trained at {train_len}: perplexity (last 256 tokens), mean ± sample std over seeds"
+            title=f"{dataset}, trained at {train_len}: perplexity (last 256 tokens, {protocol} protocol), "
+            "mean ± sample std over seeds"
         )
         table.add_column("PE")
         for n in lengths:
@@ -320,7 +321,7 @@ def print_perplexities(outcomes: list[Any]) -> None:
                 if vals:
                     cells.append(f"{np.mean(vals):.2f}" + (f" ± {np.std(vals, ddof=1):.2f}" if len(vals) > 1 else ""))
                 else:
-                    cells.append("FAILED" if (dataset, train_len, pe) in failed else "-")
+                    cells.append("FAILED" if (dataset, train_len, protocol, pe) in failed else "-")
             table.add_row(pe, *cells)
         out.print(table)
 

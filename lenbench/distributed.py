@@ -9,8 +9,10 @@ CUDA, gloo on CPU) and runs the cells one after another on all ranks together:
 - the training loop (:func:`lenbench.train.train`) asks :func:`current` and, when set, wraps the model
   in ``DistributedDataParallel``, gives each rank its own data stream (seeded by seed and rank), and
   averages the loss over ranks (so a NaN on any rank fails the cell on all of them);
-- the suite samples ``batch_size // world_size`` sequences per rank (:func:`shard_size`), so the
-  global batch is the configured one; the cell config, and its folder, are those of a one-process run;
+- the suite samples ``batch_size // world_size`` sequences per rank and step (:func:`split_batch`),
+  in ``accumulation`` micro-batches of ``micro_batch_size`` when that is smaller, so the global batch
+  is the configured one on any number of ranks; the cell config, and its folder, are those of a
+  one-process run;
 - only rank 0 writes: results, checkpoints (holding every rank's RNG state, so resuming with the same
   number of ranks is exact) and logs. The other ranks write into a private temporary folder, deleted
   after the cell. Every rank evaluates (identical work, no collectives), so none waits on another.
@@ -66,14 +68,39 @@ def current() -> DataParallel | None:
     return _CURRENT
 
 
-def shard_size(batch_size: int) -> int:
-    """Sequences this rank samples per step: the global batch split evenly over ranks."""
+@dataclass(frozen=True)
+class BatchSplit:
+    """One optimizer step's global batch on one rank: ``accumulation`` passes of ``micro`` sequences."""
+
+    per_rank: int
+    micro: int
+    accumulation: int
+
+
+def split_batch(batch_size: int, micro_batch_size: int | None, world_size: int) -> BatchSplit:
+    """Global batch B over W ranks, at most M sequences per forward: each rank takes B / W sequences
+    per step as (B / W) / m passes of m = min(M, B / W) (gradient accumulation). B = 256, W = 1,
+    M = 32: 8 passes of 32; W = 8: 1 pass of 32; W = 2: 4 passes of 32. M None: one pass of B / W."""
+    if batch_size < 1:
+        raise LenbenchError(f"batch size must be >= 1, got {batch_size}")
+    if micro_batch_size is not None and micro_batch_size < 1:
+        raise LenbenchError(f"micro batch size must be >= 1, got {micro_batch_size}")
+    if batch_size % world_size:
+        raise LenbenchError(f"batch size {batch_size} is not divisible by {world_size} ranks")
+    per_rank = batch_size // world_size
+    micro = per_rank if micro_batch_size is None else min(micro_batch_size, per_rank)
+    if per_rank % micro:
+        raise LenbenchError(
+            f"micro batch size {micro} does not divide the {per_rank} sequences per rank "
+            f"(batch size {batch_size} over {world_size} rank(s))"
+        )
+    return BatchSplit(per_rank, micro, per_rank // micro)
+
+
+def rank_split(batch_size: int, micro_batch_size: int | None = None) -> BatchSplit:
+    """:func:`split_batch` over the ranks of the current torchrun launch (one rank without it)."""
     par = current()
-    if par is None:
-        return batch_size
-    if batch_size % par.world_size:
-        raise LenbenchError(f"batch size {batch_size} is not divisible by {par.world_size} ranks")
-    return batch_size // par.world_size
+    return split_batch(batch_size, micro_batch_size, 1 if par is None else par.world_size)
 
 
 class DataParallel:
@@ -147,10 +174,14 @@ class _Announce:
         self.par.broadcast("run")
         with contextlib.suppress(OSError, json.JSONDecodeError):  # the manifest says how this run trained
             manifest = json.loads(cell_dir.manifest_path.read_text())
+            train = cell.config["train"]
+            split = rank_split(train["batch_size"], train.get("micro_batch_size"))
             parallel = {
                 "world_size": self.par.world_size,
                 "backend": "nccl" if self.par.cuda else "gloo",
-                "batch_per_rank": shard_size(cell.config["train"]["batch_size"]),
+                "batch_per_rank": split.per_rank,
+                "micro_batch_size": split.micro,
+                "accumulation": split.accumulation,
             }
             atomic_write_json(cell_dir.manifest_path, {**manifest, "data_parallel": parallel})
         return self.suite.run_cell(cell, cell_dir, reporter)
@@ -168,9 +199,11 @@ class DataParallelExecutor:
         if other:
             raise LenbenchError(f"torchrun trains ppl cells data-parallel; suite {other[0]!r} runs without it")
         for cell in cells:
-            batch = cell.config["train"]["batch_size"]
-            if batch % self.env.world_size:
-                raise LenbenchError(f"{cell.label}: batch size {batch} is not divisible by {self.env.world_size} ranks")
+            train = cell.config["train"]
+            try:
+                split_batch(train["batch_size"], train.get("micro_batch_size"), self.env.world_size)
+            except LenbenchError as exc:
+                raise LenbenchError(f"{cell.label}: {exc}") from exc
 
     def run(self, cells: list[Cell], store: ResultStore, console: Console | None = None) -> list[Outcome]:
         from lenbench.progress import RichReporter

@@ -5,13 +5,21 @@ from a numpy ``Generator`` and returns the loss and metrics, plus an optional ch
 A checkpoint holds model, optimizer, scheduler, step and every RNG (torch, numpy generator,
 python ``random``), so a resumed run is bit-identical to an uninterrupted one on CPU.
 
+Gradient accumulation: with ``accumulation = a > 1`` one optimizer step calls ``step_fn`` a times
+(each drawing one micro-batch) and backpropagates ``loss_i / a`` each time, so the summed gradient
+is that of the mean loss over the a micro-batches: with equal-sized micro-batches, the gradient of
+one batch a times larger (then clipping and the optimizer step, once). The logged loss and each
+metric are their means over the micro-batches. ``a = 1`` is the plain loop.
+
 Under torchrun (:mod:`lenbench.distributed`) the same loop trains data-parallel: the model runs
 wrapped in DDP, each rank draws from its own RNG streams, the loss is averaged over ranks, rank 0's
-checkpoint reaches every rank on resume, and a checkpoint also holds every rank's RNG states.
+checkpoint reaches every rank on resume, and a checkpoint also holds every rank's RNG states. With
+accumulation, gradients are all-reduced once per step (``no_sync`` on all micro-batches but the last).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -133,10 +141,12 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     compile_clock: CompileClock | None = None,
+    accumulation: int = 1,
 ) -> int:
     """Train for ``cfg.steps`` steps (resuming from the checkpointer if it has state).
 
-    ``step_fn(model, rng, step)`` returns ``(loss, metrics)``; ``on_step(step, metrics)`` sees every
+    ``step_fn(model, rng, step)`` returns ``(loss, metrics)`` for one (micro-)batch, called
+    ``accumulation`` times per step (module doc); ``on_step(step, metrics)`` sees every
     completed step (1-based); ``on_start(step)`` is called once with the step training starts
     from (non-zero when resuming). Returns the step it resumed from (0 for a fresh run).
 
@@ -146,6 +156,8 @@ def train(
     """
     from lenbench.distributed import current
 
+    if accumulation < 1:
+        raise LenbenchError(f"gradient accumulation must be >= 1, got {accumulation}")
     par = current()  # set under torchrun only
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -190,19 +202,27 @@ def train(
         return snap
 
     model.train()
-    net = model if par is None else par.wrap(model)
+    ddp = None if par is None else par.wrap(model)
+    net = model if ddp is None else ddp
     clock = compile_clock
     if clock is not None:
         net = torch.compile(net, dynamic=True)
     for step in range(start, cfg.steps):
         if clock is not None:
             clock.begin()
-        loss, metrics = step_fn(net, rng, step)
-        value = float(loss.detach()) if par is None else par.mean(loss)
-        if not math.isfinite(value):
-            raise NonFiniteLoss(step + 1, value)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if accumulation == 1:
+            loss, metrics = step_fn(net, rng, step)
+            value = float(loss.detach()) if par is None else par.mean(loss)
+            if not math.isfinite(value):
+                raise NonFiniteLoss(step + 1, value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            mean_loss, metrics = accumulate(net, ddp, step_fn, rng, step, accumulation)
+            value = float(mean_loss) if par is None else par.mean(mean_loss)
+            if not math.isfinite(value):
+                raise NonFiniteLoss(step + 1, value)
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -216,3 +236,24 @@ def train(
         if checkpointer is not None and checkpoint_every > 0 and (done % checkpoint_every == 0 or done == cfg.steps):
             checkpointer.save_checkpoint(snapshot(done))
     return start
+
+
+def accumulate(
+    net: nn.Module, ddp: Any, step_fn: StepFn, rng: np.random.Generator, step: int, accumulation: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Backpropagate ``accumulation`` micro-batches' ``loss / accumulation`` -> (mean loss, mean metrics).
+
+    Under DDP (``ddp`` set) only the last backward all-reduces the gradients. The mean loss stays a
+    detached tensor on the loss's device (NCCL reduces CUDA tensors only).
+    """
+    total = torch.zeros(())
+    sums: dict[str, float] = {}
+    for i in range(accumulation):
+        sync = ddp is None or i == accumulation - 1
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            loss, metrics = step_fn(net, rng, step)
+            (loss / accumulation).backward()
+        total = loss.detach().float() + total.to(loss.device)
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    return total / accumulation, {key: value / accumulation for key, value in sums.items()}

@@ -172,7 +172,7 @@ def test_bad_executor_input_is_one_line(
 
 
 PPL = ["--suite", "ppl", "--profile", "quick", "--pe", "dape", "--model", "tiny", "--steps", "6", "--batch-size", "4",
-       "--train-length", "32", "--eval-lengths", "32,64"]
+       "--train-length", "32", "--eval-lengths", "32,64", "--set", "profile.train.micro_batch_size=1"]
 
 
 def test_ddp_two_gloo_ranks_write_one_ordinary_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,7 +200,12 @@ def test_ddp_two_gloo_ranks_write_one_ordinary_cell(tmp_path: Path, monkeypatch:
     assert schema(ddp) == schema(single)
     assert set(json.loads((ddp / "DONE").read_text())) == set(json.loads((single / "DONE").read_text()))
     manifest = json.loads((ddp / "manifest.json").read_text())
-    assert manifest["data_parallel"] == {"world_size": 2, "backend": "gloo", "batch_per_rank": 2}
+    # the global batch of 4: 2 per rank, as 2 accumulated micro-batches of 1 (one process: 4 of 1)
+    assert manifest["data_parallel"] == {"world_size": 2, "backend": "gloo", "batch_per_rank": 2,
+                                         "micro_batch_size": 1, "accumulation": 2}
+    assert json.loads((ddp / "DONE").read_text())["batch"] == {"global": 4, "per_rank": 2, "micro": 1,
+                                                                "accumulation": 2, "world_size": 2}
+    assert json.loads((single / "DONE").read_text())["batch"]["accumulation"] == 4
 
 
 def test_grid_progress_counts_done_running_failed_with_an_eta() -> None:

@@ -23,6 +23,7 @@ from lenbench.pe import PES
 from lenbench.pe.registry import parse_pe_spec
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, load_suite_module, ppl
+from lenbench.suites.ppl_protocols import EvalPlan, fixed_window_length
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +109,81 @@ def test_eval_windows_long_documents_then_concatenation() -> None:
     )
 
 
+def stream_split(n: int) -> TokenSplit:
+    """A validation split whose token ids are their stream positions (ids name where they came from)."""
+    return TokenSplit(np.arange(n, dtype=np.int64), np.array([0, n]))
+
+
+class KnowsTargets(nn.Module):
+    """Knows ``next = token + 1`` only where the next token is one of ``targets``; uniform elsewhere."""
+
+    def __init__(self, vocab: int, targets: np.ndarray) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.known = torch.zeros(vocab, dtype=torch.bool)
+        self.known[torch.from_numpy(targets)] = True
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        nxt = (ids + 1) % self.vocab
+        sure = torch.nn.functional.one_hot(nxt, self.vocab).float() * 100.0
+        return torch.where(self.known[nxt][..., None], sure, torch.zeros_like(sure))
+
+
+def test_fixed_targets_score_identical_token_ids_at_every_length() -> None:
+    lengths = [32, 64, 100, 256, 512]
+    assert fixed_window_length(lengths, 256) == 513  # 100 needs 3 x 100 = 300 tokens of room, 512 more
+    split = stream_split(513 * 10 + 7)
+    plan = EvalPlan(split, "fixed_targets", lengths, samples=3, min_sequences=1, last_tokens=256)
+    starts = [int(w[0]) for w in plan.fixed]
+    assert len(starts) == 3 and all(s % 513 == 0 for s in starts)  # 3 of the 10 non-overlapping blocks
+    expected = np.concatenate([np.arange(s + 513 - 256, s + 513) for s in starts])  # the last 256 of each
+    for length in lengths:
+        rows = plan.at(length)
+        assert rows.windows.shape[1] == length + 1
+        assert np.array_equal(rows.targets(), expected), length  # the same ids, in the same order
+        assert all(np.array_equal(r, np.arange(r[0], r[0] + length + 1)) for r in rows.windows)  # contiguous
+        assert rows.scored.sum() == 3 * 256 and rows.scored.max() <= length
+        # below the span, consecutive rows of L tokens cover it: 100 -> 56 + 100 + 100 per window
+        assert list(rows.scored[: len(rows.scored) // 3]) == {32: [32] * 8, 64: [64] * 4, 100: [56, 100, 100],
+                                                              256: [256], 512: [256]}[length]
+        # and perplexity scores exactly those positions: right on the targets, uniform elsewhere
+        last, full = ppl.perplexity(KnowsTargets(split.tokens.size + 1, expected), rows.windows, 4,
+                                    scored=rows.scored)
+        assert last == pytest.approx(1.0, abs=1e-6)
+        assert full > 1.5 if length > 256 or length == 100 else full == pytest.approx(1.0, abs=1e-6)
+    assert EvalPlan(split, "fixed_targets", lengths, 3, 1, 256).fixed.tolist() == plan.fixed.tolist()  # fixed
+    short = EvalPlan(split, "fixed_targets", [16, 48], samples=2, min_sequences=1, last_tokens=256)
+    assert short.span == 48 and all(len(short.at(n).targets()) == 2 * 48 for n in (16, 48))  # S = max L < 256
+    with pytest.raises(LenbenchError, match=r"fewer than one sequence of 513 \(a fixed_targets window\)"):
+        EvalPlan(stream_split(500), "fixed_targets", lengths, 3, 1, 256)
+
+
+def test_dape_protocol_scores_random_packed_windows_per_length() -> None:
+    split = stream_split(5000)
+    plan = EvalPlan(split, "dape", [128, 512], samples=6, min_sequences=1, last_tokens=256)
+    assert plan.fixed is None
+    targets = {}
+    for length in (128, 512):
+        rows = plan.at(length)
+        width = length + 1
+        starts = rows.windows[:, 0]
+        assert len(rows.windows) == min(6, 5000 // width) and rows.concatenated
+        assert all(s % width == 0 for s in starts) and list(starts) == sorted(set(starts))  # distinct blocks
+        assert all(np.array_equal(r, np.arange(r[0], r[0] + width)) for r in rows.windows)  # stream windows
+        assert set(rows.scored) == {min(256, length)}  # the last min(256, L) of each window
+        assert np.array_equal(rows.targets(), np.concatenate([r[-min(256, length):] for r in rows.windows]))
+        assert np.array_equal(plan.at(length).windows, rows.windows)  # seeded: the same at every call
+        targets[length] = set(rows.targets().tolist())
+    assert targets[128] != targets[512]  # different tokens at each length, unlike fixed_targets
+    choices = {tuple(EvalPlan(split, "dape", [n], 6, 1, 256).at(n).windows[:, 0] // (n + 1)) for n in (100, 101)}
+    assert len(choices) == 2  # the random choice of blocks is seeded per length
+    docs = EvalPlan(split_of([40, 10, 33, 50]), "documents", [32], samples=10, min_sequences=3, last_tokens=256)
+    rows = docs.at(32)
+    assert rows.long_documents == 3 and not rows.concatenated and set(rows.scored) == {32}
+    with pytest.raises(LenbenchError, match="unknown evaluation protocol 'random'"):
+        EvalPlan(split, "random", [128], 6, 1, 256)
+
+
 class NeedsSmallBatches(Uniform):
     """Uniform logits, but a forward over more than ``fits`` sequences raises an out-of-memory error."""
 
@@ -168,6 +244,11 @@ def test_expand_grid_and_errors() -> None:
     cfg = cells[0].config
     assert (cfg["model"]["layers"], cfg["model"]["dim"], cfg["model"]["heads"]) == (12, 768, 12)
     assert cfg["eval"]["lengths"][-1] == 8192 and cfg["data"]["kind"] == "default"
+    assert cfg["eval"]["protocol"] == "fixed_targets"
+    # DAPE's 256 sequences per step (32 per GPU x 8 GPUs), 32 per forward
+    assert (cfg["train"]["batch_size"], cfg["train"]["micro_batch_size"]) == (256, 32)
+    assert {(c.config["train"]["length"], c.config["train"]["tokens_per_step"]) for c in cells} == {
+        (128, 256 * 128), (512, 256 * 512)}
     (cell,) = expand(grid={"pes": "rope"}, profile={"model": {"size": "125m", "layers": 2}, "train": {"length": 64}})
     assert cell.config["model"]["layers"] == 2 and cell.config["train"]["length"] == 64
     assert cell.label == "default-rope-T64-s0"
@@ -179,6 +260,10 @@ def test_expand_grid_and_errors() -> None:
         expand(profile={"data": {"tokenizer": "gpt2"}})
     with pytest.raises(LenbenchError, match="books3"):
         expand(grid={"datasets": "books3"})
+    with pytest.raises(LenbenchError, match="unknown evaluation protocol 'last256'"):
+        expand(profile={"eval": {"protocol": "last256"}})
+    with pytest.raises(LenbenchError, match="micro batch size 5 does not divide the 32 sequences"):
+        expand(profile={"train": {"micro_batch_size": 5}})
 
 
 SMALL = {
@@ -206,19 +291,29 @@ def test_short_run_beats_unigram(tmp_path: Path) -> None:
     assert outcome.status == "done"
     assert outcome.cell.config["model"] == {"size": "tiny", "layers": 2, "dim": 128, "heads": 4, "dropout": 0.0}
     summary = outcome.summary
-    long_docs = {n: summary["eval"][n]["long_documents"] for n in ("64", "128")}
-    said = f"64: 8 of the {long_docs['64']} documents of >= 65 tokens; 128: 8 of the {long_docs['128']} documents"
-    assert said in reporter.messages[-1]
+    said = "fixed targets: the last 128 tokens of 8 fixed windows of 129 tokens of the validation stream"
+    assert said in reporter.messages[-1] and summary["protocol"] == "fixed_targets"
+    assert summary["tokens_per_step"] == 8 * 64
+    assert summary["batch"] == {"global": 8, "per_rank": 8, "micro": 8, "accumulation": 1, "world_size": 1}
     assert 10 < summary["unigram_ppl"] < 100  # bytes of Python source, whole validation split
+    ev = summary["eval"]
+    assert (ev["64"]["n_sequences"], ev["128"]["n_sequences"]) == (16, 8)  # at 64, two rows per window
+    assert ev["64"]["n_targets"] == ev["128"]["n_targets"] == 8 * 128
+    # the same target tokens at both lengths, so the unigram model scores them identically
+    assert ev["64"]["unigram_ppl_last256"] == ev["128"]["unigram_ppl_last256"]
     for length in ("64", "128"):  # the unigram model scored on the same evaluation tokens
-        assert summary["ppl_all"][length] < 0.7 * summary["eval"][length]["unigram_ppl_all"], summary
+        assert summary["ppl_all"][length] < 0.7 * ev[length]["unigram_ppl_all"], summary
+        assert summary["ppl_last256"][length] < 0.7 * ev[length]["unigram_ppl_last256"], summary
     assert summary["corpus"]["python"] and summary["corpus"]["documents"]["validation"] > 0
     records = json.loads(outcome.cell_dir.metrics_path.read_text())
     assert {(r["eval_len"], r["metric"]) for r in records} == {
         (n, m) for n in (64, 128) for m in ("ppl_last256", "ppl_all")
     }
-    keys = {"suite", "dataset", "pe", "seed", "train_len", "eval_len", "metric", "value", "n_sequences", "concatenated"}
-    assert all(set(r) == keys and r["n_sequences"] == 8 and r["concatenated"] is False for r in records)
+    keys = {"suite", "dataset", "pe", "seed", "train_len", "eval_len", "metric", "value", "protocol", "n_sequences",
+            "concatenated", "unigram_ppl"}
+    assert all(set(r) == keys and r["protocol"] == "fixed_targets" and r["concatenated"] for r in records)
+    assert {(r["eval_len"], r["metric"]): r["unigram_ppl"] for r in records}[(64, "ppl_last256")] == pytest.approx(
+        ev["64"]["unigram_ppl_last256"])
     manifest = json.loads(outcome.cell_dir.manifest_path.read_text())
     assert manifest["corpus"]["python"] == summary["corpus"]["python"]
     model = ppl.load_model(outcome.cell_dir)
@@ -285,7 +380,7 @@ def test_cli_run_prints_a_perplexity_table(tmp_path: Path, capsys: pytest.Captur
     ).split() + [str(tmp_path)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "trained at 32" in table
+    assert "trained at 32" in table and "fixed_targets" in table  # the title names the protocol
     rows = {line.split()[1]: line for line in table.splitlines() if line.startswith("│")}
     assert set(rows) == {"alibi", "rope"}
     for pe, line in rows.items():

@@ -19,6 +19,7 @@ import torch
 
 from lenbench.cli import main
 from lenbench.config import load_suite
+from lenbench.errors import LenbenchError
 from lenbench.executors import run_in_process
 from lenbench.report import build_report
 from lenbench.report import plots as P
@@ -189,6 +190,38 @@ def test_ppl_table_per_length_lowest_bold_and_failed_pe(results: Path) -> None:
     # two seeds: 95% CI half-width t_{0.975,1} sd / sqrt(2) = 12.706 sd / sqrt(2): at 16, alibi 11 ± 12.7
     # and dape 9.5 ± 6.35 overlap, as at 32 (21 ± 12.7 vs 11.75 ± 9.5): no column has a distinct best
     assert bold(table)["dape"] == [False, False] and bold(table)["alibi"] == [False, False]
+
+
+def test_ppl_tables_and_plots_are_per_protocol(results: Path, tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    shutil.copytree(results / "ppl", root / "ppl")
+    store = ResultStore(root)
+    for seed, value in enumerate((7.0, 8.0)):  # dape again, scored with the fixed-target protocol
+        config = {"suite": "ppl", "dataset": "toy", "pe": "dape", "seed": seed, "train": {"length": 16},
+                  "eval": {"lengths": [16, 32], "protocol": "fixed_targets"}}
+        common = {"suite": "ppl", "dataset": "toy", "pe": "dape", "seed": seed, "train_len": 16,
+                  "protocol": "fixed_targets", "n_sequences": 4, "concatenated": True}
+        records = [{**common, "eval_len": n, "metric": "ppl_last256", "value": value} for n in (16, 32)]
+        write_cell(store, "ppl", f"toy-dape-T16-s{seed}-fixed", config, records)
+    frame = collect(root, "ppl").frame
+    assert set(frame["protocol"]) == {"documents", "fixed_targets"}  # records without one: documents
+    tables, summary = T.ppl_tables(frame)
+    by_key = {t.key: t for t in tables}
+    assert set(by_key) == {"ppl_toy_T16_documents", "ppl_toy_T16_fixed_targets"}
+    fixed, old = by_key["ppl_toy_T16_fixed_targets"], by_key["ppl_toy_T16_documents"]
+    assert fixed.title.endswith("fixed_targets protocol") and old.title.endswith("documents protocol")
+    assert any("the same target tokens at every L" in note for note in fixed.notes)
+    assert texts(fixed) == {"dape": ["7.50 ± 0.71", "7.50 ± 0.71"]}  # not pooled with the documents seeds
+    assert texts(old)["dape"] == ["9.50 ± 0.71", "11.75 ± 1.06"]
+    assert set(summary["protocol"]) == {"documents", "fixed_targets"}
+    dape = frame[(frame["pe"] == "dape") & (frame["metric"] == "ppl_last256") & (frame["eval_len"] == 32)]
+    assert set(zip(dape["protocol"], dape["seeds_mean"], strict=True)) == {("documents", 11.75), ("fixed_targets", 7.5)}
+    saved = P.report_figures(frame, tmp_path / "plots")
+    assert [p.stem for _, paths in saved["ppl"] for p in paths][::2] == ["ppl_toy_T16_documents",
+                                                                          "ppl_toy_T16_fixed_targets"]
+    assert "fixed_targets protocol" in P.ppl_figure(frame, "toy", 16, "fixed_targets").axes[0].get_title()
+    with pytest.raises(LenbenchError, match="several protocols"):
+        P.ppl_figure(frame, "toy", 16)
 
 
 def test_timing_table_ratio_to_dape_kerple_and_oom(results: Path) -> None:

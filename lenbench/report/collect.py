@@ -6,7 +6,9 @@ eval_len, metric, value, status, ...``); the records' extra fields (``n_sequence
 ``lenbench``, ``torch``, ``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
 cell is one row with ``status = failed``, its reason, and ``value`` NaN (never 0). ``status`` is
 ``done``, ``failed`` or ``oom`` (a timing cell that did not fit in memory). Cells still running
-or never finished are counted, not shown.
+or never finished are counted, not shown. Every ppl row has a ``protocol`` (the evaluation protocol
+of :mod:`lenbench.suites.ppl_protocols`); records written before protocols were named get
+``documents``, the only protocol then.
 
 Uncertainty columns (:func:`add_uncertainty`): every CHE and ppl record also carries the statistics
 of its table cell over seeds, as the rendered tables show them: ``seeds_n``, ``seeds_mean``,
@@ -29,6 +31,7 @@ import pandas as pd
 
 from lenbench.errors import LenbenchError
 from lenbench.results import CellDir, ResultStore
+from lenbench.suites.ppl_protocols import LEGACY_PROTOCOL
 
 COLUMNS = [
     "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
@@ -56,7 +59,9 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
         keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"),
                     lr=train.get("lr"))
     elif suite == "ppl":
-        keys.update(dataset=config.get("dataset"), train_len=train.get("length"))
+        evaluation = config.get("eval") if isinstance(config.get("eval"), dict) else {}
+        keys.update(dataset=config.get("dataset"), train_len=train.get("length"),
+                    protocol=evaluation.get("protocol", LEGACY_PROTOCOL))
     elif suite == "timing":
         keys.update(
             size=config.get("size"),
@@ -154,13 +159,17 @@ def collect(results: Path | str, suite: str | None = None) -> Collection:
     for col in INT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+    if "protocol" not in frame:
+        frame["protocol"] = None
+    legacy = (frame["suite"] == "ppl") & frame["protocol"].isna()
+    frame["protocol"] = frame["protocol"].astype(object).where(~legacy, LEGACY_PROTOCOL)
     frame = add_uncertainty(frame)
     if incomplete:
         warnings.append(f"{incomplete} cell(s) neither finished nor failed (running or interrupted); not shown")
     return Collection(frame, warnings, incomplete)
 
 
-CELL_KEYS = ["suite", "task", "dataset", "pe", "lr", "train_len", "eval_len", "metric"]  # one table cell
+CELL_KEYS = ["suite", "task", "dataset", "protocol", "pe", "lr", "train_len", "eval_len", "metric"]  # one table cell
 
 
 def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:

@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
+from lenbench.errors import LenbenchError  # noqa: E402
 from lenbench.report.stats import pe_name  # noqa: E402
 from lenbench.report.tables import (  # noqa: E402
     best_lr,
@@ -35,6 +36,7 @@ from lenbench.report.tables import (  # noqa: E402
     che_stats,
     pe_order,
     ppl_frames,
+    ppl_groups,
     task_info,
     task_order,
     timing_data,
@@ -254,11 +256,20 @@ def che_grid_figure(frame: pd.DataFrame, tasks: list[str], cols: int = 5) -> Fig
 # --------------------------------------------------------------------------- ppl
 
 
-def ppl_figure(frame: pd.DataFrame, dataset: str, train_len: int) -> Figure:
-    """Perplexity (last 256 tokens) vs evaluation length, log-log; lengths up to training shaded."""
+def ppl_figure(frame: pd.DataFrame, dataset: str, train_len: int, protocol: str | None = None) -> Figure:
+    """Perplexity (last 256 tokens) vs evaluation length, log-log; lengths up to training shaded.
+
+    ``protocol``: only the cells evaluated with it (None: the group's only protocol, named in the title)."""
     done, failed = ppl_frames(frame)
     d = done[(done["dataset"] == dataset) & (done["train_len"] == train_len)]
     f = failed[(failed["dataset"] == dataset) & (failed["train_len"] == train_len)]
+    if protocol is None:
+        protocols = sorted({*d["protocol"], *f["protocol"]})
+        if len(protocols) > 1:
+            raise LenbenchError(f"{dataset} T={train_len} has results of several protocols {protocols}; name one")
+        protocol = protocols[0] if protocols else None
+    if protocol is not None:
+        d, f = d[d["protocol"] == protocol], f[f["protocol"] == protocol]
     with paper_style():
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.5))
         lengths = sorted(int(n) for n in d["eval_len"].dropna().unique())
@@ -272,7 +283,7 @@ def ppl_figure(frame: pd.DataFrame, dataset: str, train_len: int) -> Figure:
         log_axes(ax, lengths)
         ax.set_xlabel("evaluation length L (tokens)")
         ax.set_ylabel("perplexity (last 256 tokens)")
-        ax.set_title(f"{dataset}, trained at {train_len}")
+        ax.set_title(f"{dataset}, trained at {train_len}" + (f" ({protocol} protocol)" if protocol else ""))
         fig.tight_layout()
         legend_below(fig)
     return fig
@@ -323,12 +334,9 @@ def report_figures(frame: pd.DataFrame, plots_dir: Path) -> dict[str, list[tuple
             saved["che"].append((f"CHE {task}: accuracy vs test length",
                                  save_figure(che_task_figure(frame, task), plots_dir / f"che_{slug(task)}")))
     done, failed = ppl_frames(frame)
-    both = pd.concat([done, failed])
-    for dataset, train_len in sorted({(str(a), int(b)) for a, b in zip(both["dataset"], both["train_len"],
-                                                                         strict=True)}):
-        stem = plots_dir / f"ppl_{slug(dataset)}_T{train_len}"
-        saved["ppl"].append((f"{dataset}, trained at {train_len}: perplexity vs evaluation length",
-                             save_figure(ppl_figure(frame, dataset, train_len), stem)))
+    for dataset, train_len, protocol, key in ppl_groups(done, failed):
+        caption = f"{dataset}, trained at {train_len}: perplexity vs evaluation length ({protocol} protocol)"
+        saved["ppl"].append((caption, save_figure(ppl_figure(frame, dataset, train_len, protocol), plots_dir / key)))
     for mode, fig in timing_figures(frame).items():
         saved["timing"].append((f"timing ({mode}): ms vs sequence length per model size",
                                 save_figure(fig, plots_dir / f"timing_{mode}")))

@@ -2,7 +2,8 @@
 
 - CHE: tasks grouped by Chomsky level (with chance accuracy) x PEs; the score (mean accuracy over
   test lengths, %) as mean ± sample std over seeds, and in a second table the max over seeds.
-- ppl: per dataset and training length, PEs x evaluation lengths of ppl_last256 (DAPE's layout).
+- ppl: per dataset, training length and evaluation protocol, PEs x evaluation lengths of
+  ppl_last256 (DAPE's layout); the title names the protocol and a note says what it scores.
 - timing: DAPE Table 1 per mode and model size, PEs x lengths in ms (``KL ms`` for a K-layer CPU
   slice, with its full-model ``est. ms``) and ``Ratio (PE/dape-kerple)`` (built by
   :func:`lenbench.suites.timing.timing_tables` from the stored records); then peak memory per size.
@@ -33,6 +34,7 @@ from lenbench.report.stats import (
     t_quantile,
 )
 from lenbench.results import slug
+from lenbench.suites.ppl_protocols import LEGACY_PROTOCOL, PROTOCOL_TEXT
 from lenbench.tasks.che import TASKS
 
 MISSING = "—"
@@ -440,7 +442,26 @@ def _level_rank(level: str | None) -> int:
 
 def ppl_frames(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[pd.DataFrame, pd.DataFrame]:
     ppl = frame[frame["suite"] == "ppl"]
+    protocol = ppl["protocol"] if "protocol" in ppl else pd.Series(None, index=ppl.index, dtype=object)
+    ppl = ppl.assign(protocol=protocol.astype(object).where(protocol.notna(), LEGACY_PROTOCOL))  # as ``collect``
     return ppl[(ppl["status"] == "done") & (ppl["metric"] == metric)], ppl[ppl["status"] == "failed"]
+
+
+def protocol_note(protocol: str) -> str:
+    """What a ppl table's evaluation protocol scored (unknown names are shown as they are)."""
+    return PROTOCOL_TEXT.get(protocol, f"{protocol} protocol")
+
+
+def ppl_groups(done: pd.DataFrame, failed: pd.DataFrame) -> list[tuple[str, int, str, str]]:
+    """(dataset, training length, protocol, file key) of every ppl table or plot, sorted; the key is
+    ``ppl_<dataset>_T<len>``, with ``_<protocol>`` added where one dataset and length has several."""
+    both = pd.concat([done, failed])
+    groups = sorted({(str(d), int(t), str(p)) for d, t, p in
+                     zip(both["dataset"], both["train_len"], both["protocol"], strict=True)})
+    count: dict[tuple[str, int], int] = {}
+    for d, t, _ in groups:
+        count[(d, t)] = count.get((d, t), 0) + 1
+    return [(d, t, p, f"ppl_{slug(d)}_T{t}" + (f"_{p}" if count[(d, t)] > 1 else "")) for d, t, p in groups]
 
 
 def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[Table], pd.DataFrame]:
@@ -449,11 +470,10 @@ def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[T
     if done.empty and failed.empty:
         return [], pd.DataFrame()
     tables, summary = [], []
-    both = pd.concat([done, failed])
-    groups = sorted({(str(d), int(t)) for d, t in zip(both["dataset"], both["train_len"], strict=True)})
-    for dataset, train_len in groups:
-        d = done[(done["dataset"] == dataset) & (done["train_len"] == train_len)]
-        f = failed[(failed["dataset"] == dataset) & (failed["train_len"] == train_len)]
+    for dataset, train_len, protocol, key in ppl_groups(done, failed):
+        d = done[(done["dataset"] == dataset) & (done["train_len"] == train_len) & (done["protocol"] == protocol)]
+        f = failed[(failed["dataset"] == dataset) & (failed["train_len"] == train_len)
+                   & (failed["protocol"] == protocol)]
         lengths = sorted(int(n) for n in d["eval_len"].dropna().unique())
         per = seed_stats(d, d.iloc[0:0], ["pe", "eval_len"])
         failed_seeds = f.groupby("pe").size().to_dict()
@@ -468,16 +488,17 @@ def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[T
                 cells.append(s)
                 if s is not None:
                     summary.append({
-                        "dataset": dataset, "train_len": train_len, "pe": pe, "eval_len": n, "metric": metric,
+                        "dataset": dataset, "train_len": train_len, "protocol": protocol, "pe": pe, "eval_len": n,
+                        "metric": metric,
                         "n": s.n, "failed": s.failed, "mean": s.mean if s.n else None, "std": s.std,
                         "max": s.max if s.n else None, "min": s.min if s.n else None,
                     })  # fmt: skip
             rows.append((pe, cells))
         if not lengths:  # every cell of this group failed: no evaluation length to show
             body = [[TCell(pe), TCell(FAILED)] for pe in pes]
-            title = f"{dataset}, trained at {train_len}: perplexity (last 256 tokens)"
-            tables.append(Table(f"ppl_{slug(dataset)}_T{train_len}", title, ["PE", "all lengths"],
-                                [Section(None, body)], [f"{FAILED}: every seed failed"]))
+            title = f"{dataset}, trained at {train_len}: perplexity (last 256 tokens), {protocol} protocol"
+            tables.append(Table(key, title, ["PE", "all lengths"], [Section(None, body)],
+                                [f"{FAILED}: every seed failed", protocol_note(protocol)]))
             continue
         body = [[TCell(pe), *[TCell(stat_text(s, "mean", 2)) for s in cells]] for pe, cells in rows]
         for j in range(len(lengths)):
@@ -486,13 +507,15 @@ def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[T
         header = ["PE", *[f"{n}" + (" (train)" if n == train_len else "") for n in lengths]]
         notes = [
             f"perplexity over the last min(256, L) tokens ({metric}) at evaluation length L; trained at {train_len}",
+            protocol_note(protocol),
             "mean ± sample std (ddof 1) over seeds",
             f"{BOLD_NOTE} (lowest per column)",
             _seed_note(per),
             f"{MISSING}: not evaluated; {FAILED}: every seed failed; (k {FAILED}): k seeds failed",
         ]
-        title = f"{dataset}, trained at {train_len}: perplexity (last 256 tokens) by evaluation length"
-        tables.append(Table(f"ppl_{slug(dataset)}_T{train_len}", title, header, [Section(None, body)], notes))
+        title = (f"{dataset}, trained at {train_len}: perplexity (last 256 tokens) by evaluation length, "
+                 f"{protocol} protocol")
+        tables.append(Table(key, title, header, [Section(None, body)], notes))
     return tables, pd.DataFrame(summary)
 
 
@@ -752,8 +775,11 @@ def _scopes(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, bool, flo
     for task in task_order(done["task"].dropna().unique()):
         out.append(("che", str(task), done[done["task"] == task], True, 100.0))
     done, _ = ppl_frames(frame)
-    for (dataset, train_len, n), rows in done.groupby(["dataset", "train_len", "eval_len"], sort=True):
-        out.append(("ppl", f"{dataset} T={train_len} L={n}", rows, False, 1.0))
+    several = done["protocol"].nunique() > 1
+    for (dataset, train_len, protocol, n), rows in done.groupby(["dataset", "train_len", "protocol", "eval_len"],
+                                                                 sort=True):
+        where = f" ({protocol})" if several else ""
+        out.append(("ppl", f"{dataset} T={train_len} L={n}{where}", rows, False, 1.0))
     return out
 
 

@@ -4,16 +4,24 @@ Protocol (dape.md §4.2, §3(d); DESIGN.md): a pre-LN GPT decoder (``model/`` bl
 attention, GELU, final LN, N(0, 0.02) init) trained with AdamW (betas 0.9/0.95, weight decay 0.1
 on weights only), warmup then cosine decay to 0.1 x lr, gradient clipping 1.0, on windows of
 ``train_length + 1`` tokens drawn uniformly from the contiguous token stream of the training split
-with the cell's numpy ``Generator`` (so a resumed run draws the same batches).
+with the cell's numpy ``Generator`` (so a resumed run draws the same batches). ``train.batch_size``
+is the global batch per optimizer step (DAPE: 32 per GPU x 8 GPUs = 256); each rank (one process,
+or ``world_size`` under torchrun) runs it as ``accumulation`` forward/backward passes of
+``micro_batch_size`` sequences (:func:`lenbench.distributed.split_batch`), the same update as one
+batch; ``tokens_per_step = batch_size x train length`` is stored in the config and ``DONE``.
 
-Evaluation at each length L uses sequences of L + 1 tokens from the validation split: the first
-L + 1 tokens of every validation document that long (at most ``samples`` of them, a fixed subset
-shared by all cells); when fewer than ``min_sequences`` such documents exist, consecutive
-non-overlapping windows of the validation stream (documents joined by the separator token) and
-the records say ``concatenated: true``. Two perplexities are stored, pooled over all sequences:
+Evaluation at each length L scores target tokens of the validation split chosen by
+``eval.protocol`` (:mod:`lenbench.suites.ppl_protocols`): ``fixed_targets`` (default: the same
+targets at every length, each scored with L tokens of context), ``dape`` (DAPE's random windows
+of the packed stream) or ``documents`` (the first L + 1 tokens of long documents). Two
+perplexities are stored, pooled over all rows:
 
-    ppl_last256 = exp(mean CE over the last K = min(256, L) predicted tokens)   (DAPE's protocol)
-    ppl_all     = exp(mean CE over all L predicted tokens)
+    ppl_last256 = exp(mean CE over the scored targets: the last K = min(256, L) predicted tokens
+                  of each row, or under fixed_targets the same min(256, max L) targets at every L)
+    ppl_all     = exp(mean CE over all L predicted tokens of every row)
+
+with the unigram perplexity of exactly those tokens beside each (a content baseline: constant
+over L under fixed_targets).
 
 Logits and labels are sliced alike (position t predicts token t + 1), fixing the released DAPE
 eval step (dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
@@ -53,19 +61,27 @@ from lenbench.data.corpora import (
 )
 from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer
 from lenbench.devices import check_precision, device_and_autocast
-from lenbench.distributed import shard_size
+from lenbench.distributed import rank_split, split_batch
 from lenbench.errors import LenbenchError
 from lenbench.model.sizes import SIZES
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec, resolve_pes
 from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json
 from lenbench.suites.base import Cell, Reporter
+from lenbench.suites.ppl_protocols import (
+    DEFAULT_PROTOCOL,
+    EvalPlan,
+    EvalSet,
+    check_protocol,
+    document_windows,
+)
 from lenbench.train import CompileClock, OptimConfig, train
 
 name = "ppl"
-EVAL_SEED = 0  # the evaluation documents are the same for every cell
 LOGIT_BUDGET = 1 << 28  # fp32 logits elements per evaluation batch (1 GiB)
-EVAL_FIELDS = ("n_sequences", "concatenated", "long_documents", "batch_size", "unigram_ppl_all")
+EVAL_FIELDS = ("protocol", "n_sequences", "n_targets", "concatenated", "long_documents", "batch_size",
+               "unigram_ppl_last256", "unigram_ppl_all")
+eval_windows = document_windows  # the documents protocol's sequences (also used by ``lenbench viz``)
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,8 @@ class PplModel:
 class PplTrain:
     length: int | list[int] = 128  # a list makes one cell per training length
     steps: int = 2000
-    batch_size: int = 32
+    batch_size: int = 32  # global batch: sequences per optimizer step, over all ranks
+    micro_batch_size: int | None = None  # sequences per forward on a rank; None: the rank's whole share
     lr: float = 6e-4
     beta1: float = 0.9
     beta2: float = 0.95
@@ -100,8 +117,9 @@ class PplTrain:
 @dataclass(frozen=True)
 class PplEval:
     lengths: str | list[int] = "128,256,512,1024,2048,4096,8192"
-    samples: int = 64  # at most this many sequences per length
-    min_sequences: int = 8  # fewer long-enough documents -> concatenate documents
+    protocol: str = DEFAULT_PROTOCOL  # fixed_targets | dape | documents (ppl_protocols.py)
+    samples: int = 64  # at most this many fixed windows (fixed_targets) or sequences per length
+    min_sequences: int = 8  # documents protocol: fewer long-enough documents -> concatenate documents
     last_tokens: int = 256  # ppl_last256 counts the last min(last_tokens, L) tokens
     tokens_per_batch: int = 16384  # evaluation batch = tokens_per_batch // L (at least 1)
 
@@ -166,6 +184,8 @@ def check_profile(prof: PplProfile, train_lengths: list[int], eval_lengths: list
             raise LenbenchError(f"{what} must be >= 1, got {value}")
     if t.lr <= 0:
         raise LenbenchError(f"learning rate must be > 0, got {t.lr}")
+    split_batch(t.batch_size, t.micro_batch_size, 1)  # a micro batch that does not divide the batch
+    check_protocol(e.protocol)
     check_precision(t.precision)
     if not 0.0 < prof.data.validation_fraction < 1.0:
         raise LenbenchError(f"data.validation_fraction must be in (0, 1), got {prof.data.validation_fraction}")
@@ -206,7 +226,8 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
                         "pe": str(pe),
                         "seed": seed,
                         "model": model,
-                        "train": {**asdict(prof.train), "length": length},
+                        "train": {**asdict(prof.train), "length": length,
+                                  "tokens_per_step": prof.train.batch_size * length},
                         "eval": {**asdict(prof.eval), "lengths": eval_lengths},
                     }
                     cells.append(Cell(name, f"{ds.label}-{pe.label}-T{length}-s{seed}", config))
@@ -242,30 +263,6 @@ def sample_windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, len
     return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
 
 
-def eval_windows(split: TokenSplit, length: int, samples: int, min_sequences: int) -> tuple[np.ndarray, bool, int]:
-    """Evaluation sequences of ``length + 1`` tokens -> (windows, concatenated, long documents).
-
-    The first ``length + 1`` tokens of each validation document at least that long (a fixed random
-    subset of ``samples`` of them); with fewer than ``min(min_sequences, samples)`` such documents,
-    consecutive windows of the whole validation stream (documents joined by the separator).
-    """
-    need = length + 1
-    long_docs = np.flatnonzero(split.lengths() >= need)
-    if len(long_docs) >= min(min_sequences, samples):
-        rng = np.random.default_rng(EVAL_SEED)
-        chosen = np.sort(rng.permutation(long_docs)[:samples])
-        windows = np.stack([np.asarray(split.tokens[split.offsets[i] : split.offsets[i] + need]) for i in chosen])
-        return windows.astype(np.int64), False, len(long_docs)
-    count = min(samples, len(split.tokens) // need)
-    if count == 0:
-        raise LenbenchError(
-            f"the validation split has {len(split.tokens)} tokens, fewer than one sequence of {need}; "
-            "use shorter evaluation lengths or a larger corpus"
-        )
-    windows = np.asarray(split.tokens[: count * need]).reshape(count, need)
-    return windows.astype(np.int64), True, len(long_docs)
-
-
 def eval_batch_size(length: int, vocab_size: int, tokens_per_batch: int, samples: int) -> int:
     """Sequences per evaluation batch: ``tokens_per_batch // L``, capped so logits stay under 1 GiB."""
     by_tokens = tokens_per_batch // length
@@ -280,16 +277,19 @@ def perplexity(
     last_tokens: int = 256,
     device: torch.device | None = None,
     autocast: Any = contextlib.nullcontext,
+    scored: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """``(ppl_last, ppl_all)`` of ``model`` (ids ``[B, L]`` -> logits ``[B, L, V]``) on ``windows`` ``[n, L+1]``.
 
     Position t's logits are scored against token t + 1; ``ppl_last = exp(mean CE)`` over the last
-    ``K = min(last_tokens, L)`` positions of every sequence, ``ppl_all`` over all L positions.
+    ``scored[i]`` positions of row i (default ``K = min(last_tokens, L)`` for every row),
+    ``ppl_all`` over all L positions of every row.
     """
     device = device or torch.device("cpu")
     n, width = windows.shape
     length = width - 1
-    k = min(last_tokens, length)
+    if scored is None:
+        scored = np.full(n, min(last_tokens, length), dtype=np.int64)
     total_all = total_last = 0.0
     with torch.no_grad():
         for start in range(0, n, batch_size):
@@ -300,9 +300,11 @@ def perplexity(
             nll = F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
             ).view(targets.shape)
+            first = torch.from_numpy(length - scored[start : start + batch_size]).to(nll.device)
+            last = torch.arange(length, device=nll.device)[None, :] >= first[:, None]
             total_all += float(nll.double().sum())
-            total_last += float(nll[:, -k:].double().sum())
-    return math.exp(total_last / (n * k)), math.exp(total_all / (n * length))
+            total_last += float(nll.double()[last].sum())
+    return math.exp(total_last / int(scored.sum())), math.exp(total_all / (n * length))
 
 
 def adaptive_perplexity(
@@ -313,6 +315,7 @@ def adaptive_perplexity(
     device: torch.device | None = None,
     autocast: Any = contextlib.nullcontext,
     note: Callable[[str], None] | None = None,
+    scored: np.ndarray | None = None,
 ) -> tuple[float, float, int]:
     """:func:`perplexity` at ``batch_size``, halved after each out-of-memory error -> (last, all, batch used).
 
@@ -324,7 +327,7 @@ def adaptive_perplexity(
     length = windows.shape[1] - 1
     while True:
         try:
-            last, full = perplexity(model, windows, batch_size, last_tokens, device, autocast)
+            last, full = perplexity(model, windows, batch_size, last_tokens, device, autocast, scored)
             return last, full, batch_size
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             if not is_oom(exc):
@@ -378,13 +381,16 @@ def evaluate(
     cell_dir: CellDir | None,
     reporter: Reporter,
     label: str,
+    plan: EvalPlan | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Per evaluation length: ppl_last256, ppl_all, n_sequences, concatenated, long_documents,
-    batch_size (sequences per forward after any out-of-memory halving) and unigram_ppl_all (the
-    training unigram model on the same predicted tokens, a reference).
+    """Per evaluation length under ``eval.protocol``: ppl_last256, ppl_all, protocol, n_sequences
+    (rows run), n_targets (tokens in ppl_last256), concatenated, long_documents (documents
+    protocol), batch_size (rows per forward after any out-of-memory halving), and the training
+    unigram model's perplexity on the same tokens as each metric (unigram_ppl_last256: on the
+    scored targets, constant over lengths under fixed_targets; unigram_ppl_all), a reference.
 
     Progress is saved after each length (``eval_partial.json``), so a killed cell resumes there.
-    The reporter gets one line saying how many documents each length used, or that it joined them.
+    The reporter gets one line saying which tokens were scored.
     """
     ev = cfg["eval"]
     partial = cell_dir.path / "eval_partial.json" if cell_dir is not None else None
@@ -396,30 +402,41 @@ def evaluate(
     reporter.eval_start(label, len(ev["lengths"]))
     vocab = corpus.tokenizer.vocab_size
     logp = unigram_logprobs(corpus.train, vocab)
+    plan = plan or eval_plan(corpus, cfg)
     for i, length in enumerate(ev["lengths"]):
         if length not in done:
-            windows, concatenated, long_docs = eval_windows(
-                corpus.validation, length, ev["samples"], ev["min_sequences"]
-            )
-            batch = eval_batch_size(length, vocab, ev["tokens_per_batch"], ev["samples"])
+            rows: EvalSet = plan.at(length)
+            batch = eval_batch_size(length, vocab, ev["tokens_per_batch"], len(rows.windows))
             last, full, batch = adaptive_perplexity(
-                model, windows, batch, ev["last_tokens"], device, autocast, reporter.message
+                model, rows.windows, batch, ev["last_tokens"], device, autocast, reporter.message, rows.scored
             )
             done[length] = {
                 "ppl_last256": last,
                 "ppl_all": full,
-                "n_sequences": len(windows),
-                "concatenated": concatenated,
-                "long_documents": long_docs,
-                "batch_size": min(batch, len(windows)),
-                "unigram_ppl_all": unigram_perplexity(logp, windows[:, 1:]),
+                "protocol": plan.protocol,
+                "n_sequences": len(rows.windows),
+                "n_targets": int(rows.scored.sum()),
+                "concatenated": rows.concatenated,
+                "long_documents": rows.long_documents,
+                "batch_size": min(batch, len(rows.windows)),
+                "unigram_ppl_last256": unigram_perplexity(logp, rows.targets()),
+                "unigram_ppl_all": unigram_perplexity(logp, rows.windows[:, 1:]),
             }
             if partial is not None:
                 atomic_write_json(partial, {str(k): v for k, v in done.items()})
         reporter.eval_step(i + 1, f"L={length} ppl", done[length]["ppl_last256"])
     results = {n: done[n] for n in ev["lengths"]}
-    reporter.message(f"{label}: {describe_documents(results, ev['last_tokens'])}")
+    said = describe_documents(results, ev["last_tokens"]) if plan.protocol == "documents" else plan.describe()
+    reporter.message(f"{label}: {said}")
     return results
+
+
+def eval_plan(corpus: TokenizedCorpus, cfg: dict[str, Any]) -> EvalPlan:
+    """The cell's evaluation sets (``eval.protocol``); a validation split too short is a LenbenchError."""
+    ev = cfg["eval"]
+    return EvalPlan(
+        corpus.validation, ev["protocol"], ev["lengths"], ev["samples"], ev["min_sequences"], ev["last_tokens"]
+    )
 
 
 def save_model(cell_dir: CellDir, model: Transformer, cfg: dict[str, Any], corpus: TokenizedCorpus) -> None:
@@ -476,19 +493,20 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     stream = corpus.train.tokens
     if len(stream) < length + 2:
         raise LenbenchError(f"the training split has {len(stream)} tokens, too few for length {length}")
+    plan = eval_plan(corpus, cfg)  # before training: a validation split too short fails at once
     device, autocast = device_and_autocast(t["precision"])
     vocab = corpus.tokenizer.vocab_size
     torch.manual_seed(cfg["seed"])
     model = Transformer(model_config(cfg, vocab), parse_pe_spec(cfg["pe"])).to(device)
 
-    per_rank = shard_size(t["batch_size"])  # the whole batch, unless training data-parallel under torchrun
+    # the global batch over this launch's ranks (one without torchrun), in micro-batches
+    split = rank_split(t["batch_size"], t.get("micro_batch_size"))
 
     def step_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = sample_windows(stream, rng, per_rank, length).to(device)
+        batch = sample_windows(stream, rng, split.micro, length).to(device)
         with autocast():
             logits = model(batch[:, :-1])
-        loss = cross_entropy(logits, batch[:, 1:])
-        return loss, {"ppl": math.exp(min(float(loss.detach()), 50.0))}
+        return cross_entropy(logits, batch[:, 1:]), {}
 
     resumed = {"from": 0}
 
@@ -498,6 +516,8 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
         reporter.train_start(cell.label, t["steps"], step)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
+        # the step's loss is the mean over its micro-batches (and ranks): its perplexity, not a mean of them
+        metrics = {"loss": metrics["loss"], "ppl": math.exp(min(metrics["loss"], 50.0)), **metrics}
         reporter.train_step(step, metrics)
         if step % t["log_every"] == 0 or step == t["steps"]:
             cell_dir.append_log({"step": step, **metrics})
@@ -516,11 +536,11 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     clock = CompileClock() if t["compile"] else None
     started = time.perf_counter()
     train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
-          compile_clock=clock)
+          compile_clock=clock, accumulation=split.accumulation)
     train_seconds = time.perf_counter() - started
     save_model(cell_dir, model, cfg, corpus)
     started = time.perf_counter()
-    results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label)
+    results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label, plan)
     eval_seconds = time.perf_counter() - started
     common = {"suite": name, "dataset": cfg["dataset"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": length}
     records = [
@@ -529,20 +549,26 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
             "eval_len": n,
             "metric": metric,
             "value": r[metric],
+            "protocol": r["protocol"],
             "n_sequences": r["n_sequences"],
             "concatenated": r["concatenated"],
+            "unigram_ppl": r[f"unigram_{metric}"],  # the training unigram model on the tokens this metric scored
         }
         for n, r in results.items()
         for metric in ("ppl_last256", "ppl_all")
     ]
     cell_dir.write_metrics(records)
     return {
+        "protocol": cfg["eval"]["protocol"],
         "ppl_last256": {str(n): r["ppl_last256"] for n, r in results.items()},
         "ppl_all": {str(n): r["ppl_all"] for n, r in results.items()},
         "eval": {str(n): {k: r.get(k) for k in EVAL_FIELDS} for n, r in results.items()},
         "unigram_ppl": unigram_perplexity(unigram_logprobs(corpus.train, vocab), corpus.validation.tokens),
         "corpus": corpus.info,
         "train_len": length,
+        "tokens_per_step": t["batch_size"] * length,
+        "batch": {"global": t["batch_size"], "per_rank": split.per_rank, "micro": split.micro,
+                  "accumulation": split.accumulation, "world_size": t["batch_size"] // split.per_rank},
         "params": model.num_parameters(),
         "resumed_from": resumed["from"],
         "train_seconds_this_run": round(train_seconds, 2),
