@@ -43,6 +43,7 @@ from torch import nn
 from lenbench.bench import is_oom, release_memory
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.data.corpora import (
+    SPLIT_RULE,
     DatasetSpec,
     TokenizedCorpus,
     TokenSplit,
@@ -191,7 +192,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
         raise LenbenchError("no dataset given")
     pes = resolve_pes(grid.pes, prof.pe_defaults)
     seeds = parse_int_list(grid.seeds, "seeds")
-    data = {"tokenizer": prof.data.tokenizer, "validation_fraction": prof.data.validation_fraction}
+    data = {"tokenizer": prof.data.tokenizer, "validation_fraction": prof.data.validation_fraction, "split": SPLIT_RULE}
     cells = []
     for ds in specs:
         # the embedded corpus is this interpreter's stdlib: another Python version is another corpus
