@@ -192,7 +192,11 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
         raise LenbenchError("no dataset given")
     pes = resolve_pes(grid.pes, prof.pe_defaults)
     seeds = parse_int_list(grid.seeds, "seeds")
-    data = {"tokenizer": prof.data.tokenizer, "validation_fraction": prof.data.validation_fraction, "split": SPLIT_RULE}
+    data = {
+        "tokenizer": prof.data.tokenizer,
+        "validation_fraction": prof.data.validation_fraction,
+        "split_rule": SPLIT_RULE,  # another split rule is another corpus: results are not reused across it
+    }
     cells = []
     for ds in specs:
         # the embedded corpus is this interpreter's stdlib: another Python version is another corpus
