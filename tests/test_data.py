@@ -317,3 +317,89 @@ def test_embedded_validation_shares_under_a_fifth_of_its_chunks_with_training() 
     record = corpus.info["near_duplicates"]
     assert record["dropped"] == len(record["dropped_paths"]) > 0
     assert record["validation_before"] - record["dropped"] == len(corpus.validation) >= 10
+
+
+# Code, prose, unicode and odd whitespace, so the round trip covers what a corpus holds.
+BPE_TEXTS = [
+    "def f(x):\n    return x + 1\n\n\tif  x:\r\n        pass   \n",
+    "caf\u00e9 na\u00efve \u4e2d\u6587 \U0001f917 e\u0301 \u00a0nbsp\u2028sep",
+    "   leading and trailing   ",
+    "\n\n\n",
+    "",
+    "<|endoftext|> is plain text here",
+]
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> corpora.Corpus:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(40):
+        lines = [f"def function_{i}_{j}(value):\n    return value * {j} + {i}  # caf\u00e9\n" for j in range(i % 7 + 3)]
+        (folder / f"m{i:02d}.txt").write_text("".join(lines) + BPE_TEXTS[i % len(BPE_TEXTS)] + "end\n")
+    return load_corpus(parse_dataset(str(folder), {}), 0.2)
+
+
+def test_bpe_trains_offline_and_round_trips(small_corpus: corpora.Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the BPE tokenizer must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    tok = load_tokenizer("bpe:300", small_corpus)
+    assert (tok.vocab_size, tok.sep_id) == (300, 299) and tok.name.startswith("bpe:300@")
+    for text in BPE_TEXTS:
+        (ids,) = tok.encode_batch([text])
+        assert ids.max(initial=0) < tok.sep_id
+        assert tok.decode(ids) == text
+        assert tok.decode([*ids, tok.sep_id]) == text  # the separator decodes to nothing
+    # merges were learned: the training text takes fewer tokens than bytes
+    sample = small_corpus.train[0]["text"]
+    assert len(tok.encode_batch([sample])[0]) < 0.6 * len(sample.encode("utf-8"))
+    tokenized = tokenize_corpus(small_corpus, tok)
+    split = tokenized.validation
+    for i, text in enumerate(small_corpus.validation["text"]):
+        assert tok.decode(split.document(i)) == text and split.tokens[split.offsets[i + 1] - 1] == tok.sep_id
+
+
+def test_bpe_is_deterministic_and_cached(small_corpus: corpora.Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lenbench.data import bpe
+
+    first, second = bpe.train_bpe(small_corpus, 320), bpe.train_bpe(small_corpus, 320)
+    assert first.to_str() == second.to_str()
+    assert first.get_vocab_size() == 319  # the byte alphabet and 63 merges; the separator is id 319
+    tok = load_tokenizer("bpe:320", small_corpus)
+    path = bpe.bpe_cache_path(small_corpus, 320)
+    assert path.exists() and path.read_text(encoding="utf-8") == first.to_str()
+
+    def no_training(corpus: corpora.Corpus, vocab_size: int) -> Any:
+        raise AssertionError("served from the cache, not trained again")
+
+    monkeypatch.setattr(bpe, "train_bpe", no_training)
+    again = load_tokenizer("bpe:320", small_corpus)
+    assert again.name == tok.name
+    assert [list(x) for x in again.encode_batch(BPE_TEXTS)] == [list(x) for x in tok.encode_batch(BPE_TEXTS)]
+    assert bpe.bpe_cache_path(small_corpus, 330) != path  # keyed by vocabulary size too
+    with pytest.raises(AssertionError, match="served from the cache"):
+        load_tokenizer("bpe:330", small_corpus)
+
+
+@pytest.mark.parametrize("spec", ["bpe:", "bpe:abc", "bpe:257", "bpe:-5", "bpe4096", "bpe:4096.0"])
+def test_bad_bpe_specs_are_one_line_errors(spec: str) -> None:
+    with pytest.raises(LenbenchError, match="bpe|unknown tokenizer"):
+        tokenizer.check_tokenizer_spec(spec)
+    with pytest.raises(LenbenchError):
+        load_tokenizer(spec)
+
+
+def test_bpe_spec_vocab_and_missing_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lenbench.data import bpe
+
+    assert tokenizer.spec_vocab_size("bpe") == bpe.DEFAULT_VOCAB
+    assert tokenizer.spec_vocab_size("bpe:8192") == 8192 and tokenizer.spec_vocab_size("bytes") == 257
+    with pytest.raises(LenbenchError, match="training split; none was given"):
+        load_tokenizer("bpe:512")
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # import tokenizers -> ImportError
+    with pytest.raises(LenbenchError, match=r"needs the 'tokenizers' package \(pip install tokenizers\)"):
+        bpe.load_bpe("bpe:512", types.SimpleNamespace())  # type: ignore[arg-type]

@@ -109,7 +109,7 @@ class PplEval:
 
 @dataclass(frozen=True)
 class PplData:
-    tokenizer: str = "bytes"  # or hf:<name>
+    tokenizer: str = "bytes"  # or bpe[:<vocab size>] (trained on the training split), hf:<name>
     field: str | None = None  # text field; None: the catalogue entry's, else "text"
     validation_fraction: float = 0.05  # hash split, when the dataset has no validation split
 
@@ -467,8 +467,8 @@ def record_corpus(cell_dir: CellDir, info: dict[str, Any]) -> None:
 def load_cell_corpus(cfg: dict[str, Any]) -> TokenizedCorpus:
     data = cfg["data"]
     spec = DatasetSpec(**{k: data[k] for k in ("name", "kind", "source", "config", "split", "field")})
-    tokenizer = load_tokenizer(data["tokenizer"])
-    return tokenize_corpus(load_corpus(spec, data["validation_fraction"]), tokenizer)
+    corpus = load_corpus(spec, data["validation_fraction"])
+    return tokenize_corpus(corpus, load_tokenizer(data["tokenizer"], corpus))  # bpe trains on corpus.train
 
 
 def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
