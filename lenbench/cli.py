@@ -54,7 +54,7 @@ def run(
     model: Annotated[str | None, typer.Option(help="ppl: model size preset (tiny, 125m, 350m).")] = None,
     train_length: Annotated[int | None, typer.Option(help="ppl: training sequence length.")] = None,
     eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths, e.g. 128,256,512.")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="ppl: 'bytes' (default) or hf:<name>.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="ppl: bytes, bpe[:<V>] or hf:<name>.")] = None,
     compile_model: Annotated[
         bool | None,
         typer.Option("--compile/--no-compile", help="Train through torch.compile (compile time reported apart)."),

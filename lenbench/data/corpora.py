@@ -12,9 +12,13 @@ A dataset spec (``--dataset``) is one of:
   ``datasets``' own ``text`` (one file = one document), ``json`` and ``parquet`` builders.
 
 Train/validation split: a hub dataset's own ``validation`` split when it has one (and no ``@split``
-was asked for); otherwise a deterministic split by hash: a document goes to validation when
-``int(sha256(key)[:8]) / 2**64 < validation_fraction``, ``key`` being the file's relative path for
-the embedded corpus and the document text for everything else.
+was asked for); otherwise a deterministic split by content: a document goes to validation when
+``int(sha256(key)[:8]) / 2**64 < validation_fraction``, ``key`` being its text with whitespace runs
+collapsed (:func:`lenbench.data.dedup.content_key`), so copies land on one side. For the embedded
+corpus and local files, validation documents that are near-duplicates of training documents (20% or
+more of their aligned 32-byte chunks occur in the training split, :mod:`lenbench.data.dedup`) are
+then dropped; ``info["near_duplicates"]`` records the rule and the counts (and, for the embedded
+corpus, the dropped paths). Hub datasets are not scanned (their size makes the pass costly).
 
 Tokenized splits are cached under ``$LENBENCH_CACHE`` (default ``~/.cache/lenbench``) as flat token
 files (each document followed by the separator id) plus document offsets, keyed by the datasets'
@@ -42,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from lenbench.data.dedup import CHUNK_BYTES, MAX_SHARED, content_key, near_duplicates
 from lenbench.data.tokenizer import Tokenizer
 from lenbench.errors import LenbenchError
 
@@ -50,6 +55,12 @@ BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parq
 SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 VALIDATION_SPLITS = ("validation", "valid", "val", "dev")
 CACHE_FORMAT = 1
+# How the hash split and its near-duplicate filter work; part of every ppl cell's config, so results
+# made with another split are not taken for this one's.
+SPLIT_RULE = (
+    f"sha256(whitespace-collapsed text); default and local files: validation documents with >= {MAX_SHARED} "
+    f"of their {CHUNK_BYTES}-byte chunks in the training split dropped"
+)
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -179,17 +190,36 @@ class Corpus:
         return f"{self.train._fingerprint}-{self.validation._fingerprint}"
 
 
-def _split_by_hash(ds: Any, key: str, fraction: float) -> tuple[Any, Any]:
-    """(train, validation) selections of ``ds`` by :func:`in_validation` of column ``key``, streamed in batches."""
+def _split_by_content(ds: Any, fraction: float) -> tuple[Any, Any]:
+    """(train, validation) selections of ``ds`` by :func:`in_validation` of each text's :func:`content_key`."""
     flags: list[bool] = []
-    for batch in ds.select_columns([key]).iter(batch_size=1024):
-        flags.extend(in_validation(k or "", fraction) for k in batch[key])
+    for batch in ds.select_columns(["text"]).iter(batch_size=1024):
+        flags.extend(in_validation(content_key(t or ""), fraction) for t in batch["text"])
     mask = np.asarray(flags, dtype=bool)
     return ds.select(np.flatnonzero(~mask)), ds.select(np.flatnonzero(mask))
 
 
+def _texts(ds: Any) -> Iterator[str]:
+    for batch in ds.select_columns(["text"]).iter(batch_size=1024):
+        yield from (t or "" for t in batch["text"])
+
+
+def drop_near_duplicates(train: Any, validation: Any) -> tuple[Any, dict[str, Any]]:
+    """Validation without its near-duplicates of training documents, and a record of what was dropped."""
+    dropped = near_duplicates(_texts(validation), _texts(train))
+    kept = sorted(set(range(len(validation))) - set(dropped))
+    record: dict[str, Any] = {
+        "rule": f">= {MAX_SHARED} of the aligned {CHUNK_BYTES}-byte chunks occur in the training split",
+        "validation_before": len(validation),
+        "dropped": len(dropped),
+    }
+    if "path" in validation.column_names:
+        record["dropped_paths"] = [validation[i]["path"] for i in dropped]
+    return (validation.select(kept) if dropped else validation), record
+
+
 def stdlib_corpus(fraction: float) -> Corpus:
-    """The embedded default: one document per stdlib ``.py`` file, split by hash of its relative path."""
+    """The embedded default: one document per stdlib ``.py`` file, split by content, near-duplicates dropped."""
     import datasets
 
     root = stdlib_root()
@@ -197,12 +227,14 @@ def stdlib_corpus(fraction: float) -> Corpus:
     paths = [p.relative_to(root).as_posix() for p in files]
     texts = [p.read_bytes().decode("utf-8", errors="replace") for p in files]
     ds = datasets.Dataset.from_dict({"path": paths, "text": texts})
-    train, val = _split_by_hash(ds, "path", fraction)
+    train, val = _split_by_content(ds, fraction)
+    val, dropped = drop_near_duplicates(train, val)
     info = {
         "kind": "default",
         "source": f"Python standard library ({root})",
         "python": python_version(),
-        "split": f"sha256(relative path) < {fraction} -> validation",
+        "split": f"sha256(whitespace-collapsed text) < {fraction} -> validation",
+        "near_duplicates": dropped,
     }
     return Corpus(DatasetSpec("default", "default"), train, val, info)
 
@@ -275,8 +307,8 @@ def hub_corpus(spec: DatasetSpec, fraction: float) -> Corpus:
     info: dict[str, Any] = {"kind": "hf", "source": shown, "field": spec.field}
     if spec.split is not None:
         ds = _text_column(loaded, spec, shown)
-        train, val = _split_by_hash(ds, "text", fraction)
-        info["split"] = f"split {spec.split!r}; sha256(text) < {fraction} -> validation"
+        train, val = _split_by_content(ds, fraction)
+        info["split"] = f"split {spec.split!r}; sha256(whitespace-collapsed text) < {fraction} -> validation"
         return Corpus(spec, train, val, info)
     splits = list(loaded.keys())
     if "train" not in splits:
@@ -286,8 +318,8 @@ def hub_corpus(spec: DatasetSpec, fraction: float) -> Corpus:
     if own is not None:
         info["split"] = f"the dataset's own 'train' and {own!r} splits"
         return Corpus(spec, train, _text_column(loaded[own], spec, shown), info)
-    train, val = _split_by_hash(train, "text", fraction)
-    info["split"] = f"'train' split; sha256(text) < {fraction} -> validation"
+    train, val = _split_by_content(train, fraction)
+    info["split"] = f"'train' split; sha256(whitespace-collapsed text) < {fraction} -> validation"
     return Corpus(spec, train, val, info)
 
 
@@ -311,13 +343,15 @@ def local_corpus(spec: DatasetSpec, fraction: float) -> Corpus:
     ds = ds.filter(lambda row: bool(row["text"] and row["text"].strip()))
     if len(ds) == 0:
         raise LenbenchError(f"dataset {spec.source!r} is empty: {total} document(s), none with text")
-    train, val = _split_by_hash(ds, "text", fraction)
+    train, val = _split_by_content(ds, fraction)
+    val, dropped = drop_near_duplicates(train, val)
     info = {
         "kind": "local",
         "source": spec.source,
         "files": len(files),
         "field": spec.field,
-        "split": f"sha256(text) < {fraction} -> validation",
+        "split": f"sha256(whitespace-collapsed text) < {fraction} -> validation",
+        "near_duplicates": dropped,
     }
     return Corpus(spec, train, val, info)
 

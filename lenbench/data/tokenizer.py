@@ -1,7 +1,10 @@
-"""Tokenizers for the LM suite: byte-level by default (no download), or a Hugging Face tokenizer.
+"""Tokenizers for the LM suite: bytes, a BPE trained here (no download), or a Hugging Face tokenizer.
 
 ``bytes``: the UTF-8 bytes of the text are the ids 0..255; id 256 is the separator placed after
 every document (``<|sep|>``), so ``vocab_size = 257``. Lossless and download-free.
+
+``bpe`` / ``bpe:<V>``: a byte-level BPE with ``V`` ids trained offline on the training split of the
+cell's corpus with the ``tokenizers`` package and cached (:mod:`lenbench.data.bpe`). Lossless.
 
 ``hf:<name>``: a tokenizer from the Hub (e.g. ``hf:gpt2``, the DAPE setup, dape.md §3(d)) loaded
 with the ``tokenizers`` package, or with ``transformers`` when only that one is installed. Its EOS
@@ -11,11 +14,14 @@ token (``<|endoftext|>`` for GPT-2) is the separator.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from lenbench.errors import LenbenchError
+
+if TYPE_CHECKING:
+    from lenbench.data.corpora import Corpus
 
 
 class Tokenizer(Protocol):
@@ -108,11 +114,31 @@ def load_hf_tokenizer(name: str) -> HFTokenizer:
 
 def check_tokenizer_spec(spec: str) -> None:
     """Validate the spelling only (no loading, no network): used when expanding a suite."""
-    if spec != "bytes" and not (spec.startswith("hf:") and spec[3:].strip()):
-        raise LenbenchError(f"unknown tokenizer {spec!r}: use 'bytes' or hf:<name> (e.g. hf:gpt2)")
+    if spec == "bpe" or spec.startswith("bpe:"):
+        from lenbench.data.bpe import parse_bpe_spec
+
+        parse_bpe_spec(spec)
+    elif spec != "bytes" and not (spec.startswith("hf:") and spec[3:].strip()):
+        raise LenbenchError(f"unknown tokenizer {spec!r}: use bytes, bpe[:<vocab size>] or hf:<name> (e.g. hf:gpt2)")
 
 
-def load_tokenizer(spec: str) -> Tokenizer:
-    """``bytes`` (the default) or ``hf:<name>``; anything else is a one-line error."""
+def spec_vocab_size(spec: str) -> int:
+    """The vocabulary size a spec gives, without a corpus (``bpe:<V>`` has ``V`` ids whatever it learned)."""
     check_tokenizer_spec(spec)
-    return ByteTokenizer() if spec == "bytes" else load_hf_tokenizer(spec[3:].strip())
+    if spec == "bpe" or spec.startswith("bpe:"):
+        from lenbench.data.bpe import parse_bpe_spec
+
+        return parse_bpe_spec(spec)
+    return load_tokenizer(spec).vocab_size
+
+
+def load_tokenizer(spec: str, corpus: Corpus | None = None) -> Tokenizer:
+    """``bytes`` (no corpus needed), ``bpe[:<V>]`` (trained on ``corpus``'s training split) or ``hf:<name>``."""
+    check_tokenizer_spec(spec)
+    if spec == "bytes":
+        return ByteTokenizer()
+    if spec.startswith("bpe"):
+        from lenbench.data.bpe import load_bpe
+
+        return load_bpe(spec, corpus)
+    return load_hf_tokenizer(spec[3:].strip())

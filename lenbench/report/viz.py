@@ -90,9 +90,9 @@ def load(path: Path | str) -> LoadedModel:
         model = Transformer(ModelConfig(**state["model_config"]), parse_pe_spec(state["pe"]))
         model.load_state_dict(state["state_dict"])
     elif isinstance(state, dict) and "model" in state and config is not None:
-        from lenbench.data.tokenizer import load_tokenizer
+        from lenbench.data.tokenizer import spec_vocab_size
 
-        vocab = load_tokenizer(config["data"]["tokenizer"]).vocab_size
+        vocab = spec_vocab_size(config["data"]["tokenizer"])
         model = Transformer(ppl.model_config(config, vocab), parse_pe_spec(config["pe"]))
         model.load_state_dict(state["model"])
     else:

@@ -51,6 +51,7 @@ from torch import nn
 from lenbench.bench import is_oom, release_memory
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.data.corpora import (
+    SPLIT_RULE,
     DatasetSpec,
     TokenizedCorpus,
     TokenSplit,
@@ -126,7 +127,7 @@ class PplEval:
 
 @dataclass(frozen=True)
 class PplData:
-    tokenizer: str = "bytes"  # or hf:<name>
+    tokenizer: str = "bytes"  # or bpe[:<vocab size>] (trained on the training split), hf:<name>
     field: str | None = None  # text field; None: the catalogue entry's, else "text"
     validation_fraction: float = 0.05  # hash split, when the dataset has no validation split
 
@@ -211,7 +212,11 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
         raise LenbenchError("no dataset given")
     pes = resolve_pes(grid.pes, prof.pe_defaults)
     seeds = parse_int_list(grid.seeds, "seeds")
-    data = {"tokenizer": prof.data.tokenizer, "validation_fraction": prof.data.validation_fraction}
+    data = {
+        "tokenizer": prof.data.tokenizer,
+        "validation_fraction": prof.data.validation_fraction,
+        "split_rule": SPLIT_RULE,  # another split rule is another corpus: results are not reused across it
+    }
     cells = []
     for ds in specs:
         # the embedded corpus is this interpreter's stdlib: another Python version is another corpus
@@ -479,8 +484,8 @@ def record_corpus(cell_dir: CellDir, info: dict[str, Any]) -> None:
 def load_cell_corpus(cfg: dict[str, Any]) -> TokenizedCorpus:
     data = cfg["data"]
     spec = DatasetSpec(**{k: data[k] for k in ("name", "kind", "source", "config", "split", "field")})
-    tokenizer = load_tokenizer(data["tokenizer"])
-    return tokenize_corpus(load_corpus(spec, data["validation_fraction"]), tokenizer)
+    corpus = load_corpus(spec, data["validation_fraction"])
+    return tokenize_corpus(corpus, load_tokenizer(data["tokenizer"], corpus))  # bpe trains on corpus.train
 
 
 def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
