@@ -33,7 +33,7 @@ from lenbench.errors import LenbenchError
 
 SOURCE = Path(__file__).with_name("dape_fused.c")
 SWITCH = "LENBENCH_DAPE_KERNEL"
-LANES = 16  # keys are zero-padded to a multiple of this (the kernel's vectors hold 8 or 16)
+KEY_BLOCK = 16  # the kernel's KB: keys per block of kT and vT, zero-padded to a multiple of it
 VARIANT_CODES = {"concat_residual": 0, "concat": 1, "add_residual": 2}
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -57,10 +57,12 @@ def _ptr(t: torch.Tensor, offset: int = 0) -> int:
     return t.data_ptr() + offset * t.element_size()
 
 
-def _transposed(t: torch.Tensor) -> torch.Tensor:
-    """``[B, H, N, d] -> [B, H, d, Kp]`` contiguous, keys zero-padded to a multiple of :data:`LANES`."""
-    n = t.shape[-2]
-    return F.pad(t.transpose(-1, -2), (0, -(-n // LANES) * LANES - n)).contiguous()
+def _key_blocks(t: torch.Tensor) -> torch.Tensor:
+    """``[B, H, N, d] -> [B, H, Kp / KB, d, KB]`` contiguous (KB = :data:`KEY_BLOCK`, keys zero-padded to
+    ``Kp``): each block of KB keys transposed, so the kernel reads one key chunk's d x KB values in one run."""
+    b, h, n, d = t.shape
+    kp = -(-n // KEY_BLOCK) * KEY_BLOCK
+    return F.pad(t, (0, 0, 0, kp - n)).view(b, h, kp // KEY_BLOCK, KEY_BLOCK, d).transpose(-1, -2).contiguous()
 
 
 def bias_layout(bias: torch.Tensor, toeplitz: bool, nq: int, nk: int, first: int) -> tuple[int, int, int]:
@@ -78,7 +80,7 @@ def _dims(q: torch.Tensor, k: torch.Tensor, hidden: int, meta: dict[str, Any], l
     b, h, nq, d = q.shape
     nk = k.shape[-2]
     values = (b, h, nq, nk, d, hidden, VARIANT_CODES[meta["variant"]], int(meta["causal"]), meta["first"],
-              layout[1], layout[2], -(-nk // LANES) * LANES)
+              layout[1], layout[2], -(-nk // KEY_BLOCK) * KEY_BLOCK)
     return (ctypes.c_int64 * len(values))(*values)
 
 
@@ -98,7 +100,7 @@ class FusedDAPEFunction(torch.autograd.Function):
         dims = _dims(q, k, w1.shape[0], meta, layout)
         out = torch.empty_like(q)
         lse = torch.empty(b, h, nq)
-        kt = _transposed(k)  # held here: the kernel reads it through a raw pointer
+        kt = _key_blocks(k)  # held here: the kernel reads it through a raw pointer
         if lib.dape_forward(_ptr(q), _ptr(kt), _ptr(v), _ptr(bias, layout[0]), _ptr(w1), _ptr(b1),
                             _ptr(w2t), _ptr(b2), _ptr(out), _ptr(lse), dims, meta["scale"], meta["slope"],
                             torch.get_num_threads()):
@@ -124,7 +126,7 @@ class FusedDAPEFunction(torch.autograd.Function):
         per_thread_bias = meta["toeplitz"]
         dbias = torch.zeros((threads, *bias.shape) if per_thread_bias else bias.shape)
         strides = (ctypes.c_int64 * 2)(b * h * nk * d, bias.numel() if per_thread_bias else 0)
-        kt, vt = _transposed(k), _transposed(v)  # held here: the kernel reads them through raw pointers
+        kt, vt = _key_blocks(k), _key_blocks(v)  # held here: the kernel reads them through raw pointers
         if lib.dape_backward(_ptr(q), _ptr(kt), _ptr(k), _ptr(vt), _ptr(bias, layout[0]),
                              _ptr(w1), _ptr(b1), _ptr(w2t), _ptr(b2), _ptr(grad), _ptr(lse), _ptr(delta), _ptr(dq),
                              _ptr(dk), _ptr(dv), _ptr(dw1), _ptr(db1), _ptr(dw2t), _ptr(db2),
