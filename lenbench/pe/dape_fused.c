@@ -121,8 +121,10 @@ static inline vf vexp(vf x) {
 
 typedef struct {
     const float *q, *kT, *k, *vT, *v, *bias, *w1, *b1, *w2t, *b2;
-    int64_t B, H, Nq, Nk, d, D, C, variant, causal, first, sh, si, Kp;
+    int64_t B, H, Nq, Nk, d, D, C, variant, causal, first, sh, si, Kp, off;
     float scale, slope;
+    const float *zb; /* Toeplitz concat forms: b1 + W1_b B per distance, indexed like the bias; else NULL */
+    int64_t Cx;      /* channels of x the first layer reads per pair: H with zb (s only), else C */
 } Args;
 
 enum { CONCAT_RESIDUAL = 0, CONCAT = 1, ADD_RESIDUAL = 2 };
@@ -130,9 +132,34 @@ enum { CONCAT_RESIDUAL = 0, CONCAT = 1, ADD_RESIDUAL = 2 };
 static void unpack(Args *a, const int64_t *dims, float scale, float slope) {
     a->B = dims[0]; a->H = dims[1]; a->Nq = dims[2]; a->Nk = dims[3]; a->d = dims[4]; a->D = dims[5];
     a->variant = dims[6]; a->causal = dims[7]; a->first = dims[8]; a->sh = dims[9]; a->si = dims[10];
-    a->Kp = dims[11];
+    a->Kp = dims[11]; a->off = dims[12];
     a->C = a->variant == ADD_RESIDUAL ? a->H : 2 * a->H;
+    a->zb = NULL; a->Cx = a->C;
     a->scale = scale; a->slope = slope;
+}
+
+/* With a Toeplitz bias (si = -1) in the concat forms, the bias half of the first layer,
+ * zb_u(i - j) = b1_u + sum_h W1[u, H + h] B_h(i - j), depends on the distance only: computed here once
+ * per distance over the whole [D, 2N - 1] row (O(D N) memory), a pair's first layer then reads s only
+ * (H of its 2H channels). Sets a->zb (indexed like the bias: zb[u sh + r si + j]) and returns the
+ * buffer to free, NULL when the form does not apply (or out of memory: *failed set). */
+static float *bias_units(Args *a, int *failed) {
+    if (a->si != -1 || a->variant == ADD_RESIDUAL) return NULL;
+    const int64_t H = a->H, D = a->D, C = a->C, sh = a->sh;
+    float *zb = malloc(sizeof(float) * (size_t)(D * sh));
+    if (!zb) { *failed = 1; return NULL; }
+    const float *row = a->bias - a->off;
+    for (int64_t u = 0; u < D; u++) {
+        float *zu = zb + u * sh;
+        for (int64_t col = 0; col < sh; col++) zu[col] = a->b1[u];
+        for (int64_t h = 0; h < H; h++) {
+            const float w = a->w1[u * C + H + h], *bh = row + h * sh;
+            for (int64_t col = 0; col < sh; col++) zu[col] += w * bh[col];
+        }
+    }
+    a->zb = zb + a->off;
+    a->Cx = H;
+    return zb;
 }
 
 /* How many of keys j0 .. j0 + LANES - 1 local query row r sees (0 .. LANES). */
@@ -223,6 +250,13 @@ static void rows_add(float *const *dst, const vf *w, int64_t ws, const int64_t *
         }
 }
 
+/* The first layer's start for unit u, query row r, keys j0 ..: zb's, else b1_u. */
+static inline vf unit_bias(const Args *a, int64_t u, int64_t r, int64_t j0, int64_t kvalid) {
+    if (!a->zb) return splat(a->b1[u]);
+    const float *p = a->zb + u * a->sh + r * a->si + j0;
+    return kvalid == LANES ? load(p) : load_part(p, kvalid);
+}
+
 /* Logits of batch row b, query rows rows[0 .. R-1], keys j0 .. j0 + LANES - 1 (kvalid of them inside
  * the sequence), all heads: s [R][H], bias bb [R][H], the MLP input x [R][C], pre-activations z and
  * activations act [R][D], logits lg [R][H] (-inf on the lanes a row does not see). Each MLP layer runs
@@ -250,13 +284,14 @@ static void chunk_logits(const Args *a, int64_t b, const int64_t *rows, int64_t 
             for (int64_t h = 0; h < H; h++) { xi[h] = si[h]; xi[H + h] = bi[h]; }
         }
     }
+    const int64_t Cx = a->Cx; /* with zb: z = zb + W1_s s, else z = W1 x + b1 */
     int64_t u = 0;
-    for (; u + 4 <= D; u += 4) { /* z = W1 x + b1 */
+    for (; u + 4 <= D; u += 4) {
         const float *w = a->w1 + u * C;
         vf acc[R][4];
         for (int i = 0; i < R; i++)
-            for (int t = 0; t < 4; t++) acc[i][t] = splat(a->b1[u + t]);
-        for (int64_t c = 0; c < C; c++) {
+            for (int t = 0; t < 4; t++) acc[i][t] = unit_bias(a, u + t, rows[i], j0, kvalid);
+        for (int64_t c = 0; c < Cx; c++) {
             const vf w0 = splat(w[c]), w1 = splat(w[C + c]), w2 = splat(w[2 * C + c]), w3 = splat(w[3 * C + c]);
             for (int i = 0; i < R; i++) {
                 const vf xc = x[i * C + c];
@@ -269,8 +304,8 @@ static void chunk_logits(const Args *a, int64_t b, const int64_t *rows, int64_t 
     for (; u < D; u++) {
         const float *w = a->w1 + u * C;
         for (int i = 0; i < R; i++) {
-            vf zu = splat(a->b1[u]);
-            for (int64_t c = 0; c < C; c++) zu += splat(w[c]) * x[i * C + c];
+            vf zu = unit_bias(a, u, rows[i], j0, kvalid);
+            for (int64_t c = 0; c < Cx; c++) zu += splat(w[c]) * x[i * C + c];
             z[i * D + u] = zu;
             act[i * D + u] = leaky(zu, a->slope);
         }
@@ -353,13 +388,13 @@ static void keys_add(float *dst, const vf *w, int64_t ws, const float *src, int6
         }
 }
 
-/* g[u * C + c] += sum_{p < np} A[p * D + u] X[p * C + c]: a weight gradient over np stashed rows
- * (vectors of LANES keys), 4 x 4 accumulators so g is read and written once per call. */
-static void rank_update(vf *g, const vf *A, const vf *X, int64_t np, int64_t D, int64_t C) {
+/* g[u * C + c] += sum_{p < np} A[p * D + u] X[p * C + c], c < Cx: a weight gradient over np stashed
+ * rows (vectors of LANES keys), 4 x 4 accumulators so g is read and written once per call. */
+static void rank_update(vf *g, const vf *A, const vf *X, int64_t np, int64_t D, int64_t C, int64_t Cx) {
     int64_t u0 = 0;
     for (; u0 + 4 <= D; u0 += 4) {
         int64_t c0 = 0;
-        for (; c0 + 4 <= C; c0 += 4) {
+        for (; c0 + 4 <= Cx; c0 += 4) {
             vf acc[4][4];
             for (int i = 0; i < 4; i++)
                 for (int j = 0; j < 4; j++) acc[i][j] = g[(u0 + i) * C + c0 + j];
@@ -374,12 +409,12 @@ static void rank_update(vf *g, const vf *A, const vf *X, int64_t np, int64_t D, 
             for (int i = 0; i < 4; i++)
                 for (int j = 0; j < 4; j++) g[(u0 + i) * C + c0 + j] = acc[i][j];
         }
-        for (; c0 < C; c0++)
+        for (; c0 < Cx; c0++)
             for (int64_t i = u0; i < u0 + 4; i++)
                 for (int64_t p = 0; p < np; p++) g[i * C + c0] += A[p * D + i] * X[p * C + c0];
     }
     for (; u0 < D; u0++)
-        for (int64_t c = 0; c < C; c++)
+        for (int64_t c = 0; c < Cx; c++)
             for (int64_t p = 0; p < np; p++) g[u0 * C + c] += A[p * D + u0] * X[p * C + c];
 }
 
@@ -404,6 +439,8 @@ int dape_forward(const float *q, const float *kT, const float *v, const float *b
     unpack(&a, dims, scale, slope);
     const int64_t H = a.H, d = a.d, D = a.D, C = a.C, tiles = (a.Nq + TQ - 1) / TQ;
     int failed = 0;
+    float *zb = bias_units(&a, &failed);
+    if (failed) return -1;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(dape_threads(threads))
 #endif
@@ -469,6 +506,7 @@ int dape_forward(const float *q, const float *kT, const float *v, const float *b
         free(s);
         free(m);
     }
+    free(zb);
     (void)threads;
     return failed ? -1 : 0;
 }
@@ -490,6 +528,9 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
     /* a shared (full) dbias needs each query row in one item: batch rows inside; else one item per (tile, b) */
     const int64_t per_item = dbias_ts == 0 ? 1 : a.B, items = tiles * per_item;
     int failed = 0;
+    float *zb = bias_units(&a, &failed);
+    if (failed) return -1;
+    const int64_t Cx = a.Cx, sh = a.sh;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(dape_threads(threads))
 #endif
@@ -502,7 +543,9 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
         const size_t nvec = (size_t)(R * (3 * H + C) + D * C + D * H + D + H + TQ * (C + 2 * D + 3 * H));
         vf *s = vec_alloc(sizeof(vf) * nvec);
         float *junk = malloc(sizeof(float) * (size_t)d);
-        if (!s || !junk) {
+        /* with zb: per distance and unit, the sum of dz over the pairs at that distance */
+        float *gz = zb ? calloc((size_t)(D * sh), sizeof(float)) : NULL;
+        if (!s || !junk || (zb && !gz)) {
             failed = 1;
         } else {
             memset(s, 0, sizeof(vf) * nvec);
@@ -579,7 +622,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                                     gb1[u] += dz[i * D + u];
                                 }
                             int64_t c = 0;
-                            for (; c + 4 <= C; c += 4) { /* dx = W1^T dz */
+                            for (; c + 4 <= Cx; c += 4) { /* dx = W1^T dz (the s part only with zb) */
                                 vf acc[R][4];
                                 for (int i = 0; i < R; i++)
                                     for (int tt = 0; tt < 4; tt++) acc[i][tt] = splat(0.0f);
@@ -595,7 +638,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                                 for (int i = 0; i < R; i++)
                                     for (int tt = 0; tt < 4; tt++) dx[i * C + c + tt] = acc[i][tt];
                             }
-                            for (; c < C; c++)
+                            for (; c < Cx; c++)
                                 for (int i = 0; i < R; i++) {
                                     vf acc = splat(0.0f);
                                     for (int64_t uu = 0; uu < D; uu++) acc += splat(a.w1[uu * C + c]) * dz[i * D + uu];
@@ -606,14 +649,28 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                                     const vf gl = dl[i * H + h];
                                     g[i * H + h] = (gl + dx[i * C + h]) * scale;
                                     if (nvis[i] == 0) continue;
+                                    const vf dxb = zb ? splat(0.0f) : dx[i * C + H + h]; /* zb: added below */
                                     const vf dbb = a.variant == ADD_RESIDUAL ? gl + dx[i * C + h]
-                                                   : a.variant == CONCAT  ? dx[i * C + H + h]
-                                                                          : gl + dx[i * C + H + h];
+                                                   : a.variant == CONCAT  ? dxb
+                                                                          : gl + dxb;
+                                    if (zb && a.variant == CONCAT) continue;
                                     float *db = tdb + h * a.sh + rows[i] * a.si + j0;
                                     if (kvalid == LANES) {
                                         store(db, load(db) + dbb);
                                     } else {
                                         for (int64_t e = 0; e < kvalid; e++) db[e] += dbb[e];
+                                    }
+                                }
+                            }
+                            for (int i = 0; zb && i < R; i++) { /* gz(i - j) += dz_ij */
+                                if (nvis[i] == 0) continue;
+                                for (int64_t uu = 0; uu < D; uu++) {
+                                    float *gp = gz + a.off + uu * sh + rows[i] * a.si + j0;
+                                    const vf dzu = dz[i * D + uu];
+                                    if (kvalid == LANES) {
+                                        store(gp, load(gp) + dzu);
+                                    } else {
+                                        for (int64_t e = 0; e < kvalid; e++) gp[e] += dzu[e];
                                     }
                                 }
                             }
@@ -633,8 +690,8 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                             keys_add(tdk + kv, sg + lo * H + h, H, a.q + base, r0 + lo, r1 - 1, np, kvalid, d);
                             keys_add(tdv + kv, sp + lo * H + h, H, dout + base, r0 + lo, r1 - 1, np, kvalid, d);
                         }
-                        rank_update(gw1, sdz + lo * D, sx + lo * C, np, D, C); /* dW1 += dz x^T */
-                        rank_update(gw2, sact + lo * D, sdl + lo * H, np, D, H); /* dW2^T += a dl^T */
+                        rank_update(gw1, sdz + lo * D, sx + lo * C, np, D, C, a.Cx); /* dW1 += dz x^T (s part with zb) */
+                        rank_update(gw2, sact + lo * D, sdl + lo * H, np, D, H, H); /* dW2^T += a dl^T */
                     }
                 }
             }
@@ -643,10 +700,29 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
             for (int64_t i = 0; i < D * H; i++) tw2[i] += hsum(gw2[i]);
             for (int64_t i = 0; i < D; i++) tb1[i] += hsum(gb1[i]);
             for (int64_t i = 0; i < H; i++) tb2[i] += hsum(gb2[i]);
+            if (zb) { /* dB_h(t) += sum_u W1[u, H + h] gz_u(t);  dW1[u, H + h] += sum_t gz_u(t) B_h(t) */
+                const float *row = a.bias - a.off;
+                float *dbrow = tdb - a.off;
+                for (int64_t u = 0; u < D; u++) {
+                    const float *gu = gz + u * sh;
+                    for (int64_t h = 0; h < H; h++) {
+                        const float w = a.w1[u * C + H + h], *bh = row + h * sh;
+                        float *dh = dbrow + h * sh;
+                        double acc = 0.0;
+                        for (int64_t col = 0; col < sh; col++) {
+                            dh[col] += w * gu[col];
+                            acc += gu[col] * bh[col];
+                        }
+                        tw1[u * C + H + h] += (float)acc;
+                    }
+                }
+            }
         }
         free(s);
         free(junk);
+        free(gz);
     }
+    free(zb);
     (void)threads;
     return failed ? -1 : 0;
 }

@@ -80,7 +80,7 @@ def _dims(q: torch.Tensor, k: torch.Tensor, hidden: int, meta: dict[str, Any], l
     b, h, nq, d = q.shape
     nk = k.shape[-2]
     values = (b, h, nq, nk, d, hidden, VARIANT_CODES[meta["variant"]], int(meta["causal"]), meta["first"],
-              layout[1], layout[2], -(-nk // KEY_BLOCK) * KEY_BLOCK)
+              layout[1], layout[2], -(-nk // KEY_BLOCK) * KEY_BLOCK, layout[0])
     return (ctypes.c_int64 * len(values))(*values)
 
 
