@@ -10,8 +10,10 @@ hence the base PE's parameters through autograd.
 
 The base bias enters in one of two forms: a Toeplitz row ``[H, 2N - 1]`` (column ``N - 1 - (i - j)``,
 translation-invariant bases at ``arange`` positions: ALiBi, Kerple), or the full ``[H, Nq, Nk]``
-tensor (FIRE, or sampled positions), which then costs ``4 H Nq Nk`` bytes (and as much for its
-gradient) against the ``explicit`` path's ``[B, block, N, D + 2H]`` per block.
+tensor (FIRE, or sampled positions). The full form runs per block of queries
+(:func:`_full_bias_blocks`): each block's bias is computed just before the kernel and, in training,
+recomputed in the backward (activation checkpointing), so only one block's ``[H, block, N]`` bias
+(and the base's own activations) exists at a time.
 
 CPU: the C kernel ``dape_fused.c``, compiled on first use (:mod:`lenbench.native`). CUDA: the Triton
 kernel of :mod:`lenbench.pe.dape_triton`. Without a compiler (or Triton), or with
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lenbench import native
 from lenbench.errors import LenbenchError
@@ -35,6 +38,8 @@ SOURCE = Path(__file__).with_name("dape_fused.c")
 SWITCH = "LENBENCH_DAPE_KERNEL"
 KEY_BLOCK = 16  # the kernel's KB: keys per block of kT and vT, zero-padded to a multiple of it
 VARIANT_CODES = {"concat_residual": 0, "concat": 1, "add_residual": 2}
+# Elements of one query block's full base bias and the base's activations (:func:`full_bias_block`).
+FULL_BIAS_BUDGET = 1 << 24
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 SIGNATURES = (
@@ -179,15 +184,53 @@ def dape_attention(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     translation invariant and the positions are ``arange``, else its full ``[H, Nq, Nk]`` block."""
     n, nq = k.shape[-2], q.shape[-2]
     toeplitz = type(pe.base).translation_invariant and not type(pe).has_hook("positions")
-    if toeplitz:
-        distances = torch.arange(2 * n - 1, device=pos.device, dtype=pos.dtype)  # i - j = n-1 .. -(n-1)
-        bias = pe.base.bias(pos[n - 1 :], distances)[:, 0]
-    else:
-        bias = pe.base.bias(pos[n - nq :], pos)
+    if not toeplitz:
+        return _full_bias_blocks(pe, q, k, v, pos, causal)
+    distances = torch.arange(2 * n - 1, device=pos.device, dtype=pos.dtype)  # i - j = n-1 .. -(n-1)
+    bias = pe.base.bias(pos[n - 1 :], distances)[:, 0]
     return fused_dape_attention(
         q, k, v, bias.float(), pe.fc1.weight, pe.fc1.bias, pe.fc2.weight, pe.fc2.bias, variant=pe.variant,
-        causal=causal, toeplitz=toeplitz, first=n - nq,
+        causal=causal, toeplitz=True, first=n - nq,
     )
+
+
+def full_bias_block(pe: Any, heads: int, n: int) -> int:
+    """Queries per block of :func:`_full_bias_blocks`: the block's ``[H, block, N]`` bias plus the base's
+    own ``[block, N, width]`` activations (FIRE's MLP) stay within :data:`FULL_BIAS_BUDGET` elements;
+    a multiple of the kernel's 64-query tiles where more than one tile fits."""
+    width = heads + int(getattr(getattr(pe.base, "fc1", None), "out_features", 0))
+    block = max(1, FULL_BIAS_BUDGET // max(1, n * width))
+    return block if block < 64 else block // 64 * 64
+
+
+def _full_bias_blocks(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                      causal: bool) -> torch.Tensor:
+    """A base without a Toeplitz row (FIRE: its bias depends on ``i``, not only ``i - j``; sampled
+    positions): the kernel runs per block of queries, each block's ``[H, block, keys]`` bias computed
+    just before it (causal blocks take only the keys up to their last query). When a gradient is
+    wanted the block runs under activation checkpointing, so the backward recomputes the bias from the
+    base's parameters instead of keeping it: the bias, its gradient and the base's activations exist
+    for one block at a time, ``O(H block N)``, never ``[H, N, N]``. Rows are independent, so this is
+    exact; the price is one more bias and kernel forward per block in training."""
+    n, nq = k.shape[-2], q.shape[-2]
+    block = full_bias_block(pe, q.shape[1], n)
+    weights = (pe.fc1.weight, pe.fc1.bias, pe.fc2.weight, pe.fc2.bias)
+
+    def run(first: int, qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
+        bias = pe.base.bias(pos[first : first + qb.shape[-2]], pos[: kb.shape[-2]]).float()
+        return fused_dape_attention(qb, kb, vb, bias, *weights, variant=pe.variant, causal=causal, toeplitz=False,
+                                    first=first)
+
+    train = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, *weights, *pe.base.parameters()))
+    outs = []
+    for a in range(0, nq, block):
+        first = n - nq + a
+        qb = q[:, :, a : a + block]
+        keys = min(n, first + qb.shape[-2]) if causal else n
+        args = (first, qb, k[:, :, :keys], v[:, :, :keys])
+        outs.append(checkpoint(run, *args, use_reentrant=False) if train else run(*args))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def usable(device: torch.device) -> bool:
