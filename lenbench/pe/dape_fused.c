@@ -8,8 +8,11 @@
  *   p    = softmax_j(l_h over visible keys),   o_hi = sum_j p_hij v_hj
  * with B_h(i, j) the static base bias. Why: the reference code (and lenbench's `explicit` backend)
  * materializes the [B, Nq, Nk, D] MLP activations; here a query tile meets one chunk of LANES keys
- * at a time, the logits of all heads and the MLP across heads live in vectors, and the softmax is
- * online (running max m and sum l per row and head), so only O(H N) per thread is ever written.
+ * at a time, R = 4 of its rows together (each loaded key vector and MLP weight serves 4 rows), the
+ * logits of all heads and the MLP across heads live in vectors, and the softmax is online (running
+ * max m and sum l per row and head), so only O(H N) per thread is ever written. With a Toeplitz bias
+ * in the concat forms, b1 + W1_b B depends on i - j only and is tabulated per distance
+ * (bias_units), so a pair's first layer reads s alone.
  *
  * Backward (flash-attention style): the tile's logits are recomputed from q, k and the saved
  * log-sum-exp; with Delta_hi = do_hi . o_hi,
@@ -18,9 +21,11 @@
  *   db1 += dz,  dx_c = sum_u W1_uc dz_u,  ds = dl + dx_s,  dB = dl [residual] + dx_b,
  *   dq_i += scale sum_j ds_j k_j,  dk_j += scale ds_j q_i.
  *
- * Layouts (fp32): q, dout, out, dq [B, H, Nq, d]; kT, vT [B, H, Kp / KB, d, KB] (keys in blocks of KB,
- * each block transposed; zero-padded to Kp = Nk rounded up to KB); k, v, dk, dv [B, H, Nk, d]; lse, delta [B, H, Nq]; w1 [D, C],
- * b1 [D], w2t [D, H] (W2 transposed), b2 [H]. The bias is read as bias[h sh + r si + j] for local
+ * Layouts (fp32): q, dout, out, dq [B, H, Nq, d]; kT, vT [B, H, Kp / KB, d, KB] (keys in blocks of
+ * KB, each block transposed; zero-padded to Kp = Nk rounded up to KB); k, v, dk, dv [B, H, Nk, d];
+ * lse, delta [B, H, Nq]; w1 [D, C], b1 [D], w2t [D, H] (W2 transposed), b2 [H]. dims: B, H, Nq, Nk,
+ * d, D, variant, causal, first, sh, si, Kp, and the bias pointer's offset into its tensor (a Toeplitz
+ * row is tabulated whole). The bias is read as bias[h sh + r si + j] for local
  * query row r = i - first and key j: a Toeplitz row (si = -1, bias pointing at column N - 1 - first
  * of a [H, 2N - 1] distance row) or a full [H, Nq, Nk] tensor (si = Nk). Causal: keys j > first + r
  * are masked (after f, as in the reference). Work items are (tile of TQ query rows, batch row); in the
