@@ -200,15 +200,19 @@ def test_full_bias_runs_per_query_block_and_equals_explicit(
 
 
 @needs_kernel
-def test_full_bias_training_keeps_no_n_squared_tensor() -> None:
-    """Training DAPE-FIRE keeps O(N width) for backward: the [H, N, N] bias (131072 elements here) and
-    FIRE's [N, N, width] activations are recomputed per query block, not saved."""
+def test_full_bias_training_keeps_no_n_squared_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training DAPE-FIRE over several query blocks (a budget of 32 rows at N=128) keeps O(N width) for
+    backward: the [H, N, N] bias (131072 elements here) and FIRE's [N, N, width] activations are
+    recomputed per block, not saved. Within one block (the default budget at this N) they are kept."""
     fused, ref = attention_pair("dape-fire", True, dim=32, heads=8)
     n = 128
     x = torch.randn(1, n, 32, requires_grad=True)
+    one_block = saved_elements(lambda: fused(x))
+    monkeypatch.setattr(dape_fused, "FULL_BIAS_BUDGET", 32 * n * (8 + fused.pe.base.fc1.out_features))
+    assert dape_fused.full_bias_block(fused.pe, 8, n) == 32
     small = saved_elements(lambda: fused(x))
     assert fused.last_backend == "dape_fused"
-    assert small < 20 * n * 32 < 8 * n * n
+    assert small < 20 * n * 32 < 8 * n * n < one_block
     assert saved_elements(lambda: ref(x)) > 8 * n * n
 
 

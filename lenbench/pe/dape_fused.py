@@ -208,10 +208,11 @@ def _full_bias_blocks(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """A base without a Toeplitz row (FIRE: its bias depends on ``i``, not only ``i - j``; sampled
     positions): the kernel runs per block of queries, each block's ``[H, block, keys]`` bias computed
     just before it (causal blocks take only the keys up to their last query). When a gradient is
-    wanted the block runs under activation checkpointing, so the backward recomputes the bias from the
-    base's parameters instead of keeping it: the bias, its gradient and the base's activations exist
-    for one block at a time, ``O(H block N)``, never ``[H, N, N]``. Rows are independent, so this is
-    exact; the price is one more bias and kernel forward per block in training."""
+    wanted and there is more than one block, each runs under activation checkpointing, so the backward
+    recomputes the bias from the base's parameters instead of keeping it: the bias, its gradient and
+    the base's activations exist for one block at a time, ``O(H block N)``, never ``[H, N, N]``; the
+    price is one more bias and kernel forward per block. One block (short sequences, e.g. CHE) keeps
+    its bias, at most the budget. Rows are independent, so this is exact."""
     n, nq = k.shape[-2], q.shape[-2]
     block = full_bias_block(pe, q.shape[1], n)
     weights = (pe.fc1.weight, pe.fc1.bias, pe.fc2.weight, pe.fc2.bias)
@@ -223,6 +224,7 @@ def _full_bias_blocks(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
     train = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, *weights, *pe.base.parameters()))
+    train = train and block < nq
     outs = []
     for a in range(0, nq, block):
         first = n - nq + a
