@@ -170,6 +170,52 @@ def test_training_memory_is_linear_in_n() -> None:
     assert big > 256 * 256 * 32 and big > 10 * small
 
 
+@needs_kernel
+@pytest.mark.parametrize(("causal", "last"), [(True, None), (False, None), (False, 19)])
+def test_full_bias_runs_per_query_block_and_equals_explicit(
+    causal: bool, last: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DAPE-FIRE has no Toeplitz row: with a budget of 8 query rows the kernel runs on blocks of 8
+    (29 queries: 8, 8, 8, 5; ``last=19``: 8, 8, 3), each block's FIRE bias computed for it and
+    recomputed in the backward; output and every gradient (FIRE's MLP, c and L included) equal the
+    explicit backend's."""
+    fused, ref = attention_pair("dape-fire:l0=8", causal)
+    width = fused.pe.base.fc1.out_features
+    monkeypatch.setattr(dape_fused, "FULL_BIAS_BUDGET", 8 * 29 * (4 + width))
+    assert dape_fused.full_bias_block(fused.pe, 4, 29) == 8
+    x = torch.randn(2, 29, 32)
+    ys = []
+    for att in (fused, ref):
+        att.zero_grad()
+        y = att(x, last=last)
+        y.square().sum().backward()
+        ys.append(y)
+    assert fused.last_backend == "dape_fused"
+    torch.testing.assert_close(ys[0], ys[1], rtol=1e-4, atol=1e-5)
+    grads = dict(ref.named_parameters())
+    assert any(n.startswith("pe.base.") and p.grad is not None for n, p in fused.named_parameters())
+    for name, p in fused.named_parameters():
+        b = grads[name].grad
+        torch.testing.assert_close(p.grad, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()), msg=name)
+
+
+@needs_kernel
+def test_full_bias_training_keeps_no_n_squared_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training DAPE-FIRE over several query blocks (a budget of 32 rows at N=128) keeps O(N width) for
+    backward: the [H, N, N] bias (131072 elements here) and FIRE's [N, N, width] activations are
+    recomputed per block, not saved. Within one block (the default budget at this N) they are kept."""
+    fused, ref = attention_pair("dape-fire", True, dim=32, heads=8)
+    n = 128
+    x = torch.randn(1, n, 32, requires_grad=True)
+    one_block = saved_elements(lambda: fused(x))
+    monkeypatch.setattr(dape_fused, "FULL_BIAS_BUDGET", 32 * n * (8 + fused.pe.base.fc1.out_features))
+    assert dape_fused.full_bias_block(fused.pe, 8, n) == 32
+    small = saved_elements(lambda: fused(x))
+    assert fused.last_backend == "dape_fused"
+    assert small < 20 * n * 32 < 8 * n * n < one_block
+    assert saved_elements(lambda: ref(x)) > 8 * n * n
+
+
 def test_bad_input_is_one_clear_error() -> None:
     leaves, _ = case("concat", True)
     with pytest.raises(LenbenchError, match="unknown DAPE variant"):

@@ -10,8 +10,10 @@ hence the base PE's parameters through autograd.
 
 The base bias enters in one of two forms: a Toeplitz row ``[H, 2N - 1]`` (column ``N - 1 - (i - j)``,
 translation-invariant bases at ``arange`` positions: ALiBi, Kerple), or the full ``[H, Nq, Nk]``
-tensor (FIRE, or sampled positions), which then costs ``4 H Nq Nk`` bytes (and as much for its
-gradient) against the ``explicit`` path's ``[B, block, N, D + 2H]`` per block.
+tensor (FIRE, or sampled positions). The full form runs per block of queries
+(:func:`_full_bias_blocks`): each block's bias is computed just before the kernel and, in training,
+recomputed in the backward (activation checkpointing), so only one block's ``[H, block, N]`` bias
+(and the base's own activations) exists at a time.
 
 CPU: the C kernel ``dape_fused.c``, compiled on first use (:mod:`lenbench.native`). CUDA: the Triton
 kernel of :mod:`lenbench.pe.dape_triton`. Without a compiler (or Triton), or with
@@ -27,14 +29,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lenbench import native
 from lenbench.errors import LenbenchError
 
 SOURCE = Path(__file__).with_name("dape_fused.c")
 SWITCH = "LENBENCH_DAPE_KERNEL"
-LANES = 16  # keys are zero-padded to a multiple of this (the kernel's vectors hold 8 or 16)
+KEY_BLOCK = 16  # the kernel's KB: keys per block of kT and vT, zero-padded to a multiple of it
 VARIANT_CODES = {"concat_residual": 0, "concat": 1, "add_residual": 2}
+# Elements of one query block's full base bias and the base's activations (:func:`full_bias_block`).
+FULL_BIAS_BUDGET = 1 << 24
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 SIGNATURES = (
@@ -57,10 +62,12 @@ def _ptr(t: torch.Tensor, offset: int = 0) -> int:
     return t.data_ptr() + offset * t.element_size()
 
 
-def _transposed(t: torch.Tensor) -> torch.Tensor:
-    """``[B, H, N, d] -> [B, H, d, Kp]`` contiguous, keys zero-padded to a multiple of :data:`LANES`."""
-    n = t.shape[-2]
-    return F.pad(t.transpose(-1, -2), (0, -(-n // LANES) * LANES - n)).contiguous()
+def _key_blocks(t: torch.Tensor) -> torch.Tensor:
+    """``[B, H, N, d] -> [B, H, Kp / KB, d, KB]`` contiguous (KB = :data:`KEY_BLOCK`, keys zero-padded to
+    ``Kp``): each block of KB keys transposed, so the kernel reads one key chunk's d x KB values in one run."""
+    b, h, n, d = t.shape
+    kp = -(-n // KEY_BLOCK) * KEY_BLOCK
+    return F.pad(t, (0, 0, 0, kp - n)).view(b, h, kp // KEY_BLOCK, KEY_BLOCK, d).transpose(-1, -2).contiguous()
 
 
 def bias_layout(bias: torch.Tensor, toeplitz: bool, nq: int, nk: int, first: int) -> tuple[int, int, int]:
@@ -78,7 +85,7 @@ def _dims(q: torch.Tensor, k: torch.Tensor, hidden: int, meta: dict[str, Any], l
     b, h, nq, d = q.shape
     nk = k.shape[-2]
     values = (b, h, nq, nk, d, hidden, VARIANT_CODES[meta["variant"]], int(meta["causal"]), meta["first"],
-              layout[1], layout[2], -(-nk // LANES) * LANES)
+              layout[1], layout[2], -(-nk // KEY_BLOCK) * KEY_BLOCK, layout[0])
     return (ctypes.c_int64 * len(values))(*values)
 
 
@@ -98,7 +105,7 @@ class FusedDAPEFunction(torch.autograd.Function):
         dims = _dims(q, k, w1.shape[0], meta, layout)
         out = torch.empty_like(q)
         lse = torch.empty(b, h, nq)
-        kt = _transposed(k)  # held here: the kernel reads it through a raw pointer
+        kt = _key_blocks(k)  # held here: the kernel reads it through a raw pointer
         if lib.dape_forward(_ptr(q), _ptr(kt), _ptr(v), _ptr(bias, layout[0]), _ptr(w1), _ptr(b1),
                             _ptr(w2t), _ptr(b2), _ptr(out), _ptr(lse), dims, meta["scale"], meta["slope"],
                             torch.get_num_threads()):
@@ -124,7 +131,7 @@ class FusedDAPEFunction(torch.autograd.Function):
         per_thread_bias = meta["toeplitz"]
         dbias = torch.zeros((threads, *bias.shape) if per_thread_bias else bias.shape)
         strides = (ctypes.c_int64 * 2)(b * h * nk * d, bias.numel() if per_thread_bias else 0)
-        kt, vt = _transposed(k), _transposed(v)  # held here: the kernel reads them through raw pointers
+        kt, vt = _key_blocks(k), _key_blocks(v)  # held here: the kernel reads them through raw pointers
         if lib.dape_backward(_ptr(q), _ptr(kt), _ptr(k), _ptr(vt), _ptr(bias, layout[0]),
                              _ptr(w1), _ptr(b1), _ptr(w2t), _ptr(b2), _ptr(grad), _ptr(lse), _ptr(delta), _ptr(dq),
                              _ptr(dk), _ptr(dv), _ptr(dw1), _ptr(db1), _ptr(dw2t), _ptr(db2),
@@ -177,15 +184,55 @@ def dape_attention(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     translation invariant and the positions are ``arange``, else its full ``[H, Nq, Nk]`` block."""
     n, nq = k.shape[-2], q.shape[-2]
     toeplitz = type(pe.base).translation_invariant and not type(pe).has_hook("positions")
-    if toeplitz:
-        distances = torch.arange(2 * n - 1, device=pos.device, dtype=pos.dtype)  # i - j = n-1 .. -(n-1)
-        bias = pe.base.bias(pos[n - 1 :], distances)[:, 0]
-    else:
-        bias = pe.base.bias(pos[n - nq :], pos)
+    if not toeplitz:
+        return _full_bias_blocks(pe, q, k, v, pos, causal)
+    distances = torch.arange(2 * n - 1, device=pos.device, dtype=pos.dtype)  # i - j = n-1 .. -(n-1)
+    bias = pe.base.bias(pos[n - 1 :], distances)[:, 0]
     return fused_dape_attention(
         q, k, v, bias.float(), pe.fc1.weight, pe.fc1.bias, pe.fc2.weight, pe.fc2.bias, variant=pe.variant,
-        causal=causal, toeplitz=toeplitz, first=n - nq,
+        causal=causal, toeplitz=True, first=n - nq,
     )
+
+
+def full_bias_block(pe: Any, heads: int, n: int) -> int:
+    """Queries per block of :func:`_full_bias_blocks`: the block's ``[H, block, N]`` bias plus the base's
+    own ``[block, N, width]`` activations (FIRE's MLP) stay within :data:`FULL_BIAS_BUDGET` elements;
+    a multiple of the kernel's 64-query tiles where more than one tile fits."""
+    width = heads + int(getattr(getattr(pe.base, "fc1", None), "out_features", 0))
+    block = max(1, FULL_BIAS_BUDGET // max(1, n * width))
+    return block if block < 64 else block // 64 * 64
+
+
+def _full_bias_blocks(pe: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                      causal: bool) -> torch.Tensor:
+    """A base without a Toeplitz row (FIRE: its bias depends on ``i``, not only ``i - j``; sampled
+    positions): the kernel runs per block of queries, each block's ``[H, block, keys]`` bias computed
+    just before it (causal blocks take only the keys up to their last query). When a gradient is
+    wanted and there is more than one block, each runs under activation checkpointing, so the backward
+    recomputes the bias from the base's parameters instead of keeping it: the bias, its gradient and
+    the base's activations exist for one block at a time, ``O(H block N)``, never ``[H, N, N]``; the
+    price is one more bias and kernel forward per block. One block (short sequences, e.g. CHE) keeps
+    its bias, at most the budget. Rows are independent, so this is exact."""
+    n, nq = k.shape[-2], q.shape[-2]
+    block = full_bias_block(pe, q.shape[1], n)
+    weights = (pe.fc1.weight, pe.fc1.bias, pe.fc2.weight, pe.fc2.bias)
+
+    def run(first: int, qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
+        bias = pe.base.bias(pos[first : first + qb.shape[-2]], pos[: kb.shape[-2]]).float()
+        return fused_dape_attention(qb, kb, vb, bias, *weights, variant=pe.variant, causal=causal, toeplitz=False,
+                                    first=first)
+
+    train = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, *weights, *pe.base.parameters()))
+    train = train and block < nq
+    outs = []
+    for a in range(0, nq, block):
+        first = n - nq + a
+        qb = q[:, :, a : a + block]
+        keys = min(n, first + qb.shape[-2]) if causal else n
+        args = (first, qb, k[:, :, :keys], v[:, :, :keys])
+        outs.append(checkpoint(run, *args, use_reentrant=False) if train else run(*args))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def usable(device: torch.device) -> bool:
