@@ -85,8 +85,9 @@ def run(
     Under torchrun (``torchrun --nproc-per-node N -m lenbench run --suite ppl ...``) each ppl cell trains
     data-parallel over the N ranks and only rank 0 writes and prints.
     """
-    from lenbench.distributed import DataParallelExecutor, detect
-    from lenbench.executors import make_executor
+    from lenbench.execute.ranks import detect
+    from lenbench.execute.select import make_executor
+    from lenbench.execute.torchrun import DataParallelExecutor
     from lenbench.results import ResultStore
 
     rank = detect()
@@ -217,8 +218,8 @@ def status(
     With run's grid flags (--pe, --seeds, --profile, ...; the same as the run) every cell of that grid
     is listed, pending ones included; with none, the cell folders under --out (one --suite, or all).
     """
+    from lenbench.execute.status import counts, folder_states, grid_states
     from lenbench.results import ResultStore
-    from lenbench.status import counts, folder_states, grid_states
 
     store = ResultStore(out_dir)
     flags = dict(
@@ -391,7 +392,7 @@ def timing(
     import torch
 
     from lenbench.config import choose_profile, load_suite
-    from lenbench.executors import run_in_process
+    from lenbench.execute.inprocess import run_in_process
     from lenbench.progress import RichReporter
     from lenbench.results import ResultStore
     from lenbench.suites import load_suite_module

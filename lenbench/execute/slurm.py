@@ -6,7 +6,7 @@ each task runs its cell under the cell's lock, so resubmitting a grid is always 
 timed-out task is requeued by submitit (:meth:`CellJob.checkpoint`, its checkpointing protocol) and
 resumes from the cell's last checkpoint, which makes the continued training bit-identical to an
 uninterrupted run (the steps since that checkpoint are redone). ``--gpus-per-cell N`` with N > 1
-starts N tasks per cell that train it data-parallel (ppl cells; :mod:`lenbench.distributed`).
+starts N tasks per cell that train it data-parallel (ppl cells; :mod:`lenbench.execute.torchrun`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 from rich.console import Console
 
 from lenbench.errors import LenbenchError
-from lenbench.executors import Outcome, run_cell_once
+from lenbench.execute.cell import Outcome, run_cell_once
+from lenbench.execute.status import lock_held
 from lenbench.results import ResultStore
-from lenbench.status import lock_held
 from lenbench.suites.base import Cell, SilentReporter
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -78,7 +78,8 @@ class CellJob:
         return run_cell_once(self.cell, store, load_suite_module(self.cell.suite), SilentReporter(), log=True)
 
     def _data_parallel(self, store: ResultStore) -> Outcome:
-        from lenbench.distributed import DataParallelExecutor, detect
+        from lenbench.execute.ranks import detect
+        from lenbench.execute.torchrun import DataParallelExecutor
 
         import_submitit().helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         env = detect()

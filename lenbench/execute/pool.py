@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from lenbench.errors import LenbenchError
-from lenbench.executors import Outcome, run_cell_once
+from lenbench.execute.cell import Outcome, run_cell_once
 from lenbench.progress import GridProgress
 from lenbench.results import ResultStore
 from lenbench.suites.base import Cell, SilentReporter
