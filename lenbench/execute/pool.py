@@ -6,7 +6,9 @@ torch threads. Each cell writes its stdout, stderr and any traceback to ``<cell>
 calls travel through a queue to the parent, which draws one rich view over the whole grid.
 
 The first error that is not a NaN loss stops the grid: no new cell starts, running cells finish, then
-the error is reported. Ctrl-C interrupts the workers; their cells resume from their checkpoints.
+the error is reported. Ctrl-C interrupts the workers; their cells resume from their checkpoints. A
+worker ends when the parent does, even on SIGKILL (:mod:`lenbench.execute.lifeline`), so no orphan
+keeps a cell locked: rerunning the grid resumes its unfinished cells.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.console import Console
 
 from lenbench.errors import LenbenchError
 from lenbench.execute.cell import Outcome, run_cell_once
+from lenbench.execute.lifeline import die_with_parent
 from lenbench.progress import GridProgress
 from lenbench.results import ResultStore
 from lenbench.suites.base import Cell, SilentReporter
@@ -88,11 +91,12 @@ class QueueReporter:
         self.send("message", text)
 
 
-def _init_worker(slots: Any, threads: int, events: Any) -> None:
-    """Runs once in each new worker: take a device slot, set the thread count, keep the queue."""
+def _init_worker(slots: Any, threads: int, events: Any, parent: int) -> None:
+    """Runs once in each new worker: end with the parent, take a device slot, set the thread count, keep the queue."""
     global _EVENTS
     import torch
 
+    die_with_parent(parent)
     slot = slots.get()
     if slot is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = slot
@@ -145,7 +149,7 @@ class LocalPool:
         for w in range(workers):
             slots.put(gpus[w % len(gpus)] if gpus else None)
         threads = max(1, cpu_cores() // workers)
-        pool = ProcessPoolExecutor(workers, ctx, _init_worker, (slots, threads, events))
+        pool = ProcessPoolExecutor(workers, ctx, _init_worker, (slots, threads, events, os.getpid()))
         futures: dict[Future[Outcome], int] = {pool.submit(_run_in_worker, cells[i], str(store.root)): i for i in todo}
         pids: dict[str, int] = {}
         outcomes: dict[int, Outcome] = {}
