@@ -79,6 +79,10 @@ def run(
     time_limit: Annotated[
         str | None, typer.Option("--time", help="slurm: time limit per job, e.g. 08:00:00 (default).")
     ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option("--log", help="Also track each cell: tensorboard, wandb or both (needs lenbench[tracking])."),
+    ] = None,
 ) -> None:
     """Train and evaluate every (task, PE, seed) cell of a suite; finished cells are skipped.
 
@@ -88,6 +92,7 @@ def run(
     from lenbench.execute.ranks import detect
     from lenbench.execute.select import make_executor
     from lenbench.execute.torchrun import DataParallelExecutor
+    from lenbench.execute.tracking import parse_log
     from lenbench.results import ResultStore
 
     rank = detect()
@@ -99,7 +104,7 @@ def run(
                      ("max_parallel", max_parallel), ("time", time_limit))
         if v is not None
     }
-    runner = make_executor(executor, workers, slurm)
+    runner = make_executor(executor, workers, slurm, parse_log(log))
     suite_name, cells, reason = _grid(
         suite, profile, pe=pe, task=task, seeds=seeds, steps=steps, batch_size=batch_size, lr=lr,
         test_lengths=test_lengths, eval_samples=eval_samples, layers=layers, dim=dim, heads=heads, dataset=dataset,

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from lenbench.errors import LenbenchError
+from lenbench.execute.tracking import Tracking, tracked
 from lenbench.results import CellBusy, CellDir, ResultStore, environment_manifest
 from lenbench.suites.base import Cell, Reporter
 from lenbench.train import NonFiniteLoss
@@ -93,8 +94,11 @@ def locked(cell_dir: CellDir) -> Iterator[None]:
             time.sleep(0.05)
 
 
-def run_cell_once(cell: Cell, store: ResultStore, suite: Any, reporter: Reporter, log: bool = False) -> Outcome:
-    """Run one cell unless it is done or locked by another process (``log``: also write ``run.log``)."""
+def run_cell_once(
+    cell: Cell, store: ResultStore, suite: Any, reporter: Reporter, log: bool = False, tracking: Tracking | None = None
+) -> Outcome:
+    """Run one cell unless it is done or locked by another process (``log``: also write ``run.log``;
+    ``tracking``: also send it to TensorBoard / W&B, :mod:`lenbench.execute.tracking`)."""
     cell_dir = store.cell(cell.suite, cell.label, cell.config)
     if cell_dir.is_done(cell.config):
         return Outcome(cell, cell_dir, "skipped", _read_summary(cell_dir))
@@ -103,14 +107,16 @@ def run_cell_once(cell: Cell, store: ResultStore, suite: Any, reporter: Reporter
             if cell_dir.is_done(cell.config):  # finished by another process while we waited
                 return Outcome(cell, cell_dir, "skipped", _read_summary(cell_dir))
             cell_dir.prepare(cell.config, environment_manifest(device_name()))
-            with cell_log(cell_dir) if log else contextlib.nullcontext():
+            with cell_log(cell_dir) if log else contextlib.nullcontext(), tracked(tracking, cell, cell_dir) as trackers:
                 try:
-                    summary = suite.run_cell(cell, cell_dir, reporter)
+                    summary = suite.run_cell(cell, cell_dir, trackers.reporter(reporter))
                 except NonFiniteLoss as exc:
+                    trackers.failed = True
                     cell_dir.mark_failed(str(exc), exc.step)
                     if log:
                         print(f"FAILED: {exc}")
                     return Outcome(cell, cell_dir, "failed", reason=str(exc))
+                trackers.records(cell_dir.read_metrics())
             cell_dir.mark_done(summary)
             return Outcome(cell, cell_dir, "done", summary)
     except CellBusy as exc:

@@ -7,6 +7,7 @@ from typing import Any
 from lenbench.errors import LenbenchError
 from lenbench.execute.cell import Executor
 from lenbench.execute.inprocess import InProcess
+from lenbench.execute.tracking import Tracking
 
 EXECUTORS = ("inprocess", "local", "slurm")
 
@@ -15,6 +16,7 @@ def make_executor(
     name: str,
     workers: int | None = None,
     slurm: dict[str, Any] | None = None,
+    tracking: Tracking | None = None,
 ) -> Executor:
     """The executor called ``name`` (``inprocess``, ``local`` or ``slurm``), its options checked.
 
@@ -35,13 +37,13 @@ def make_executor(
             raise LenbenchError(f"under torchrun every rank runs the cell together; drop --executor {name}")
         from lenbench.execute.torchrun import DataParallelExecutor
 
-        return DataParallelExecutor(env)
+        return DataParallelExecutor(env, tracking)
     if name == "local":
         from lenbench.execute.pool import LocalPool
 
-        return LocalPool(workers)
+        return LocalPool(workers, tracking)
     if name == "slurm":
         from lenbench.execute.slurm import SlurmArray
 
-        return SlurmArray(**(slurm or {}))
-    return InProcess()
+        return SlurmArray(**(slurm or {}), tracking=tracking)
+    return InProcess(tracking)

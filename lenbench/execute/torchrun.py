@@ -25,6 +25,7 @@ from rich.console import Console
 from lenbench.errors import LenbenchError
 from lenbench.execute.cell import Outcome, report_outcome, run_cell_once
 from lenbench.execute.ranks import DataParallel, DistEnv, process_group, rank_split, split_batch
+from lenbench.execute.tracking import Tracking
 from lenbench.results import CellDir, ResultStore, atomic_write_json
 from lenbench.suites.base import Cell, Reporter, SilentReporter
 from lenbench.train import NonFiniteLoss
@@ -57,8 +58,8 @@ class _Announce:
 class DataParallelExecutor:
     """Runs each cell on all torchrun ranks together; rank 0 alone locks, writes and reports."""
 
-    def __init__(self, env: DistEnv) -> None:
-        self.env = env
+    def __init__(self, env: DistEnv, tracking: Tracking | None = None) -> None:
+        self.env, self.tracking = env, tracking
 
     def check(self, cells: list[Cell]) -> None:
         """Refuse, before any process group is joined, cells this executor cannot split over the ranks."""
@@ -82,6 +83,7 @@ class DataParallelExecutor:
             store.check_writable()
         suite = load_suite_module("ppl")
         outcomes = []
+        tracking = self.tracking.for_grid(cells) if self.tracking is not None else None  # rank 0 alone tracks
         with process_group(self.env) as par, tempfile.TemporaryDirectory(prefix=f"lenbench-rank{par.rank}-") as tmp:
             reporter: Reporter = SilentReporter()
             with contextlib.ExitStack() as stack:
@@ -92,7 +94,7 @@ class DataParallelExecutor:
                 for cell in cells:
                     if rank0:
                         announcing = _Announce(suite, par)
-                        outcome = run_cell_once(cell, store, announcing, reporter)
+                        outcome = run_cell_once(cell, store, announcing, reporter, tracking=tracking)
                         if not announcing.announced:
                             par.broadcast("skip")
                         report_outcome(outcome, reporter)
