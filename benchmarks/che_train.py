@@ -36,7 +36,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from lenbench.config import load_suite
-    from lenbench.executors import run_in_process
+    from lenbench.execute.inprocess import run_in_process
     from lenbench.model import dropout, small_attention
     from lenbench.results import ResultStore
     from lenbench.suites import SilentReporter, load_suite_module

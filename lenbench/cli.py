@@ -79,14 +79,20 @@ def run(
     time_limit: Annotated[
         str | None, typer.Option("--time", help="slurm: time limit per job, e.g. 08:00:00 (default).")
     ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option("--log", help="Also track each cell: tensorboard, wandb or both (needs lenbench[tracking])."),
+    ] = None,
 ) -> None:
     """Train and evaluate every (task, PE, seed) cell of a suite; finished cells are skipped.
 
     Under torchrun (``torchrun --nproc-per-node N -m lenbench run --suite ppl ...``) each ppl cell trains
     data-parallel over the N ranks and only rank 0 writes and prints.
     """
-    from lenbench.distributed import DataParallelExecutor, detect
-    from lenbench.executors import make_executor
+    from lenbench.execute.ranks import detect
+    from lenbench.execute.select import make_executor
+    from lenbench.execute.torchrun import DataParallelExecutor
+    from lenbench.execute.tracking import parse_log
     from lenbench.results import ResultStore
 
     rank = detect()
@@ -98,7 +104,7 @@ def run(
                      ("max_parallel", max_parallel), ("time", time_limit))
         if v is not None
     }
-    runner = make_executor(executor, workers, slurm)
+    runner = make_executor(executor, workers, slurm, parse_log(log))
     suite_name, cells, reason = _grid(
         suite, profile, pe=pe, task=task, seeds=seeds, steps=steps, batch_size=batch_size, lr=lr,
         test_lengths=test_lengths, eval_samples=eval_samples, layers=layers, dim=dim, heads=heads, dataset=dataset,
@@ -217,8 +223,8 @@ def status(
     With run's grid flags (--pe, --seeds, --profile, ...; the same as the run) every cell of that grid
     is listed, pending ones included; with none, the cell folders under --out (one --suite, or all).
     """
+    from lenbench.execute.status import counts, folder_states, grid_states
     from lenbench.results import ResultStore
-    from lenbench.status import counts, folder_states, grid_states
 
     store = ResultStore(out_dir)
     flags = dict(
@@ -391,7 +397,7 @@ def timing(
     import torch
 
     from lenbench.config import choose_profile, load_suite
-    from lenbench.executors import run_in_process
+    from lenbench.execute.inprocess import run_in_process
     from lenbench.progress import RichReporter
     from lenbench.results import ResultStore
     from lenbench.suites import load_suite_module

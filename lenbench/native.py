@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from lenbench.data.corpora import cache_root
+from lenbench.data.documents import cache_root
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 # Tried first: with OpenMP a kernel runs on PyTorch's own libgomp pool (same soname, already loaded).
@@ -30,7 +30,7 @@ OPENMP = "-fopenmp"
 
 
 def cache_dir() -> Path:
-    """``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` in lenbench's cache (:func:`~lenbench.data.corpora.cache_root`)."""
+    """``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` in the cache (:func:`lenbench.data.documents.cache_root`)."""
     if os.environ.get("LENBENCH_KERNEL_CACHE"):
         return Path(os.environ["LENBENCH_KERNEL_CACHE"])
     return cache_root() / "kernels"

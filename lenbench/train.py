@@ -11,7 +11,8 @@ is that of the mean loss over the a micro-batches: with equal-sized micro-batche
 one batch a times larger (then clipping and the optimizer step, once). The logged loss and each
 metric are their means over the micro-batches. ``a = 1`` is the plain loop.
 
-Under torchrun (:mod:`lenbench.distributed`) the same loop trains data-parallel: the model runs
+Given a ``parallel`` context (the caller's, under torchrun: :mod:`lenbench.execute.ranks`; this
+module imports nothing of execution) the same loop trains data-parallel: the model runs
 wrapped in DDP, each rank draws from its own RNG streams, the loss is averaged over ranks, rank 0's
 checkpoint reaches every rank on resume, and a checkpoint also holds every rank's RNG states. With
 accumulation, gradients are all-reduced once per step (``no_sync`` on all micro-batches but the last).
@@ -62,6 +63,24 @@ class Checkpointer(Protocol):
     def save_checkpoint(self, state: dict[str, Any]) -> None: ...
 
     def load_checkpoint(self) -> dict[str, Any] | None: ...
+
+
+class Parallel(Protocol):
+    """The collectives a data-parallel run gives the loop (:class:`lenbench.execute.ranks.DataParallel`)."""
+
+    world_size: int
+
+    def rank_seed(self, seed: int) -> int: ...
+
+    def wrap(self, model: nn.Module) -> nn.Module: ...
+
+    def mean(self, value: torch.Tensor) -> float: ...
+
+    def broadcast(self, obj: Any) -> Any: ...
+
+    def gather(self, obj: Any) -> list[Any]: ...
+
+    def own(self, ranks: list[Any] | None, fallback: Any) -> Any: ...
 
 
 StepFn = Callable[[nn.Module, np.random.Generator, int], tuple[torch.Tensor, dict[str, float]]]
@@ -142,6 +161,7 @@ def train(
     on_start: Callable[[int], None] | None = None,
     compile_clock: CompileClock | None = None,
     accumulation: int = 1,
+    parallel: Parallel | None = None,
 ) -> int:
     """Train for ``cfg.steps`` steps (resuming from the checkpointer if it has state).
 
@@ -152,13 +172,11 @@ def train(
 
     With a ``compile_clock`` the model runs through ``torch.compile(dynamic=True)`` and the clock
     sums the wall clock of the steps that compiled a graph (kept out of the metrics, which must
-    replay identically on resume).
+    replay identically on resume). ``parallel`` (None outside torchrun) makes the run data-parallel.
     """
-    from lenbench.distributed import current
-
     if accumulation < 1:
         raise LenbenchError(f"gradient accumulation must be >= 1, got {accumulation}")
-    par = current()  # set under torchrun only
+    par = parallel
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     seed = seed if par is None else par.rank_seed(seed)

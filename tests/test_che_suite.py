@@ -13,7 +13,7 @@ import torch
 from helpers import StopAt
 
 from lenbench.config import load_suite
-from lenbench.executors import run_in_process
+from lenbench.execute.inprocess import run_in_process
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, che, load_suite_module
 from lenbench.tasks.che import TASKS

@@ -14,7 +14,7 @@ import torch
 
 from lenbench.config import load_suite
 from lenbench.errors import LenbenchError
-from lenbench.executors import run_in_process
+from lenbench.execute.inprocess import run_in_process
 from lenbench.report import tables as T
 from lenbench.report.collect import collect
 from lenbench.results import ResultStore

@@ -18,11 +18,12 @@ from rich.console import Console
 from test_che_suite import cells
 
 from lenbench.cli import main
-from lenbench.executors import run_cell_once, run_in_process
-from lenbench.pool import LocalPool, cpu_cores
+from lenbench.execute.cell import run_cell_once
+from lenbench.execute.inprocess import run_in_process
+from lenbench.execute.pool import LocalPool, cpu_cores
+from lenbench.execute.slurm import CellJob, SlurmArray, parse_time
+from lenbench.execute.status import counts, folder_states, grid_states
 from lenbench.results import CellDir, ResultStore
-from lenbench.slurm import CellJob, SlurmArray, parse_time
-from lenbench.status import counts, folder_states, grid_states
 from lenbench.suites import SilentReporter, load_suite_module
 
 GRID = ("even_pairs,parity_check,reverse_string", "alibi,nope", "0")  # 6 cells

@@ -29,10 +29,10 @@ def make(cls: type[FIRE] = FIRE, heads: int = 12, causal: bool = True, seed: int
 def both(pe: FIRE, q: torch.Tensor, k: torch.Tensor, first: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(kernel, PyTorch) results of ``bias`` (or ``causal_bias`` from ``first``) without gradients."""
     with torch.no_grad():
-        assert fire_kernel.applies(pe, q, k)
+        assert pe.kernel_applies(q, k)
         fast = pe.bias(q, k) if first is None else pe.causal_bias(q, k, first)
         with fire_kernel.disabled():
-            assert not fire_kernel.applies(pe, q, k)
+            assert not pe.kernel_applies(q, k)
             plain = pe.bias(q, k) if first is None else pe.causal_bias(q, k, first)
     return fast, plain
 
@@ -78,7 +78,7 @@ def test_kernel_value_through_a_hand_set_mlp() -> None:
         pe.fc1.bias.fill_(-0.1)
         pe.fc2.weight.copy_(torch.tensor([[1.0], [2.0]]))
         pe.fc2.bias.copy_(torch.tensor([0.0, 0.5]))
-        assert fire_kernel.applies(pe, torch.arange(11), torch.arange(11))
+        assert pe.kernel_applies(torch.arange(11), torch.arange(11))
         b = pe.bias(torch.arange(11), torch.arange(11))
     x = math.log(1.7) / (math.log(2.0) + 1e-6)
     assert b[0, 10, 3].item() == pytest.approx(x - 0.1, rel=1e-6)
@@ -90,12 +90,12 @@ def test_training_keeps_the_differentiable_path() -> None:
     """With gradients wanted the PyTorch formula runs, so c, L, and both layers get gradients."""
     pe = make(heads=2)
     q = torch.arange(30)
-    assert not fire_kernel.applies(pe, q, q)
+    assert not pe.kernel_applies(q, q)
     pe.bias(q, q).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pe.parameters())
     with torch.no_grad():
-        assert not fire_kernel.applies(pe, q.float(), q.float())  # float positions: PyTorch path
-        assert not fire_kernel.applies(pe, q - 1, q)  # negative positions: PyTorch path
+        assert not pe.kernel_applies(q.float(), q.float())  # float positions: PyTorch path
+        assert not pe.kernel_applies(q - 1, q)  # negative positions: PyTorch path
 
 
 def test_nan_parameters_give_nan_bias() -> None:
@@ -130,7 +130,7 @@ def test_switch_turns_the_kernel_off(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         pe = make(heads=2)
         with torch.no_grad():
-            assert not fire_kernel.available() and not fire_kernel.applies(pe, torch.arange(4), torch.arange(4))
+            assert not fire_kernel.available() and not pe.kernel_applies(torch.arange(4), torch.arange(4))
             assert not pe.compiled_bias()
             assert pe.bias(torch.arange(4), torch.arange(4)).shape == (2, 4, 4)
     finally:

@@ -12,7 +12,7 @@ import torch
 
 from lenbench.config import load_suite
 from lenbench.errors import LenbenchError
-from lenbench.executors import run_in_process
+from lenbench.execute.inprocess import run_in_process
 from lenbench.pe import PES, parse_pe_list, pe_class
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, load_suite_module

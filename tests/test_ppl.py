@@ -17,7 +17,7 @@ from lenbench.cli import main
 from lenbench.config import load_suite
 from lenbench.data.corpora import TokenSplit
 from lenbench.errors import LenbenchError
-from lenbench.executors import run_in_process
+from lenbench.execute.inprocess import run_in_process
 from lenbench.model.transformer import Transformer
 from lenbench.pe import PES
 from lenbench.pe.registry import parse_pe_spec

@@ -20,7 +20,7 @@ import torch
 from lenbench.cli import main
 from lenbench.config import load_suite
 from lenbench.errors import LenbenchError
-from lenbench.executors import run_in_process
+from lenbench.execute.inprocess import run_in_process
 from lenbench.report import build_report
 from lenbench.report import plots as P
 from lenbench.report import render as R

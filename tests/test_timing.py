@@ -14,7 +14,7 @@ import pytest
 from lenbench import bench
 from lenbench.cli import main, print_timing
 from lenbench.config import load_suite
-from lenbench.executors import run_in_process
+from lenbench.execute.inprocess import run_in_process
 from lenbench.pe import PES
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, load_suite_module

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lenbench.distributed import BatchSplit, split_batch
 from lenbench.errors import LenbenchError
+from lenbench.execute.ranks import BatchSplit, split_batch
 from lenbench.model.transformer import Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec
 from lenbench.suites import ppl

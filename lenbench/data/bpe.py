@@ -29,7 +29,7 @@ import numpy as np
 from lenbench.errors import LenbenchError
 
 if TYPE_CHECKING:
-    from lenbench.data.corpora import Corpus
+    from lenbench.data.documents import Corpus
 
 DEFAULT_VOCAB = 4096
 MIN_VOCAB = 258  # 256 byte symbols, one merge, the separator
@@ -92,7 +92,7 @@ class BPETokenizer:
 
 
 def bpe_cache_path(corpus: Corpus, vocab_size: int) -> Any:
-    from lenbench.data.corpora import cache_root
+    from lenbench.data.documents import cache_root
 
     key = hashlib.sha256(f"{RECIPE}|{corpus.train._fingerprint}|{vocab_size}".encode()).hexdigest()[:20]
     return cache_root() / "bpe" / f"{key}.json"

@@ -40,13 +40,14 @@ import sys
 import sysconfig
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lenbench.data.dedup import CHUNK_BYTES, MAX_SHARED, content_key, near_duplicates
+from lenbench.data.documents import GLOB_CHARS, Corpus, DatasetSpec, cache_root
 from lenbench.data.tokenizer import Tokenizer
 from lenbench.errors import LenbenchError
 
@@ -61,32 +62,6 @@ SPLIT_RULE = (
     f"sha256(whitespace-collapsed text); default and local files: validation documents with >= {MAX_SHARED} "
     f"of their {CHUNK_BYTES}-byte chunks in the training split dropped"
 )
-GLOB_CHARS = frozenset("*?[")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A resolved ``--dataset`` value: where the documents come from and which field holds the text."""
-
-    name: str  # as given by the user (catalogue name, hf:..., path, or default)
-    kind: str  # "default", "hf" or "local"
-    source: str = ""  # hub id, or a local file/folder/glob
-    config: str | None = None  # hub config name
-    split: str | None = None  # hub split to use (then split by hash)
-    field: str = "text"
-
-    @property
-    def label(self) -> str:
-        """Short name for cell labels: the catalogue/default name, hub id, file stem or folder name."""
-        if self.kind == "local" and self.name == self.source:
-            path = Path(self.source.rstrip("/"))
-            if any(c in self.source for c in GLOB_CHARS):
-                path = next((p for p in path.parents if not GLOB_CHARS.intersection(p.name)), path.parent)
-            return path.stem or "files"
-        return self.name.removeprefix("hf:")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def parse_hf(text: str) -> tuple[str, str | None, str | None]:
@@ -173,21 +148,6 @@ def stdlib_files() -> list[Path]:
 
 def python_version() -> str:
     return f"{platform.python_implementation()} {sys.version.split()[0]}"
-
-
-@dataclass
-class Corpus:
-    """Train and validation documents as ``datasets.Dataset`` objects with one ``text`` column."""
-
-    spec: DatasetSpec
-    train: Any  # datasets.Dataset
-    validation: Any  # datasets.Dataset
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fingerprint(self) -> str:
-        """Identity of the documents (``datasets``' fingerprints of both splits)."""
-        return f"{self.train._fingerprint}-{self.validation._fingerprint}"
 
 
 def _split_by_content(ds: Any, fraction: float) -> tuple[Any, Any]:
@@ -373,14 +333,6 @@ def load_corpus(spec: DatasetSpec, validation_fraction: float) -> Corpus:
             "documents; both must be non-empty (add documents or raise the validation fraction)"
         )
     return corpus
-
-
-def cache_root() -> Path:
-    """``$LENBENCH_CACHE``, else ``$XDG_CACHE_HOME/lenbench``, else ``~/.cache/lenbench``."""
-    if os.environ.get("LENBENCH_CACHE"):
-        return Path(os.environ["LENBENCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lenbench"
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 from lenbench.errors import LenbenchError
 
 if TYPE_CHECKING:
-    from lenbench.data.corpora import Corpus
+    from lenbench.data.documents import Corpus
 
 
 class Tokenizer(Protocol):

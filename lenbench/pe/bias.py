@@ -420,11 +420,23 @@ class FIRE(PositionalEncoding):
         steps = torch.arange(top + 1, dtype=torch.float32)
         return fire_psi(steps, self.c), fire_psi(torch.maximum(steps, self.threshold()), self.c) + self.eps
 
+    def kernel_applies(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
+        """Whether the C kernel computes this bias (no gradient wanted, CPU, integer positions)."""
+        wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        return fire_kernel.applies(q_pos, k_pos, wants_grad)
+
+    def kernel_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, future_from: int | None = None) -> torch.Tensor:
+        """The C kernel's bias from this FIRE's tables and layers (:func:`fire_kernel.fire_bias`)."""
+        with torch.no_grad():
+            tables = self.tables(max(int(q_pos.max()), int(k_pos.max())))
+        return fire_kernel.fire_bias(q_pos, k_pos, tables, self.fc1, self.fc2, self.negative_slope, self.ctx.causal,
+                                     future_from)
+
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """``[H, Nq, Nk]``, computed over chunks of query rows to bound the ``[rows, Nk, 32]`` hidden;
         without gradients on CPU at integer positions by the C kernel (:mod:`lenbench.pe.fire_kernel`)."""
-        if fire_kernel.applies(self, q_pos, k_pos):
-            return fire_kernel.fire_bias(self, q_pos, k_pos)
+        if self.kernel_applies(q_pos, k_pos):
+            return self.kernel_bias(q_pos, k_pos)
         step = max(1, CHUNK_ELEMENTS // max(1, k_pos.shape[0] * self.fc1.out_features))
         rows = []
         with fp32_region(q_pos.device):  # the MLP in fp32 under autocast (issue 16)
@@ -438,8 +450,8 @@ class FIRE(PositionalEncoding):
 
     def causal_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, first: int) -> torch.Tensor:
         """The base class's masked bias; the C kernel writes the -inf itself (no second pass over ``[H, Nq, Nk]``)."""
-        if fire_kernel.applies(self, q_pos, k_pos):
-            return fire_kernel.fire_bias(self, q_pos, k_pos, future_from=first)
+        if self.kernel_applies(q_pos, k_pos):
+            return self.kernel_bias(q_pos, k_pos, future_from=first)
         return super().causal_bias(q_pos, k_pos, first)
 
     def score_mod(self) -> ScoreMod | None:

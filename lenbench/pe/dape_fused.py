@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lenbench import native
 from lenbench.errors import LenbenchError
+from lenbench.pe.dape_layout import bias_layout
 
 SOURCE = Path(__file__).with_name("dape_fused.c")
 SWITCH = "LENBENCH_DAPE_KERNEL"
@@ -68,17 +69,6 @@ def _key_blocks(t: torch.Tensor) -> torch.Tensor:
     b, h, n, d = t.shape
     kp = -(-n // KEY_BLOCK) * KEY_BLOCK
     return F.pad(t, (0, 0, 0, kp - n)).view(b, h, kp // KEY_BLOCK, KEY_BLOCK, d).transpose(-1, -2).contiguous()
-
-
-def bias_layout(bias: torch.Tensor, toeplitz: bool, nq: int, nk: int, first: int) -> tuple[int, int, int]:
-    """(element offset of query row 0 / key 0, head stride, query-row stride) of the bias for the kernel."""
-    if toeplitz:
-        if bias.shape[-1] != 2 * nk - 1:
-            raise LenbenchError(f"Toeplitz DAPE bias needs 2N-1 = {2 * nk - 1} columns, got {bias.shape[-1]}")
-        return nk - 1 - first, 2 * nk - 1, -1
-    if tuple(bias.shape[1:]) != (nq, nk):
-        raise LenbenchError(f"full DAPE bias must be [H, {nq}, {nk}], got {list(bias.shape)}")
-    return 0, nq * nk, nk
 
 
 def _dims(q: torch.Tensor, k: torch.Tensor, hidden: int, meta: dict[str, Any], layout: tuple[int, int, int]) -> Any:

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from lenbench.pe.dape_layout import bias_layout
+
 VARIANT_CODES = {"concat_residual": 0, "concat": 1, "add_residual": 2}
 BM, BN = 16, 16  # queries and keys per tile
 
@@ -119,6 +121,4 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 def _layout(bias: torch.Tensor, meta: dict[str, Any], nq: int, nk: int) -> tuple[int, int, int]:
-    from lenbench.pe.dape_fused import bias_layout
-
     return bias_layout(bias, meta["toeplitz"], nq, nk, meta["first"])

@@ -14,14 +14,11 @@ import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from lenbench import native
-
-if TYPE_CHECKING:
-    from lenbench.pe.bias import FIRE
 
 SOURCE = Path(__file__).with_name("fire_bias.c")
 SWITCH = "LENBENCH_FIRE_KERNEL"
@@ -53,9 +50,8 @@ def available() -> bool:
     return _library() is not None
 
 
-def applies(pe: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
+def applies(q_pos: torch.Tensor, k_pos: torch.Tensor, wants_grad: bool) -> bool:
     """The kernel computes this call: CPU, non-negative integer positions, no gradient wanted, kernel compiled."""
-    wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in pe.parameters())
     integer = not q_pos.is_floating_point() and not k_pos.is_floating_point()
     return (
         not _off and not wants_grad and integer and q_pos.device.type == "cpu" and k_pos.device.type == "cpu"
@@ -64,28 +60,40 @@ def applies(pe: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
     )
 
 
-def fire_bias(pe: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor, future_from: int | None = None) -> torch.Tensor:
-    """``[H, Nq, Nk]`` fp32: FIRE's bias (:class:`~lenbench.pe.bias.FIRE`) at integer positions; with
-    ``future_from``, -inf on keys ``t > future_from + a`` for query row ``a`` (the causal mask)."""
+def fire_bias(
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    tables: tuple[torch.Tensor, torch.Tensor],
+    fc1: nn.Linear,
+    fc2: nn.Linear,
+    negative_slope: float,
+    causal: bool,
+    future_from: int | None = None,
+) -> torch.Tensor:
+    """``[H, Nq, Nk]`` fp32: FIRE's bias ``fc2(act(fc1(num[|i - j|] / den[later])))`` at integer positions,
+    from FIRE's ``tables`` (numerator over distances, denominator over positions, both ``0..max position``)
+    and its two layers; with ``future_from``, -inf on keys ``t > future_from + a`` for query row ``a``."""
     lib = _library()
     if lib is None:
         raise RuntimeError("the FIRE kernel is not available (fire_kernel.available() is False)")
     qp, kp = q_pos.to(torch.int64).contiguous(), k_pos.to(torch.int64).contiguous()
     top = max(int(qp.max()), int(kp.max()))
+    if min(t.shape[0] for t in tables) <= top:
+        raise RuntimeError(f"FIRE's tables end before position {top}")
     with torch.no_grad():
-        num, den = (t.contiguous() for t in pe.tables(top))  # psi(|i - j|); the normaliser by position
-        width, heads = pe.fc1.out_features, pe.fc2.out_features
+        num, den = (t.detach().float().contiguous() for t in tables)
+        width, heads = fc1.out_features, fc2.out_features
         hp = -(-heads // PAD) * PAD
-        w1 = pe.fc1.weight.detach()[:, 0].float().contiguous()
-        b1 = pe.fc1.bias.detach().float().contiguous()
+        w1 = fc1.weight.detach()[:, 0].float().contiguous()
+        b1 = fc1.bias.detach().float().contiguous()
         w2t = torch.zeros(width, hp)
-        w2t[:, :heads] = pe.fc2.weight.detach().t()
+        w2t[:, :heads] = fc2.weight.detach().t()
         b2 = torch.zeros(hp)
-        b2[:heads] = pe.fc2.bias.detach()
+        b2[:heads] = fc2.bias.detach()
     out = torch.empty(heads, qp.shape[0], kp.shape[0], dtype=torch.float32)
     ptr = torch.Tensor.data_ptr
     if lib.fire_bias(ptr(qp), qp.shape[0], ptr(kp), kp.shape[0], ptr(num), ptr(den), ptr(w1), ptr(b1), ptr(w2t),
-                     ptr(b2), width, heads, hp, float(pe.negative_slope), int(pe.ctx.causal),
+                     ptr(b2), width, heads, hp, float(negative_slope), int(causal),
                      -1 if future_from is None else int(future_from), ptr(out),
                      torch.get_num_threads()):
         raise RuntimeError("the FIRE kernel rejected its head padding")

@@ -7,7 +7,7 @@ on weights only), warmup then cosine decay to 0.1 x lr, gradient clipping 1.0, o
 with the cell's numpy ``Generator`` (so a resumed run draws the same batches). ``train.batch_size``
 is the global batch per optimizer step (DAPE: 32 per GPU x 8 GPUs = 256); each rank (one process,
 or ``world_size`` under torchrun) runs it as ``accumulation`` forward/backward passes of
-``micro_batch_size`` sequences (:func:`lenbench.distributed.split_batch`), the same update as one
+``micro_batch_size`` sequences (:func:`lenbench.execute.ranks.split_batch`), the same update as one
 batch; ``tokens_per_step = batch_size x train length`` is stored in the config and ``DONE``.
 
 Evaluation at each length L scores target tokens of the validation split chosen by
@@ -62,8 +62,8 @@ from lenbench.data.corpora import (
 )
 from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer
 from lenbench.devices import check_precision, device_and_autocast
-from lenbench.distributed import rank_split, split_batch
 from lenbench.errors import LenbenchError
+from lenbench.execute.ranks import current, rank_split, split_batch
 from lenbench.model.sizes import SIZES
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec, resolve_pes
@@ -541,7 +541,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     clock = CompileClock() if t["compile"] else None
     started = time.perf_counter()
     train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
-          compile_clock=clock, accumulation=split.accumulation)
+          compile_clock=clock, accumulation=split.accumulation, parallel=current())
     train_seconds = time.perf_counter() - started
     save_model(cell_dir, model, cfg, corpus)
     started = time.perf_counter()

@@ -6,7 +6,9 @@ torch threads. Each cell writes its stdout, stderr and any traceback to ``<cell>
 calls travel through a queue to the parent, which draws one rich view over the whole grid.
 
 The first error that is not a NaN loss stops the grid: no new cell starts, running cells finish, then
-the error is reported. Ctrl-C interrupts the workers; their cells resume from their checkpoints.
+the error is reported. Ctrl-C interrupts the workers; their cells resume from their checkpoints. A
+worker ends when the parent does, even on SIGKILL (:mod:`lenbench.execute.lifeline`), so no orphan
+keeps a cell locked: rerunning the grid resumes its unfinished cells.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any
 from rich.console import Console
 
 from lenbench.errors import LenbenchError
-from lenbench.executors import Outcome, run_cell_once
+from lenbench.execute.cell import Outcome, run_cell_once
+from lenbench.execute.lifeline import die_with_parent
+from lenbench.execute.tracking import Tracking
 from lenbench.progress import GridProgress
 from lenbench.results import ResultStore
 from lenbench.suites.base import Cell, SilentReporter
@@ -88,11 +92,12 @@ class QueueReporter:
         self.send("message", text)
 
 
-def _init_worker(slots: Any, threads: int, events: Any) -> None:
-    """Runs once in each new worker: take a device slot, set the thread count, keep the queue."""
+def _init_worker(slots: Any, threads: int, events: Any, parent: int) -> None:
+    """Runs once in each new worker: end with the parent, take a device slot, set the thread count, keep the queue."""
     global _EVENTS
     import torch
 
+    die_with_parent(parent)
     slot = slots.get()
     if slot is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = slot
@@ -100,21 +105,21 @@ def _init_worker(slots: Any, threads: int, events: Any) -> None:
     _EVENTS = events
 
 
-def _run_in_worker(cell: Cell, root: str) -> Outcome:
+def _run_in_worker(cell: Cell, root: str, tracking: Tracking | None = None) -> Outcome:
     from lenbench.suites import load_suite_module
 
     reporter = QueueReporter(cell.label, _EVENTS)
     reporter.send("started", os.getpid())
-    return run_cell_once(cell, ResultStore(root), load_suite_module(cell.suite), reporter, log=True)
+    return run_cell_once(cell, ResultStore(root), load_suite_module(cell.suite), reporter, log=True, tracking=tracking)
 
 
 class LocalPool:
     """Cells in a pool of ``workers`` spawned processes (default: one per GPU, else one per two cores)."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, tracking: Tracking | None = None) -> None:
         if workers is not None and workers < 1:
             raise LenbenchError(f"--workers must be >= 1, got {workers}")
-        self.workers = workers
+        self.workers, self.tracking = workers, tracking
 
     def run(self, cells: list[Cell], store: ResultStore, console: Console | None = None) -> list[Outcome]:
         store.check_writable()
@@ -145,8 +150,11 @@ class LocalPool:
         for w in range(workers):
             slots.put(gpus[w % len(gpus)] if gpus else None)
         threads = max(1, cpu_cores() // workers)
-        pool = ProcessPoolExecutor(workers, ctx, _init_worker, (slots, threads, events))
-        futures: dict[Future[Outcome], int] = {pool.submit(_run_in_worker, cells[i], str(store.root)): i for i in todo}
+        pool = ProcessPoolExecutor(workers, ctx, _init_worker, (slots, threads, events, os.getpid()))
+        tracking = self.tracking.for_grid(cells) if self.tracking is not None else None
+        futures: dict[Future[Outcome], int] = {
+            pool.submit(_run_in_worker, cells[i], str(store.root), tracking): i for i in todo
+        }
         pids: dict[str, int] = {}
         outcomes: dict[int, Outcome] = {}
         error: LenbenchError | None = None

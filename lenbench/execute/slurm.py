@@ -6,7 +6,7 @@ each task runs its cell under the cell's lock, so resubmitting a grid is always 
 timed-out task is requeued by submitit (:meth:`CellJob.checkpoint`, its checkpointing protocol) and
 resumes from the cell's last checkpoint, which makes the continued training bit-identical to an
 uninterrupted run (the steps since that checkpoint are redone). ``--gpus-per-cell N`` with N > 1
-starts N tasks per cell that train it data-parallel (ppl cells; :mod:`lenbench.distributed`).
+starts N tasks per cell that train it data-parallel (ppl cells; :mod:`lenbench.execute.torchrun`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any
 from rich.console import Console
 
 from lenbench.errors import LenbenchError
-from lenbench.executors import Outcome, run_cell_once
+from lenbench.execute.cell import Outcome, run_cell_once
+from lenbench.execute.status import lock_held
+from lenbench.execute.tracking import Tracking
 from lenbench.results import ResultStore
-from lenbench.status import lock_held
 from lenbench.suites.base import Cell, SilentReporter
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -63,6 +64,7 @@ class CellJob:
     cell: Cell
     root: str
     threads: int | None = None
+    tracking: Tracking | None = None
 
     def __call__(self) -> Outcome:
         import torch
@@ -75,19 +77,21 @@ class CellJob:
         store = ResultStore(self.root)
         if int(os.environ.get("SUBMITIT_LOCAL_NTASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1:
             return self._data_parallel(store)
-        return run_cell_once(self.cell, store, load_suite_module(self.cell.suite), SilentReporter(), log=True)
+        suite = load_suite_module(self.cell.suite)
+        return run_cell_once(self.cell, store, suite, SilentReporter(), log=True, tracking=self.tracking)
 
     def _data_parallel(self, store: ResultStore) -> Outcome:
-        from lenbench.distributed import DataParallelExecutor, detect
+        from lenbench.execute.ranks import detect
+        from lenbench.execute.torchrun import DataParallelExecutor
 
         import_submitit().helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         env = detect()
         assert env is not None  # export() set RANK and WORLD_SIZE
-        return DataParallelExecutor(env).run([self.cell], store)[0]
+        return DataParallelExecutor(env, self.tracking).run([self.cell], store)[0]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit calls this on preemption or timeout: requeue the same cell (it resumes from disk)."""
-        return import_submitit().helpers.DelayedSubmission(CellJob(self.cell, self.root, self.threads))
+        return import_submitit().helpers.DelayedSubmission(CellJob(self.cell, self.root, self.threads, self.tracking))
 
 
 class SlurmArray:
@@ -105,6 +109,7 @@ class SlurmArray:
         time: str = "08:00:00",
         cluster: str = "slurm",
         folder: str | Path | None = None,
+        tracking: Tracking | None = None,
     ) -> None:
         self.submitit = import_submitit()
         for what, value, least in (("--gpus-per-cell", gpus_per_cell, 0), ("--max-parallel", max_parallel, 1),
@@ -113,7 +118,7 @@ class SlurmArray:
                 raise LenbenchError(f"{what} must be >= {least}, got {value}")
         self.partition, self.gpus, self.cpus = partition, gpus_per_cell, cpus_per_cell
         self.max_parallel, self.time, self.minutes = max_parallel, time, parse_time(time)
-        self.cluster, self.folder = cluster, folder
+        self.cluster, self.folder, self.tracking = cluster, folder, tracking
         if cluster == "slurm" and shutil.which("sbatch") is None:
             raise LenbenchError("sbatch not found: submit from a Slurm login node (--executor local runs here)")
         self.jobs: list[Any] = []
@@ -158,7 +163,8 @@ class SlurmArray:
             params["slurm_partition"] = self.partition
         executor.update_parameters(**params)
         root = str(store.root.resolve())  # a task may start in another working directory
-        jobs = executor.submit_array([CellJob(outcomes[i].cell, root, self.cpus) for i in todo])
+        tracking = self.tracking.for_grid(cells) if self.tracking is not None else None
+        jobs = executor.submit_array([CellJob(outcomes[i].cell, root, self.cpus, tracking) for i in todo])
         self.jobs = list(jobs)
         for i, job in zip(todo, jobs, strict=True):
             outcomes[i].reason = f"job {job.job_id}"

@@ -1,15 +1,10 @@
-"""Where cells run: in this process, a local worker pool, a Slurm job array, or data-parallel under torchrun.
+"""One cell, wherever it runs: :func:`run_cell_once` and its :class:`Outcome` (the bottom of :mod:`lenbench.execute`).
 
 Every executor has one interface, ``run(cells, store, console) -> list[Outcome]``, and every cell,
 wherever it runs, goes through :func:`run_cell_once`: it runs under its folder's lock (so no cell
 runs twice at once), a cell whose ``DONE`` exists with the same config is skipped, and a NaN/inf
 loss marks the cell failed (reason and step in ``FAILED``) while the grid goes on. The grid
 expansion and the store decide what is pending, so rerunning or resubmitting is always safe.
-
-- ``inprocess`` (the default): one cell after another in this process, with per-step progress.
-- ``local``: a process pool, one worker per device slot (:mod:`lenbench.pool`).
-- ``slurm``: one Slurm job array through submitit, returning at once (:mod:`lenbench.slurm`).
-- under ``torchrun``: each cell trained data-parallel over the launched ranks (:mod:`lenbench.distributed`).
 """
 
 from __future__ import annotations
@@ -27,11 +22,11 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from lenbench.errors import LenbenchError
+from lenbench.execute.tracking import Tracking, tracked
 from lenbench.results import CellBusy, CellDir, ResultStore, environment_manifest
-from lenbench.suites.base import Cell, Reporter, SilentReporter
+from lenbench.suites.base import Cell, Reporter
 from lenbench.train import NonFiniteLoss
 
-EXECUTORS = ("inprocess", "local", "slurm")
 LOCK_TRIES = 3  # a `lenbench status` probe holds a lock for microseconds: retry briefly before "busy"
 
 
@@ -99,8 +94,11 @@ def locked(cell_dir: CellDir) -> Iterator[None]:
             time.sleep(0.05)
 
 
-def run_cell_once(cell: Cell, store: ResultStore, suite: Any, reporter: Reporter, log: bool = False) -> Outcome:
-    """Run one cell unless it is done or locked by another process (``log``: also write ``run.log``)."""
+def run_cell_once(
+    cell: Cell, store: ResultStore, suite: Any, reporter: Reporter, log: bool = False, tracking: Tracking | None = None
+) -> Outcome:
+    """Run one cell unless it is done or locked by another process (``log``: also write ``run.log``;
+    ``tracking``: also send it to TensorBoard / W&B, :mod:`lenbench.execute.tracking`)."""
     cell_dir = store.cell(cell.suite, cell.label, cell.config)
     if cell_dir.is_done(cell.config):
         return Outcome(cell, cell_dir, "skipped", _read_summary(cell_dir))
@@ -109,14 +107,16 @@ def run_cell_once(cell: Cell, store: ResultStore, suite: Any, reporter: Reporter
             if cell_dir.is_done(cell.config):  # finished by another process while we waited
                 return Outcome(cell, cell_dir, "skipped", _read_summary(cell_dir))
             cell_dir.prepare(cell.config, environment_manifest(device_name()))
-            with cell_log(cell_dir) if log else contextlib.nullcontext():
+            with cell_log(cell_dir) if log else contextlib.nullcontext(), tracked(tracking, cell, cell_dir) as trackers:
                 try:
-                    summary = suite.run_cell(cell, cell_dir, reporter)
+                    summary = suite.run_cell(cell, cell_dir, trackers.reporter(reporter))
                 except NonFiniteLoss as exc:
+                    trackers.failed = True
                     cell_dir.mark_failed(str(exc), exc.step)
                     if log:
                         print(f"FAILED: {exc}")
                     return Outcome(cell, cell_dir, "failed", reason=str(exc))
+                trackers.records(cell_dir.read_metrics())
             cell_dir.mark_done(summary)
             return Outcome(cell, cell_dir, "done", summary)
     except CellBusy as exc:
@@ -139,76 +139,3 @@ def report_outcome(outcome: Outcome, reporter: Reporter) -> None:
         reporter.message(f"FAILED {label}: {outcome.reason}")
     elif outcome.status == "busy":
         reporter.message(f"skip {label}: {outcome.reason}")
-
-
-def run_in_process(cells: list[Cell], store: ResultStore, suite: Any, reporter: Reporter) -> list[Outcome]:
-    """Run every cell sequentially in this process, reporting skips and failures as it goes."""
-    store.check_writable()
-    outcomes = []
-    for cell in cells:
-        outcome = run_cell_once(cell, store, suite, reporter)
-        report_outcome(outcome, reporter)
-        outcomes.append(outcome)
-    return outcomes
-
-
-class InProcess:
-    """Cells one after another in this process, with live per-step progress (the default executor)."""
-
-    def run(self, cells: list[Cell], store: ResultStore, console: Console | None = None) -> list[Outcome]:
-        from lenbench.progress import RichReporter
-        from lenbench.suites import load_suite_module
-
-        by_suite: dict[str, Any] = {c.suite: load_suite_module(c.suite) for c in cells}
-        suite = _OneSuite(by_suite)
-        if console is None:
-            return run_in_process(cells, store, suite, SilentReporter())
-        with RichReporter(console) as reporter:
-            return run_in_process(cells, store, suite, reporter)
-
-
-class _OneSuite:
-    """Dispatches ``run_cell`` to the module of the cell's suite."""
-
-    def __init__(self, modules: dict[str, Any]) -> None:
-        self.modules = modules
-
-    def run_cell(self, cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
-        return self.modules[cell.suite].run_cell(cell, cell_dir, reporter)
-
-
-def make_executor(
-    name: str,
-    workers: int | None = None,
-    slurm: dict[str, Any] | None = None,
-) -> Executor:
-    """The executor called ``name`` (``inprocess``, ``local`` or ``slurm``), its options checked.
-
-    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) only ``inprocess`` is allowed, and it becomes
-    the data-parallel executor.
-    """
-    from lenbench.distributed import detect
-
-    if name not in EXECUTORS:
-        raise LenbenchError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
-    if workers is not None and name != "local":
-        raise LenbenchError("--workers applies to --executor local only")
-    if slurm and name != "slurm":
-        raise LenbenchError(f"--{next(iter(slurm)).replace('_', '-')} applies to --executor slurm only")
-    env = detect()
-    if env is not None:
-        if name != "inprocess":
-            raise LenbenchError(f"under torchrun every rank runs the cell together; drop --executor {name}")
-        from lenbench.distributed import DataParallelExecutor
-
-        return DataParallelExecutor(env)
-    if name == "local":
-        from lenbench.pool import LocalPool
-
-        return LocalPool(workers)
-    if name == "slurm":
-        from lenbench.slurm import SlurmArray
-
-        return SlurmArray(**(slurm or {}))
-    return InProcess()
-
