@@ -110,6 +110,9 @@ def test_two_step_cell_did_not_fit_and_records_say_why(tmp_path: Path) -> None:
     assert best.rows[0][3].text.startswith(T.DNF) or best.rows[0][3].text.endswith(f"({T.DNF})")
     assert train_table.key == "che_train" and mean.header[:3] == ["task", "chance", "majority"]
     assert "±" in mean.rows[0][3].text  # one seed: mean ± SE
+    # the notes say which: the test tables never bold a DNF, the in-distribution table compares every cell
+    assert any("never bold" in n for n in mean.notes) and not any("never bold" in n for n in train_table.notes)
+    assert any("every cell, as this table measures the fit" in n for n in train_table.notes)
 
 
 def test_fit_threshold_zero_counts_every_cell_as_fitted(tmp_path: Path) -> None:

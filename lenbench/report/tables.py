@@ -408,9 +408,11 @@ def che_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
                     "runs that fit; DNF: no run fit",
              "train": "in-distribution: fresh samples at the training lengths, scored like the test lengths"}[kind],
             _seed_note({k: v for k, v in stats.items()}),
-            f"{BOLD_NOTE} (per row; runs that did not fit excluded); chance: 1/C (uniform guess); majority: a "
-            "constant class per output position, fitted on an independent draw and scored on the test samples",
-            fit_note,
+            f"{BOLD_NOTE} (per row; " + ("every cell, as this table measures the fit" if kind == "train"
+                                         else "runs that did not fit excluded") + "); chance: 1/C (uniform guess); "
+            "majority: a constant class per output position, fitted on an independent draw and scored on the test "
+            "samples",
+            fit_note.replace(", and it is never bold", "") if kind == "train" else fit_note,
             f"{MISSING}: not run; {FAILED}: every seed failed; (k {FAILED}): k seeds failed, statistics over the rest",
         ]
         if several_lrs and kind != "max":
