@@ -10,11 +10,13 @@ PES=nope,rope,alibi,kerple,fire,dape-kerple
 # samples; suites/che.yaml says why), 2 seeds, one worker per core.
 lenbench run --suite che --profile quick --pe "$PES" --seeds 0,1 --out "$OUT" --executor local --workers 2
 
-# ppl, quick profile (tiny decoder, train 128, eval 128..2048, embedded stdlib corpus), one seed,
-# 600 of the profile's 1500 steps so that the whole script stays near an hour on 2 cores.
-lenbench run --suite ppl --profile quick --pe "$PES" --seeds 0 --steps 600 --out "$OUT"
+# ppl, quick profile (tiny decoder, train 128 bpe:4096 tokens, evaluate 128..2048 on the same
+# fixed targets at every length, embedded stdlib corpus split by content with near-duplicates
+# dropped), 2 seeds, 600 of the profile's 1500 steps so that the script stays near an hour.
+lenbench run --suite ppl --profile quick --pe "$PES" --seeds 0,1 --steps 600 --out "$OUT" --executor local --workers 2
 
-# timing, quick profile: one block of the 350M shape at 512..2048 (+ full-model estimates).
+# timing, quick profile: one block of the 350M shape at 512..2048 (+ full-model estimates). Not rerun
+# on 2026-12-02 (README: Reference results); the committed timing cells are from 2026-11-25.
 lenbench timing --profile quick --pe "$PES" --out "$OUT"
 
 # The report only reads the cells above: rerun this line alone to rebuild it (e.g. after a change to
