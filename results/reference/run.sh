@@ -15,8 +15,7 @@ lenbench run --suite che --profile quick --pe "$PES" --seeds 0,1 --out "$OUT" --
 # dropped), 2 seeds, 600 of the profile's 1500 steps so that the script stays near an hour.
 lenbench run --suite ppl --profile quick --pe "$PES" --seeds 0,1 --steps 600 --out "$OUT" --executor local --workers 2
 
-# timing, quick profile: one block of the 350M shape at 512..2048 (+ full-model estimates). Not rerun
-# on 2026-12-02 (README: Reference results); the committed timing cells are from 2026-11-25.
+# timing, quick profile: one block of the 350M shape at 512..2048 (+ full-model estimates).
 lenbench timing --profile quick --pe "$PES" --out "$OUT"
 
 # The report only reads the cells above: rerun this line alone to rebuild it (e.g. after a change to
