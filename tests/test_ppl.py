@@ -23,7 +23,7 @@ from lenbench.pe import PES
 from lenbench.pe.registry import parse_pe_spec
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, load_suite_module, ppl
-from lenbench.suites.ppl_protocols import EvalPlan, fixed_window_length
+from lenbench.suites.ppl_protocols import EvalPlan, document_windows, fixed_window_length
 
 
 @pytest.fixture(autouse=True)
@@ -88,16 +88,16 @@ def split_of(lengths: list[int], sep: int = 9) -> TokenSplit:
 
 def test_eval_windows_long_documents_then_concatenation() -> None:
     split = split_of([40, 10, 33, 50, 5, 41] + [20] * 6)
-    windows, concatenated, long_docs = ppl.eval_windows(split, 32, samples=10, min_sequences=3)
+    windows, concatenated, long_docs = document_windows(split, 32, samples=10, min_sequences=3)
     assert not concatenated and long_docs == 4 and windows.shape == (4, 33)
     assert sorted(int(w[0]) for w in windows) == [0, 2, 3, 5]  # each window starts at its document's start
-    windows, concatenated, long_docs = ppl.eval_windows(split, 32, samples=2, min_sequences=3)
+    windows, concatenated, long_docs = document_windows(split, 32, samples=2, min_sequences=3)
     assert not concatenated and windows.shape == (2, 33)  # samples caps, and below samples no concatenation
-    windows, concatenated, long_docs = ppl.eval_windows(split, 45, samples=10, min_sequences=3)
+    windows, concatenated, long_docs = document_windows(split, 45, samples=10, min_sequences=3)
     assert concatenated and long_docs == 1 and windows.shape == (len(split.tokens) // 46, 46)
     assert np.array_equal(windows.reshape(-1), split.tokens[: windows.size])
     with pytest.raises(LenbenchError, match="fewer than one sequence"):
-        ppl.eval_windows(split, 10_000, samples=4, min_sequences=2)
+        document_windows(split, 10_000, samples=4, min_sequences=2)
     said = ppl.describe_documents(
         {32: {"n_sequences": 4, "concatenated": False, "long_documents": 4},
          45: {"n_sequences": len(windows), "concatenated": True, "long_documents": 1}},

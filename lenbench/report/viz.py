@@ -103,12 +103,13 @@ def load(path: Path | str) -> LoadedModel:
 def eval_sequence(loaded: LoadedModel, length: int) -> tuple[torch.Tensor, str]:
     """The first evaluation sequence of ``length`` tokens of the cell's corpus (ids ``[1, length]``)."""
     from lenbench.suites import ppl
+    from lenbench.suites.ppl_protocols import document_windows
 
     if loaded.config is None:
         raise LenbenchError(f"no config.yaml next to {loaded.source}: cannot tell which corpus to evaluate on")
     corpus = ppl.load_cell_corpus(loaded.config)
     ev = loaded.config.get("eval", {})
-    windows, concatenated, _ = ppl.eval_windows(
+    windows, concatenated, _ = document_windows(
         corpus.validation, length, int(ev.get("samples", 1)), int(ev.get("min_sequences", 1))
     )
     where = f"{loaded.config.get('dataset', '?')} validation" + (" (documents joined)" if concatenated else "")

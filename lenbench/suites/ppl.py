@@ -74,7 +74,6 @@ from lenbench.suites.ppl_protocols import (
     EvalPlan,
     EvalSet,
     check_protocol,
-    document_windows,
 )
 from lenbench.train import CompileClock, OptimConfig, train
 
@@ -82,7 +81,6 @@ name = "ppl"
 LOGIT_BUDGET = 1 << 28  # fp32 logits elements per evaluation batch (1 GiB)
 EVAL_FIELDS = ("protocol", "n_sequences", "n_targets", "concatenated", "long_documents", "batch_size",
                "unigram_ppl_last256", "unigram_ppl_all")
-eval_windows = document_windows  # the documents protocol's sequences (also used by ``lenbench viz``)
 
 
 @dataclass(frozen=True)
