@@ -8,13 +8,27 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+
+class CountColumn(ProgressColumn):
+    """``m/n`` of a task, or its ``count`` field where it has one (a task whose total is in
+    estimated seconds, so that its ETA weighs long steps more, counts its steps there)."""
+
+    def render(self, task: Task) -> Text:
+        count = task.fields.get("count")
+        if count is not None:
+            return Text(str(count), style="progress.download")
+        total = "?" if task.total is None else f"{int(task.total)}"
+        return Text(f"{int(task.completed)}/{total}", style="progress.download")
 
 
 def new_progress(console: Console) -> Progress:
@@ -22,7 +36,7 @@ def new_progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        CountColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),

@@ -22,7 +22,14 @@ from lenbench.errors import LenbenchError
 from lenbench.report.collect import collect, save_long
 from lenbench.report.index import Section, index_html, index_markdown
 from lenbench.report.render import FORMATS, WRITERS
-from lenbench.report.tables import Table, che_tables, ppl_tables, significance, timing_report_tables
+from lenbench.report.tables import (
+    Table,
+    che_tables,
+    ppl_tables,
+    significance,
+    timing_duplicate_warnings,
+    timing_report_tables,
+)
 from lenbench.results import atomic_write_text
 
 SUITE_TITLES = {
@@ -61,14 +68,13 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
 def duplicate_warnings(frame: pd.DataFrame) -> list[str]:
     """Cells of the same (task|dataset|size, PE, seed, ...) with different configs are pooled: say so."""
     keys = ["suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len"]
-    cells = frame[keys + ["cell", "eval_len"]].copy()
-    cells.loc[cells["suite"] != "timing", "eval_len"] = -1
-    per = cells.drop_duplicates().groupby(keys + ["eval_len"], dropna=False)["cell"].nunique()
+    cells = frame[frame["suite"] != "timing"][keys + ["cell"]]
+    per = cells.drop_duplicates().groupby(keys, dropna=False)["cell"].nunique()
     out = []
     for key, n in per[per > 1].items():
-        named = [f"{k}={v}" for k, v in zip([*keys, "eval_len"], key, strict=True) if not _blank(v) and v != -1]
+        named = [f"{k}={v}" for k, v in zip(keys, key, strict=True) if not _blank(v)]
         out.append(f"{n} result folders for {', '.join(named)} (different configs); their values are pooled")
-    return out
+    return out + timing_duplicate_warnings(frame)
 
 
 def provenance(frame: pd.DataFrame) -> str:
@@ -113,8 +119,10 @@ def build_report(
     formats: Sequence[str] = FORMATS,
     compare: tuple[str, str] | None = None,
     plots: bool = True,
+    reference: str | None = None,
 ) -> Report:
-    """Read ``results``, write the report into ``out``, and return what was built."""
+    """Read ``results``, write the report into ``out``, and return what was built (``reference``:
+    the timing Ratio's denominator; None: DAPE-Kerple when timed)."""
     if suite is not None and suite not in SUITE_TITLES:
         raise LenbenchError(f"unknown suite {suite!r} (choose from {', '.join(SUITE_TITLES)})")
     collection = collect(results, suite)
@@ -128,7 +136,7 @@ def build_report(
     built: dict[str, tuple[list[Table], pd.DataFrame]] = {
         "che": che_tables(frame),
         "ppl": ppl_tables(frame),
-        "timing": timing_report_tables(frame),
+        "timing": timing_report_tables(frame, reference),
     }
     sig_table, sig_frame = significance(frame, compare)
     figures: dict[str, list[tuple[str, list[Path]]]] = {}

@@ -62,8 +62,9 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
         evaluation = config.get("eval") if isinstance(config.get("eval"), dict) else {}
         keys.update(dataset=config.get("dataset"), train_len=train.get("length"),
                     protocol=evaluation.get("protocol", LEGACY_PROTOCOL))
-    elif suite == "timing":
+    elif suite == "timing":  # a group: its PEs in group_pes (JSON text), pe None
         keys.update(
+            group_pes=json.dumps(config.get("pes") or ([config["pe"]] if config.get("pe") else [])),
             size=config.get("size"),
             mode=config.get("mode"),
             train_len=config.get("train_len"),
@@ -151,6 +152,22 @@ def collect(results: Path | str, suite: str | None = None) -> Collection:
     if not rows:
         where = f"{root}/{suite}" if suite else str(root)
         raise LenbenchError(f"no finished or failed cells under {where} (run `lenbench run` first)")
+    frame = long_frame(rows)
+    if incomplete:
+        warnings.append(f"{incomplete} cell(s) neither finished nor failed (running or interrupted); not shown")
+    return Collection(frame, warnings, incomplete)
+
+
+def collect_cells(cells: list[CellDir]) -> pd.DataFrame:
+    """The long table of just these cell folders (e.g. the cells one command ran), finished and
+    failed ones; the same columns as :func:`collect`."""
+    warnings: list[str] = []
+    rows = [row for cell in cells for row in (cell_rows(cell, warnings) or [])]
+    return long_frame(rows) if rows else pd.DataFrame(columns=COLUMNS)
+
+
+def long_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Cell rows -> the long table: fixed leading columns, typed keys, protocols, uncertainty."""
     frame = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in frame:
@@ -163,10 +180,7 @@ def collect(results: Path | str, suite: str | None = None) -> Collection:
         frame["protocol"] = None
     legacy = (frame["suite"] == "ppl") & frame["protocol"].isna()
     frame["protocol"] = frame["protocol"].astype(object).where(~legacy, LEGACY_PROTOCOL)
-    frame = add_uncertainty(frame)
-    if incomplete:
-        warnings.append(f"{incomplete} cell(s) neither finished nor failed (running or interrupted); not shown")
-    return Collection(frame, warnings, incomplete)
+    return add_uncertainty(frame)
 
 
 CELL_KEYS = ["suite", "task", "dataset", "protocol", "pe", "lr", "train_len", "eval_len", "metric"]  # one table cell
