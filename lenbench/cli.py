@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lenbench.errors import LenbenchError
+from lenbench.progress import RichReporter
 
 FORMATS = "md,csv,tex,html"
 
@@ -422,7 +423,6 @@ def timing(
 
     from lenbench.config import choose_profile, load_suite
     from lenbench.execute.inprocess import run_in_process
-    from lenbench.progress import RichReporter
     from lenbench.report.collect import collect_cells
     from lenbench.report.tables import timing_report_tables
     from lenbench.results import ResultStore
@@ -463,8 +463,8 @@ def timing(
     err.print(
         f"{len(cells)} group(s) of {len(cfg['pes'])} PEs ({', '.join(cfg['pes'])}) -> {store.root}/timing/; "
         f"Ratio to {reference}; {len(cells) - len(todo)} already done; the rest estimated at "
-        f"{fmt_duration(sum(estimates))} (rough: arithmetic count at this machine's matrix rate, "
-        f"{rate / 1e9:.0f} GFLOP/s; slower kernels take longer)"
+        f"{fmt_duration(sum(estimates))} (rough: arithmetic count at {rate / 1e9:.0f} GFLOP/s, 0.45 of the "
+        "matrix rate probed now; load and slow kernels make it longer)"
     )
     if dry_run:
         _print_timing_plan(todo, estimates)
@@ -472,15 +472,11 @@ def timing(
     store.check_writable()
     outcomes = []
     started = time.time()
-    with RichReporter(err) as reporter:
-        overall = reporter.progress.add_task("timing", total=max(sum(estimates), 1e-9), info="", count="")
-        done_s = 0.0
+    with _TimingReporter(err, sum(estimates)) as reporter:
         by_label = dict(zip((c.label for c in todo), estimates, strict=True))
         for i, cell in enumerate(cells, start=1):
-            reporter.progress.update(overall, description=f"timing {cell.label}", count=f"group {i}/{len(cells)}")
+            reporter.next_group(f"timing {cell.label}", f"group {i}/{len(cells)}", by_label.get(cell.label, 0.0))
             outcomes += run_in_process([cell], store, module, reporter)
-            done_s += by_label.get(cell.label, 0.0)
-            reporter.progress.update(overall, completed=done_s)
     err.print(f"timed {len(todo)} group(s) in {fmt_duration(time.time() - started)} "
               f"(estimated {fmt_duration(sum(estimates))})")
     frame = collect_cells([o.cell_dir for o in outcomes if o.status in ("done", "skipped", "failed")])
@@ -494,6 +490,27 @@ def timing(
                       f"±{100 * floors.min():.1f}% to ±{100 * floors.max():.1f}%; a Ratio inside it reads ≈ 1")
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
+
+
+class _TimingReporter(RichReporter):
+    """The run's progress plus one overall bar for ``lenbench timing``: its total is the run's
+    estimated seconds, advanced through each group by its measured rounds, so its ETA weighs long
+    groups more; it shows ``group i/N``."""
+
+    def __init__(self, console: Console, total_s: float) -> None:
+        super().__init__(console)
+        self.overall = self.progress.add_task("timing", total=max(total_s, 1e-9), info="", count="")
+        self.done_s = self.group_s = 0.0
+
+    def next_group(self, description: str, count: str, estimate_s: float) -> None:
+        self.done_s += self.group_s
+        self.group_s = estimate_s
+        self.progress.update(self.overall, description=description, count=count, completed=self.done_s)
+
+    def eval_step(self, done: int, what: str, value: float) -> None:
+        if what == "s per round" and self.eval_total:
+            self.progress.update(self.overall, completed=self.done_s + self.group_s * done / self.eval_total)
+        super().eval_step(done, what, value)
 
 
 def _print_timing_plan(cells: list[Any], estimates: list[float]) -> None:

@@ -420,7 +420,7 @@ def test_a_wide_table_prints_in_column_parts_that_fit() -> None:
     assert [p.header for p in parts] == [["PE", "backend", "N=512 ms", "N=512 Ratio", "N=1024 ms", "N=1024 Ratio"],
                                          ["PE", "backend", "N=2048 ms", "N=2048 Ratio"]]
     assert [p.notes for p in parts] == [[], ["a note"]] and parts[1].rows[0][2].text == "5"
-    assert all(width(p) < width(table) for p in parts) and "[columns 1/2]" in parts[0].title
+    assert all(width(p) < width(table) for p in parts) and "(columns 1 of 2)" in parts[0].title
 
 
 @pytest.mark.parametrize(

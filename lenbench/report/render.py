@@ -168,5 +168,5 @@ def fit_columns(table: Table, width: int, measure: Callable[[Table], int]) -> li
             parts[-1] += group
         else:
             parts.append(list(group))
-    return [_columns(table, labels + cols, f"[columns {k + 1}/{len(parts)}]", k == len(parts) - 1)
+    return [_columns(table, labels + cols, f"(columns {k + 1} of {len(parts)})", k == len(parts) - 1)
             for k, cols in enumerate(parts)]

@@ -815,6 +815,9 @@ def _rounds_note(rounds: dict[int, set[tuple[int | None, bool]]]) -> str:
     text += " (after a discarded warm-up round; PEs in a fresh random order each round)"
     if cut:
         text += "; fewer than asked at N=" + ",".join(str(n) for n in cut) + " (the group's max_seconds budget)"
+    if any(r is None for per in rounds.values() for r, _ in per):
+        text += ("; times stored before interleaved groups (one PE per cell, repeats back to back) have no "
+                 "paired Ratio: rerun them with lenbench timing")
     return text
 
 
