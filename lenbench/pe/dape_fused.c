@@ -1,6 +1,6 @@
 /* Fused DAPE v1 attention on CPU, forward and backward, O(B H N) memory (lenbench, issue 19).
  *
- * DAPE v1 (Zheng et al., NeurIPS 2024; reference/dape.md section 1), per batch row b, query i, key j:
+ * DAPE v1 (Zheng et al., NeurIPS 2024; docs/dape.md section 1), per batch row b, query i, key j:
  *   s_h  = scale q_hi . k_hj                      (all heads h < H; scale = 1 / sqrt(d))
  *   x    = [s; B] (concat_residual, concat: C = 2H channels) or s + B (add_residual: C = H)
  *   z_u  = b1_u + sum_c W1_uc x_c,   a_u = LeakyReLU(z_u),   f_h = b2_h + sum_u W2_hu a_u

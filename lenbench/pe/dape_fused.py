@@ -1,7 +1,7 @@
 """Fused DAPE v1 attention: logits, the MLP across heads and an online softmax per tile, O(B H N) memory.
 
 Computes, exactly, the attention that the ``explicit`` backend computes for :class:`~lenbench.pe.dape.DAPE`
-(reference/dape.md section 1): ``softmax(S + B + f([S; B])) V`` (or the ``concat`` and
+(docs/dape.md section 1): ``softmax(S + B + f([S; B])) V`` (or the ``concat`` and
 ``add_residual`` forms), ``S = q k^T / sqrt(d)``, ``f = W2 LeakyReLU_{0.01}(W1 x + b1) + b2`` over
 all heads of each (query, key) pair, causal mask after f. The forward keeps the output and one
 log-sum-exp per row and head; the backward recomputes every tile (formulas in ``dape_fused.c``), so no

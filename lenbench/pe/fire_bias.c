@@ -5,7 +5,7 @@
  *   p = qp[a] (causal; a future key, d < 0, has x = 0) or max(qp[a], kp[t]) (bidirectional),
  *
  * with num[n] = psi(n) = log(|c n| + 1) and den[p] = psi(max(p, L)) + eps tabulated by the caller
- * over integer distances and positions (Li et al., ICLR 2024; pe_zoo.md section 13; the formulas
+ * over integer distances and positions (Li et al., ICLR 2024; docs/pe.md section 13; the formulas
  * are FIRE's in lenbench/pe/bias.py). Why: FIRE's hidden layer is shared by the heads, so it is
  * evaluated once per pair here, 16 keys per vector, with one accumulator vector per head; PyTorch
  * would write the [pairs, width] hidden activations to memory and read them back.

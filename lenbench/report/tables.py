@@ -404,7 +404,7 @@ def che_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
             protocol,
             {"mean": "mean ± sample std (ddof 1) over seeds; one seed: mean ± the standard error of its score "
                      "(per-length binomial/ratio SE over the test samples, lengths pooled)",
-             "max": "max over seeds and learning rates (CHE: the max over 10 seeds, che.md §2.6), taken over the "
+             "max": "max over seeds and learning rates (CHE: the max over 10 seeds, docs/che.md §2.6), taken over the "
                     "runs that fit; DNF: no run fit",
              "train": "in-distribution: fresh samples at the training lengths, scored like the test lengths"}[kind],
             _seed_note({k: v for k, v in stats.items()}),

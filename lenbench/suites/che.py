@@ -1,11 +1,11 @@
 """The CHE suite: train an encoder per (task, PE, seed) at lengths 1..40, test at every length.
 
-Protocol (che.md §2; DESIGN.md): one length per batch drawn uniformly from the training range,
+Protocol (docs/che.md §2; DESIGN.md): one length per batch drawn uniformly from the training range,
 unmasked cross-entropy, Adam with global-norm clipping; each test length gets ``samples`` fresh
 samples in sub-batches, per-sub-batch accuracy pooled over masked tokens, per-length accuracy the
 mean over sub-batches, and the cell's score the mean over test lengths. Dropout stays **on** at
 evaluation, as in the reference (RPE/CHE ``range_evaluation.py`` applies the model with an rng and
-Haiku's dropout has no eval switch, che.md §2.6); ``eval.dropout: false`` turns it off.
+Haiku's dropout has no eval switch, docs/che.md §2.6); ``eval.dropout: false`` turns it off.
 
 What a reader needs beside the score (issue 16; :mod:`lenbench.suites.che_stats`):
 
@@ -81,7 +81,7 @@ class CheEval:
     lengths: str | list[int] = "41-500"
     samples: int = 512
     batch_size: int = 64
-    dropout: bool = True  # the reference evaluates with dropout on (che.md §2.6)
+    dropout: bool = True  # the reference evaluates with dropout on (docs/che.md §2.6)
     train_lengths: str | list[int] | None = None  # in-distribution accuracy; None: every training length
     train_samples: int = 64
     fit_threshold: float = 0.9  # in-distribution score below this: "did not fit"
@@ -219,7 +219,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
 
 
 def pack(task: CheTask, inputs: torch.Tensor, out_len: int) -> torch.Tensor:
-    """Append ``out_len`` empty tokens (id ``input_size``) to the inputs (che.md §2.1)."""
+    """Append ``out_len`` empty tokens (id ``input_size``) to the inputs (docs/che.md §2.1)."""
     empty = torch.full((inputs.shape[0], out_len), task.input_size, dtype=torch.long, device=inputs.device)
     return torch.cat([inputs, empty], dim=1)
 
@@ -235,7 +235,7 @@ def predict(model: Transformer, task: CheTask, inputs: torch.Tensor, length: int
 
 
 def masked_accuracy(task: CheTask, logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Sum(mask * [argmax = target]) / Sum(mask), pooled over the batch (che.md §2.6)."""
+    """Sum(mask * [argmax = target]) / Sum(mask), pooled over the batch (docs/che.md §2.6)."""
     mask = task.accuracy_mask(targets)
     correct = (logits.argmax(-1) == targets) & mask
     return float(correct.sum()) / max(1, int(mask.sum()))
@@ -286,7 +286,7 @@ def evaluate_length(
     model: Transformer, task: CheTask, rng: np.random.Generator, length: int, samples: int, batch_size: int,
     autocast: Callable[[], Any] = contextlib.nullcontext, majority_rng: np.random.Generator | None = None,
 ) -> LengthResult:
-    """``samples`` fresh samples of one length in sub-batches (che.md §2.6), with SE and majority.
+    """``samples`` fresh samples of one length in sub-batches (docs/che.md §2.6), with SE and majority.
 
     The majority classes are fitted on an independent draw of ``samples`` (from ``majority_rng``).
     """

@@ -1,6 +1,6 @@
 """The perplexity-extrapolation suite: train a causal LM at one length, report perplexity at many.
 
-Protocol (dape.md §4.2, §3(d); DESIGN.md): a pre-LN GPT decoder (``model/`` blocks, causal
+Protocol (docs/dape.md §4.2, §3(d); DESIGN.md): a pre-LN GPT decoder (``model/`` blocks, causal
 attention, GELU, final LN, N(0, 0.02) init) trained with AdamW (betas 0.9/0.95, weight decay 0.1
 on weights only), warmup then cosine decay to 0.1 x lr, gradient clipping 1.0, on windows of
 ``train_length + 1`` tokens drawn uniformly from the contiguous token stream of the training split
@@ -24,7 +24,7 @@ with the unigram perplexity of exactly those tokens beside each (a content basel
 over L under fixed_targets).
 
 Logits and labels are sliced alike (position t predicts token t + 1), fixing the released DAPE
-eval step (dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
+eval step (docs/dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
 evaluated with FlexAttention from 1024 tokens and query-blocked SDPA below (``model.attention``),
 ``scores`` PEs with query-blocked explicit attention: memory O(block * L), never O(H * L^2), so
 L = 8192 fits a 24 GB machine for every PE. The batch per length is ``tokens_per_batch // L``
@@ -238,7 +238,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
 
 
 def model_config(cfg: dict[str, Any], vocab_size: int) -> ModelConfig:
-    """The GPT-style decoder of the LM protocol (dape.md §3(d)) for a cell config."""
+    """The GPT-style decoder of the LM protocol (docs/dape.md §3(d)) for a cell config."""
     m = cfg["model"]
     length = cfg["train"]["length"]
     return ModelConfig(

@@ -1,6 +1,6 @@
 """The timing suite: ms per forward and per forward+backward at batch 1, per PE, model size and length.
 
-What is timed (DAPE Table 1, dape.md §3(c), §4.1): a causal GPT decoder (pre-LN blocks, GELU FFN,
+What is timed (DAPE Table 1, docs/dape.md §3(c), §4.1): a causal GPT decoder (pre-LN blocks, GELU FFN,
 final LN, untied head) with the GPT-2 vocabulary of 50257 tokens, batch 1, trained length 512
 (PEs that depend on it see 512), D_DAPE = 32 (DAPE's default hidden width). The paper does not say
 whether its times are forward-only or forward+backward, so both are measured: ``fwd`` is inference
@@ -21,7 +21,7 @@ Backend policy (``--backend``, stored as ``backend_policy`` in every cell's conf
   every PE where it applies.
 
 Precision (``--precision``): fp32 on CPU; on CUDA bf16 by default, or fp16 (the paper's
-precision, dape.md §3(d)) or fp32. Stored per cell and shown in every table title.
+precision, docs/dape.md §3(d)) or fp32. Stored per cell and shown in every table title.
 
 - CUDA: the full model.
 - CPU: a slice of K consecutive blocks of the real shape (K = ``--layers``, default 1) is
