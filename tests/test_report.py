@@ -442,6 +442,7 @@ def test_latex_escapes_special_characters() -> None:
     table = T.Table("x", "50% of a_b & c", ["a_b", "%"], [T.Section("R & D", [[T.TCell("x_1"), T.TCell("—")]])])
     tex = R.latex(table)
     assert r"a\_b" in tex and r"50\% of a\_b \& c" in tex and r"x\_1 & ---" in tex and r"R \& D" in tex
+    assert R.tex_escape(f"79.4 ± 9.4 (2/2 fit) {T.BELOW}") == r"79.4 $\pm$ 9.4 (2/2 fit) $^\dagger$"
 
 
 # --------------------------------------------------------------------------- the whole report and figures
