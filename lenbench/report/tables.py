@@ -472,7 +472,7 @@ def _che_view_tables(view: CheView, suffix: str) -> tuple[list[Table], list[dict
                     *([lr_note] if several else [])],
             "max": [protocol,
                     "the papers' statistic: the max over every finished run, all seeds and learning rates, without "
-                    "a fit filter, as the CHE paper reports its table (the maximum over 10 seeds; che.md §2.6); "
+                    "a fit filter, as the CHE paper reports its table (the maximum over 10 seeds; docs/che.md §2.6); "
                     f"{DNF} run: the max is a run that did not fit (never bold); {fit_tags} (over every rate); bold: "
                     "the highest and its ties at display precision (a max has no test)"],
             "train": [protocol,
