@@ -572,7 +572,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(("pe", "terms"), [
-    ("dape", ["logits q·k/√d", "base bias B", "DAPE f([S;B])", "total (pre-softmax)"]),
+    ("dape-kerple", ["logits q·k/√d", "base bias B", "DAPE f([S;B])", "total (pre-softmax)"]),  # `--pe dape`
     ("alibi", ["logits q·k/√d", "base bias B", "total (pre-softmax)"]),
     ("rope", ["logits q·k/√d"]),
     ("dape-v2-kerple", ["logits q·k/√d", "base bias B", "DAPE f([S;B])", "total (pre-softmax)"]),
