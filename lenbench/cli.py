@@ -120,10 +120,7 @@ def run(
     outcomes = runner.run(cells, store, err)
     if executor == "slurm":
         return
-    if suite_name == "ppl":
-        print_perplexities(outcomes)
-    else:
-        print_scores(outcomes)
+    print_run_tables(outcomes)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
@@ -258,78 +255,23 @@ def status(
     out.print(", ".join(f"{v} {k}" for k, v in counts(states).items()))
 
 
-def print_scores(outcomes: list[Any]) -> None:
-    """Terminal table: task rows x PE columns, mean (+- std over seeds) of each cell's score."""
-    import numpy as np
+def print_run_tables(outcomes: list[Any]) -> None:
+    """Close a run with the report's own tables (:mod:`lenbench.report`) for the cells it covered:
+    finished now, finished before (skipped) and failed; the same rules, baselines and notes as
+    ``lenbench report``, printed by its renderer."""
+    from lenbench.report.build import suite_tables
+    from lenbench.report.collect import collect_cells
+    from lenbench.report.render import rich_notes
 
-    scores: dict[tuple[str, str], list[float]] = {}
-    failed: set[tuple[str, str]] = set()
-    unfit: dict[tuple[str, str], int] = {}
-    tasks: list[str] = []
-    pes: list[str] = []
-    lrs = {o.cell.config.get("train", {}).get("lr") for o in outcomes}
-    for o in outcomes:
-        pe_label = o.cell.config["pe"] + (f" lr={o.cell.config['train']['lr']:g}" if len(lrs) > 1 else "")
-        key = (o.cell.config.get("task", o.cell.config.get("dataset", "")), pe_label)
-        tasks += [key[0]] if key[0] not in tasks else []
-        pes += [key[1]] if key[1] not in pes else []
-        if o.status == "failed":
-            failed.add(key)
-        elif "score" in o.summary:
-            scores.setdefault(key, []).append(100 * float(o.summary["score"]))
-            unfit[key] = unfit.get(key, 0) + (o.summary.get("fit") is False)
-    table = Table(title="score: mean accuracy over test lengths (%), mean ± sample std over seeds; "
-                  "DNF: did not fit the training lengths")
-    table.add_column("task")
-    for p in pes:
-        table.add_column(p, justify="right")
-    for t in tasks:
-        row = []
-        for p in pes:
-            vals = scores.get((t, p))
-            if vals:
-                dnf = unfit.get((t, p), 0)
-                mark = "" if not dnf else " (DNF)" if dnf == len(vals) else f" ({dnf} DNF)"
-                row.append(f"{np.mean(vals):.1f}" + (f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else "") + mark)
-            else:
-                row.append("FAILED" if (t, p) in failed else "-")
-        table.add_row(t, *row)
-    out.print(table)
-
-
-def print_perplexities(outcomes: list[Any]) -> None:
-    """One table per (dataset, training length): PE rows x evaluation-length columns of ppl_last256."""
-    import numpy as np
-
-    values: dict[tuple[str, int, str], dict[str, dict[int, list[float]]]] = {}
-    failed: set[tuple[str, int, str, str]] = set()
-    for o in outcomes:
-        cfg = o.cell.config
-        key = (cfg["dataset"], int(cfg["train"]["length"]), str(cfg["eval"].get("protocol", "documents")))
-        rows = values.setdefault(key, {}).setdefault(cfg["pe"], {})
-        if o.status == "failed":
-            failed.add((*key, cfg["pe"]))
-        for length, ppl in o.summary.get("ppl_last256", {}).items():
-            rows.setdefault(int(length), []).append(float(ppl))
-    for (dataset, train_len, protocol), rows in values.items():
-        lengths = sorted({n for per_pe in rows.values() for n in per_pe})
-        table = Table(
-            title=f"{dataset}, trained at {train_len}: perplexity (last 256 tokens, {protocol} protocol), "
-            "mean ± sample std over seeds"
-        )
-        table.add_column("PE")
-        for n in lengths:
-            table.add_column(str(n), justify="right")
-        for pe, per_length in rows.items():
-            cells = []
-            for n in lengths:
-                vals = per_length.get(n)
-                if vals:
-                    cells.append(f"{np.mean(vals):.2f}" + (f" ± {np.std(vals, ddof=1):.2f}" if len(vals) > 1 else ""))
-                else:
-                    cells.append("FAILED" if (dataset, train_len, protocol, pe) in failed else "-")
-            table.add_row(pe, *cells)
-        out.print(table)
+    cells = [o.cell_dir for o in outcomes if o.status in ("done", "skipped", "failed")]
+    if out.quiet or not cells:
+        return
+    collection = collect_cells(cells, "this run")
+    for tables, _ in suite_tables(collection.frame).values():
+        for table in tables:
+            _print_wide(rich_notes(table))
+    for warning in collection.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 @app.command("list")

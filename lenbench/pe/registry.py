@@ -77,7 +77,34 @@ def parse_pe_spec(text: str) -> PESpec:
         if not eq or not key:
             raise LenbenchError(f"PE option {item!r} in {text!r} must be key=value")
         options[key.strip().replace("-", "_")] = _coerce(value.strip())
-    return PESpec(name.strip().lower() if not _is_path_spec(name) else name.strip(), options)
+    return PESpec(canonical_pe_name(name.strip().lower()) if not _is_path_spec(name) else name.strip(), options)
+
+
+def canonical_pe_name(name: str) -> str:
+    """The registered name an alias stands for (``dape`` -> ``dape-kerple``); other names unchanged.
+
+    An alias is a registered class that only renames its one registered parent (it sets nothing
+    but ``name`` and ``description``), so both spellings build the same PE and are one cell and
+    one table column.
+    """
+    if name not in PES:
+        return name
+    cls: Any = PES.get(name)
+    own = {k for k in vars(cls) if not k.startswith("__")}
+    if len(cls.__bases__) != 1 or not own <= {"name", "description"}:
+        return name
+    parent = next((n for n, c in PES.items() if c is cls.__bases__[0]), None)
+    return name if parent is None else canonical_pe_name(parent)
+
+
+def canonical_pe_label(label: str) -> str:
+    """A stored PE label or spec with an alias name canonicalised (``dape:hidden=32`` ->
+    ``dape-kerple:hidden=32``); labels that do not parse as a spec stay as they are."""
+    head, sep, rest = label.partition(":")
+    if _is_path_spec(label) or not head:
+        return label
+    name = canonical_pe_name(head.strip().lower())
+    return name + sep + rest if name != head else label
 
 
 def parse_pe_list(text: str) -> list[PESpec]:
@@ -171,11 +198,12 @@ def resolve_pes(value: str | list[Any], defaults: dict[str, Any] | None = None) 
     """
     text = value if isinstance(value, str) else ",".join(str(v) for v in value)
     specs = [parse_pe_spec(n) for n in PES.names()] if text.strip() == "all" else parse_pe_list(text)
-    out = []
+    out: list[PESpec] = []
     for spec in specs:
         accepted = accepted_options(pe_class(spec))
         extra = {k: v for k, v in (defaults or {}).items() if k in accepted and k not in spec.options}
         full = PESpec(spec.name, {**extra, **spec.options})
         validate_spec(full)
-        out.append(full)
+        if str(full) not in {str(s) for s in out}:  # an alias and its name (``all``, ``dape,dape-kerple``) are one PE
+            out.append(full)
     return out

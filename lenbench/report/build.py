@@ -59,16 +59,23 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
 
 
 def duplicate_warnings(frame: pd.DataFrame) -> list[str]:
-    """Cells of the same (task|dataset|size, PE, seed, ...) with different configs are pooled: say so."""
+    """Timing cells of the same (size, mode, PE, length) with different configs are pooled: say so.
+
+    CHE and ppl never pool: :mod:`lenbench.report.collect` splits their protocols into separate
+    tables and marks extra folders of one table cell and seed ``superseded``, with its own warnings."""
     keys = ["suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len"]
-    cells = frame[keys + ["cell", "eval_len"]].copy()
-    cells.loc[cells["suite"] != "timing", "eval_len"] = -1
+    cells = frame[frame["suite"] == "timing"][keys + ["cell", "eval_len"]]
     per = cells.drop_duplicates().groupby(keys + ["eval_len"], dropna=False)["cell"].nunique()
     out = []
     for key, n in per[per > 1].items():
-        named = [f"{k}={v}" for k, v in zip([*keys, "eval_len"], key, strict=True) if not _blank(v) and v != -1]
+        named = [f"{k}={v}" for k, v in zip([*keys, "eval_len"], key, strict=True) if not _blank(v)]
         out.append(f"{n} result folders for {', '.join(named)} (different configs); their values are pooled")
     return out
+
+
+def suite_tables(frame: pd.DataFrame) -> dict[str, tuple[list[Table], pd.DataFrame]]:
+    """Every suite's tables and tidy summary from a long table (``report`` and the close of ``run``)."""
+    return {"che": che_tables(frame), "ppl": ppl_tables(frame), "timing": timing_report_tables(frame)}
 
 
 def provenance(frame: pd.DataFrame) -> str:
@@ -125,11 +132,7 @@ def build_report(
     warnings = collection.warnings + duplicate_warnings(frame)
     files = save_long(frame, out)
 
-    built: dict[str, tuple[list[Table], pd.DataFrame]] = {
-        "che": che_tables(frame),
-        "ppl": ppl_tables(frame),
-        "timing": timing_report_tables(frame),
-    }
+    built = suite_tables(frame)
     sig_table, sig_frame = significance(frame, compare)
     figures: dict[str, list[tuple[str, list[Path]]]] = {}
     if plots:
