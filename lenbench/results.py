@@ -262,5 +262,9 @@ class ResultStore:
         return CellDir(self.root / suite / f"{slug(label)}-{config_hash(config)}")
 
     def cells(self, suite: str | None = None) -> list[CellDir]:
-        suites = [self.root / suite] if suite else sorted(p for p in self.root.glob("*") if p.is_dir())
-        return [CellDir(p) for s in suites if s.is_dir() for p in sorted(s.iterdir()) if p.is_dir()]
+        """Every cell folder (of one suite or all); hidden folders such as ``.superseded/`` are not cells."""
+        def visible(p: Path) -> bool:
+            return p.is_dir() and not p.name.startswith(".")
+
+        suites = [self.root / suite] if suite else sorted(p for p in self.root.glob("*") if visible(p))
+        return [CellDir(p) for s in suites if s.is_dir() for p in sorted(s.iterdir()) if visible(p)]

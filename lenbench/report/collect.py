@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from lenbench.errors import LenbenchError
+from lenbench.pe.registry import pe_label
 from lenbench.results import CellDir, ResultStore
 from lenbench.suites.ppl_protocols import LEGACY_PROTOCOL
 
@@ -54,7 +55,7 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
     """The identifying fields of a cell from its resolved config (used for failed cells)."""
     suite = config.get("suite")
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    keys: dict[str, Any] = {"suite": suite, "pe": config.get("pe"), "seed": config.get("seed")}
+    keys: dict[str, Any] = {"suite": suite, "pe": pe_label(config), "seed": config.get("seed")}
     if suite == "che":
         keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"),
                     lr=train.get("lr"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +25,8 @@ class Reporter(Protocol):
 
     def train_step(self, step: int, metrics: dict[str, float]) -> None: ...
 
-    def eval_start(self, label: str, total: int) -> None: ...
+    def eval_start(self, label: str, total: int, weights: Sequence[float] | None = None) -> None:
+        """``total`` items to evaluate, ``weights`` their relative costs (for the ETA; None: equal)."""
 
     def eval_step(self, done: int, what: str, value: float) -> None: ...
 
@@ -44,7 +46,7 @@ class SilentReporter:
     def train_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
-    def eval_start(self, label: str, total: int) -> None:
+    def eval_start(self, label: str, total: int, weights: Sequence[float] | None = None) -> None:
         pass
 
     def eval_step(self, done: int, what: str, value: float) -> None:

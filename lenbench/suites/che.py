@@ -36,7 +36,8 @@ from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.devices import autocast_for, check_precision, compute_device
 from lenbench.errors import LenbenchError
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
-from lenbench.pe.registry import parse_pe_spec, resolve_pes
+from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
+from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_json
 from lenbench.suites.base import Cell, Reporter
 from lenbench.suites.che_stats import (
@@ -207,7 +208,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
                     config = {
                         "suite": name,
                         "task": task,
-                        "pe": str(spec),
+                        **pe_entries(spec),
                         "seed": seed,
                         "model": asdict(prof.model),
                         "train": {**asdict(prof.train), "lr": lr},
@@ -329,7 +330,10 @@ def evaluate(
             done = {}
     model.train(ev["dropout"])
     device = next(model.parameters()).device
-    reporter.eval_start(f"{label} ({which} lengths)", len(lengths))
+    m = cfg["model"]
+    tokens = [n + task.output_length(n) for n in lengths]
+    costs = [forward_cost(t, m["dim"], m["layers"], task.output_size) for t in tokens]
+    reporter.eval_start(f"{label} ({which} lengths)", len(lengths), costs)
     with torch.no_grad():
         for i, length in enumerate(lengths):
             if length not in done:
@@ -410,8 +414,8 @@ def cell_records(
     score, se, majority = summarize(tests)
     train_score, train_se, train_majority = summarize(in_dist)
     fit = bool(train_score >= cfg["eval"]["fit_threshold"])
-    common = {"suite": name, "task": cfg["task"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": t["max_length"],
-              "lr": t["lr"]}
+    common = {"suite": name, "task": cfg["task"], "pe": pe_label(cfg), "seed": cfg["seed"],
+              "train_len": t["max_length"], "lr": t["lr"]}
     records = []
     for metric, results in (("accuracy", tests), ("train_accuracy", in_dist)):
         for n, r in results.items():

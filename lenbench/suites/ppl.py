@@ -66,7 +66,8 @@ from lenbench.errors import LenbenchError
 from lenbench.execute.ranks import current, rank_split, split_batch
 from lenbench.model.sizes import SIZES
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
-from lenbench.pe.registry import parse_pe_spec, resolve_pes
+from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
+from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json
 from lenbench.suites.base import Cell, Reporter
 from lenbench.suites.ppl_protocols import (
@@ -226,7 +227,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
                         "suite": name,
                         "dataset": ds.name,
                         "data": {**ds.to_dict(), **data, **version},
-                        "pe": str(pe),
+                        **pe_entries(pe),
                         "seed": seed,
                         "model": model,
                         "train": {**asdict(prof.train), "length": length,
@@ -402,8 +403,10 @@ def evaluate(
         with contextlib.suppress(json.JSONDecodeError, ValueError):
             done = {int(k): v for k, v in json.loads(partial.read_text()).items()}
     model.eval()
-    reporter.eval_start(label, len(ev["lengths"]))
     vocab = corpus.tokenizer.vocab_size
+    m = cfg["model"]
+    costs = [forward_cost(n, m["dim"], m["layers"], vocab) for n in ev["lengths"]]
+    reporter.eval_start(label, len(ev["lengths"]), costs)
     logp = unigram_logprobs(corpus.train, vocab)
     plan = plan or eval_plan(corpus, cfg)
     for i, length in enumerate(ev["lengths"]):
@@ -545,7 +548,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     started = time.perf_counter()
     results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label, plan)
     eval_seconds = time.perf_counter() - started
-    common = {"suite": name, "dataset": cfg["dataset"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": length}
+    common = {"suite": name, "dataset": cfg["dataset"], "pe": pe_label(cfg), "seed": cfg["seed"], "train_len": length}
     records = [
         {
             **common,
