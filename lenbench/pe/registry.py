@@ -189,11 +189,19 @@ def validate_spec(spec: PESpec) -> None:
 
     probe = PEContext(dim=32, heads=4, causal=False, train_length=8, max_length=16)
     try:
-        cls(probe, **spec.options)
+        pe = cls(probe, **spec.options)
     except LenbenchError:
         raise
     except (TypeError, ValueError) as exc:
         raise LenbenchError(f"PE {spec.name!r}: bad option value ({exc})") from exc
+    from lenbench.pe.contract import check_hooks
+
+    check_hooks(pe, spec_name(spec), probe.dim, probe.heads)  # before any cell starts
+
+
+def spec_name(spec: PESpec) -> str:
+    """How errors name a PE: ``'label'``, plus the spec where it differs (a plugin's file)."""
+    return repr(spec.label) if spec.label == str(spec) else f"{spec.label!r} ({spec})"
 
 
 def accepted_options(cls: type[PositionalEncoding]) -> set[str]:
