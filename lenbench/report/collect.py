@@ -3,7 +3,8 @@
 One row per stored metric record (``suite, task, dataset, size, mode, pe, seed, train_len,
 eval_len, metric, value, status, ...``); the records' extra fields (``n_sequences``, ``iqr``,
 ``estimated_full_ms``, ``backend`` ...) become columns, and the cell's manifest adds ``git``,
-``lenbench``, ``torch``, ``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
+``lenbench`` (its version), ``source_sha256`` (:func:`lenbench.results.source_hash`), ``torch``,
+``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
 cell is one row with ``status = failed``, its reason, and ``value`` NaN (never 0). ``status`` is
 ``done``, ``failed`` or ``oom`` (a timing cell that did not fit in memory). Cells still running
 or never finished are counted, not shown. Every ppl row has a ``protocol`` (the evaluation protocol
@@ -38,7 +39,7 @@ COLUMNS = [
     "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
     "status", "reason", "cell", "train_min_len",
 ]  # fmt: skip
-MANIFEST_KEYS = ("git", "lenbench", "torch", "device", "cuda_device", "cpu_count", "started")
+MANIFEST_KEYS = ("git", "lenbench", "source_sha256", "torch", "device", "cuda_device", "cpu_count", "started")
 INT_COLUMNS = ("seed", "train_len", "eval_len", "train_min_len")
 
 
