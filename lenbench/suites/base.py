@@ -18,6 +18,19 @@ class Cell:
     config: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Work:
+    """One kind of call a cell makes ``repeats`` times, for the time estimate of ``run --dry-run``
+    (:mod:`lenbench.execute.estimate`): a training step or an evaluation forward over ``batch``
+    sequences of the suite's length ``size``, of relative ``cost`` (forward cost x batch)."""
+
+    kind: str  # "train" or "eval"
+    size: int
+    batch: int
+    cost: float
+    repeats: float
+
+
 class Reporter(Protocol):
     """Progress callbacks a suite calls while running one cell (rich in the CLI, silent in tests)."""
 
@@ -57,7 +70,9 @@ class SilentReporter:
 
 
 class Suite(Protocol):
-    """A suite module: expand its YAML into cells and run one cell into its folder."""
+    """A suite module: expand its YAML into cells and run one cell into its folder. Optionally
+    ``workload(cell) -> list[Work]`` and ``probe(cell) -> Callable[[Work], None]`` (one call of that
+    work on a model of the cell's shape) let ``run --dry-run`` measure what the grid will cost."""
 
     name: str
 
