@@ -68,16 +68,16 @@ def run(
     pe: Annotated[
         str | None,
         typer.Option(help="PEs, comma-separated, e.g. dape,alibi or 'all'; options as name:k=v; a plugin as "
-                     "path/to/file.py:Class. [default: the suite's grid: che dape; ppl rope,alibi,kerple,dape]"),
+                     "path/to/file.py:Class. \\[default: the suite's grid: che dape; ppl rope,alibi,kerple,dape]"),
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option(help="CHE tasks, comma-separated, or 'all'. [default: the profile's: quick even_pairs,"
+        typer.Option(help="CHE tasks, comma-separated, or 'all'. \\[default: the profile's: quick even_pairs,"
                      "bucket_sort; paper all]"),
     ] = None,
     seeds: Annotated[
         str | None,
-        typer.Option(help="Seeds: 0,1,2 or 0-4. [default: the profile's: che quick 0, che paper 0-9; ppl 0]"),
+        typer.Option(help="Seeds: 0,1,2 or 0-4. \\[default: the profile's: che quick 0, che paper 0-9; ppl 0]"),
     ] = None,
     profile: Annotated[str, typer.Option(help="paper, quick, or auto (paper on CUDA, quick on CPU).")] = "auto",
     steps: Annotated[int | None, typer.Option(help="Training steps per cell.")] = None,
@@ -346,6 +346,12 @@ def print_dry_run(cells: list[Any], store: Any, rerun: bool, executor: str) -> N
     out.print(f"[dim]how: {METHOD}[/dim]", highlight=False)
 
 
+def _pe_label(config: dict[str, Any]) -> str:
+    from lenbench.pe.registry import pe_label
+
+    return str(pe_label(config))
+
+
 def print_scores(outcomes: list[Any]) -> None:
     """Terminal table: task rows x PE columns, mean (+- std over seeds) of each cell's score."""
     import numpy as np
@@ -357,7 +363,7 @@ def print_scores(outcomes: list[Any]) -> None:
     pes: list[str] = []
     lrs = {o.cell.config.get("train", {}).get("lr") for o in outcomes}
     for o in outcomes:
-        pe_label = o.cell.config["pe"] + (f" lr={o.cell.config['train']['lr']:g}" if len(lrs) > 1 else "")
+        pe_label = _pe_label(o.cell.config) + (f" lr={o.cell.config['train']['lr']:g}" if len(lrs) > 1 else "")
         key = (o.cell.config.get("task", o.cell.config.get("dataset", "")), pe_label)
         tasks += [key[0]] if key[0] not in tasks else []
         pes += [key[1]] if key[1] not in pes else []
@@ -394,9 +400,9 @@ def print_perplexities(outcomes: list[Any]) -> None:
     for o in outcomes:
         cfg = o.cell.config
         key = (cfg["dataset"], int(cfg["train"]["length"]), str(cfg["eval"].get("protocol", "documents")))
-        rows = values.setdefault(key, {}).setdefault(cfg["pe"], {})
+        rows = values.setdefault(key, {}).setdefault(_pe_label(cfg), {})
         if o.status == "failed":
-            failed.add((*key, cfg["pe"]))
+            failed.add((*key, _pe_label(cfg)))
         for length, ppl in o.summary.get("ppl_last256", {}).items():
             rows.setdefault(int(length), []).append(float(ppl))
     for (dataset, train_len, protocol), rows in values.items():
