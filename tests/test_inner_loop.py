@@ -150,6 +150,28 @@ def test_builtin_identity_resolves_every_default() -> None:
     assert ident["base"]["class"] == "lenbench.pe.bias:LeakyFIRE" and "code" not in ident
 
 
+def test_an_installed_plugin_is_identified_by_its_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry-point plugin (a simulated installed distribution): name, version, files and module source."""
+    site = tmp_path / "site"
+    site.mkdir()
+    module = site / "lenbench_id_plugin.py"
+    write_plugin(module, "d")
+    info = site / "lenbench_id_plugin-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lenbench-id-plugin\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[lenbench.pe]\nlog-bias-installed = lenbench_id_plugin:LogBias\n")
+    (info / "RECORD").write_text("lenbench_id_plugin.py,,\nlenbench_id_plugin-0.3.dist-info/METADATA,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(PES, "_items", dict(PES._items))
+    monkeypatch.setattr(PES, "_plugins_loaded", False)
+    (spec,) = resolve_pes("log-bias-installed:scale=3")
+    code = pe_identity(spec)["code"]
+    files = hashlib.sha256(b"lenbench_id_plugin.py\0" + module.read_bytes()).hexdigest()  # the .py files of RECORD
+    assert code == {"module": "lenbench_id_plugin", "distribution": "lenbench-id-plugin", "version": "0.3",
+                    "files_sha256": files, "sha256": hashlib.sha256(module.read_bytes()).hexdigest()}
+    assert pe_identity(spec)["options"] == {"scale": 3}
+
+
 def test_a_file_plugin_loads_once_per_content(tmp_path: Path) -> None:
     plugin = tmp_path / "p.py"
     write_plugin(plugin, "d")

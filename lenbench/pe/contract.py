@@ -56,8 +56,8 @@ def _restored(pe: PositionalEncoding) -> Iterator[None]:
 
 
 class _Check:
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, probe: str) -> None:
+        self.name, self.probe = name, probe
 
     def fail(self, hook: str, problem: str) -> LenbenchError:
         return LenbenchError(f"PE {self.name}: hook {hook} {problem}")
@@ -71,7 +71,7 @@ class _Check:
         if tuple(out.shape) != shape:
             hint = ("; a head-independent bias must be expanded to every head: b.expand(heads, -1, -1)"
                     if hook.startswith("bias") and out.dim() == 2 else "")
-            raise self.fail(hook, f"returned shape {_shape(out)}, expected {expected}{hint}")
+            raise self.fail(hook, f"returned shape {_shape(out)}, expected {expected} ({self.probe}){hint}")
         if out.dtype != dtype:
             raise self.fail(hook, f"returned dtype {out.dtype}, expected {dtype} (shape {_shape(out)} is right)")
         bad = ~torch.isfinite(out) if finite else torch.isnan(out) | (out == float("inf"))
@@ -83,7 +83,8 @@ class _Check:
 def check_hooks(pe: PositionalEncoding, name: str, dim: int, heads: int) -> None:
     """Run each hook ``pe`` overrides on the probe (module docstring); a one-line :class:`LenbenchError`
     names the PE, the hook, the expected and the actual shape. ``name`` is how the error names the PE."""
-    cls, check, d = type(pe), _Check(name), dim // heads
+    cls, d = type(pe), dim // heads
+    check = _Check(name, f"probe: {heads} heads of dim {d}, {QUERIES} queries, {KEYS} keys, batch {BATCH}")
     device = next((t.device for t in [*pe.parameters(), *pe.buffers()]), torch.device("cpu"))
     dtype = torch.float32
     with _restored(pe):
