@@ -1,11 +1,14 @@
 """The ``lenbench`` command line: parse, validate, call the library, print. Nothing else.
 
-Every user error is one line on stderr with exit code 2 (``--debug`` shows the traceback).
+Every user error is one line on stderr with exit code 2 (``--debug`` shows the traceback, and the
+exit code stays 2). Ctrl-C stops with exit code 130 after saying where the cell stopped. Help text
+goes through rich markup, so literal brackets in it are escaped (``\\[``).
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Annotated, Any
 
 import typer
@@ -17,10 +20,39 @@ from lenbench.errors import LenbenchError
 FORMATS = "md,csv,tex,html"
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Length-generalization benchmarks for positional encodings."
+    add_completion=False,
+    no_args_is_help=True,
+    help="Length-generalization benchmarks for positional encodings: how well does each PE extrapolate "
+    "beyond its training length, and at what cost?",
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from lenbench import __version__
+        from lenbench.results import git_hash, source_hash
+
+        print(f"lenbench {__version__} (source {source_hash()[:12]}, git {git_hash()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version,
+                     help="Print lenbench's version, the hash of its source and its git commit, then exit."),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Anywhere on the command line: on an error, also print the traceback "
+                     "(the exit code stays 2)."),
+    ] = False,
+) -> None:
+    """Length-generalization benchmarks for positional encodings: how well does each PE extrapolate
+    beyond its training length, and at what cost? Start with `lenbench run --suite che --pe dape`."""
 
 
 def _set(target: dict[str, Any], path: str, value: Any) -> None:
@@ -34,10 +66,19 @@ def _set(target: dict[str, Any], path: str, value: Any) -> None:
 def run(
     suite: Annotated[str, typer.Option(help="Suite name (che) or path to a suite YAML.")] = "che",
     pe: Annotated[
-        str | None, typer.Option(help="PEs, comma-separated, e.g. dape,alibi or 'all'; options as name:k=v.")
+        str | None,
+        typer.Option(help="PEs, comma-separated, e.g. dape,alibi or 'all'; options as name:k=v; a plugin as "
+                     "path/to/file.py:Class. \\[default: the suite's grid: che dape; ppl rope,alibi,kerple,dape]"),
     ] = None,
-    task: Annotated[str | None, typer.Option(help="CHE tasks, comma-separated, or 'all'.")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Seeds: 0,1,2 or 0-4.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="CHE tasks, comma-separated, or 'all'. \\[default: the profile's: quick even_pairs,"
+                     "bucket_sort; paper all]"),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Seeds: 0,1,2 or 0-4. \\[default: the profile's: che quick 0, che paper 0-9; ppl 0]"),
+    ] = None,
     profile: Annotated[str, typer.Option(help="paper, quick, or auto (paper on CUDA, quick on CPU).")] = "auto",
     steps: Annotated[int | None, typer.Option(help="Training steps per cell.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
@@ -49,12 +90,12 @@ def run(
     heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="ppl: catalogue name, hf:<id>[:<config>][@<split>], local files, or 'default'."),
+        typer.Option(help="ppl: catalogue name, hf:<id>\\[:<config>]\\[@<split>], local files, or 'default'."),
     ] = None,
     model: Annotated[str | None, typer.Option(help="ppl: model size preset (tiny, 125m, 350m).")] = None,
     train_length: Annotated[int | None, typer.Option(help="ppl: training sequence length.")] = None,
     eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths, e.g. 128,256,512.")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="ppl: bytes, bpe[:<V>] or hf:<name>.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="ppl: bytes, bpe\\[:<V>] or hf:<name>.")] = None,
     compile_model: Annotated[
         bool | None,
         typer.Option("--compile/--no-compile", help="Train through torch.compile (compile time reported apart)."),
@@ -81,8 +122,18 @@ def run(
     ] = None,
     log: Annotated[
         str | None,
-        typer.Option("--log", help="Also track each cell: tensorboard, wandb or both (needs lenbench[tracking])."),
+        typer.Option("--log", help="Also track each cell: tensorboard, wandb or both (needs lenbench\\[tracking])."),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List the grid's cells, their state and the time each would take here "
+                     "(measured on a few steps per cell shape), then exit; nothing is written."),
+    ] = False,
+    rerun: Annotated[
+        bool,
+        typer.Option("--rerun", "--force", help="Compute the selected cells again, finished or not; their old "
+                     "folders move to <out>/<suite>/.superseded/ (never deleted)."),
+    ] = False,
 ) -> None:
     """Train and evaluate every (task, PE, seed) cell of a suite; finished cells are skipped.
 
@@ -114,10 +165,24 @@ def run(
     if isinstance(runner, DataParallelExecutor):
         runner.check(cells)
     store = ResultStore(out_dir)
-    store.check_writable()
+    if not dry_run:
+        store.check_writable()
     err.print(f"[dim]{reason}[/dim]")
+    if dry_run:
+        print_dry_run(cells, store, rerun, executor)
+        return
     err.print(f"{len(cells)} cell(s) of suite {suite_name!r} -> {store.root}/{suite_name}/")
-    outcomes = runner.run(cells, store, err)
+    if rerun:
+        from lenbench.execute.supersede import rerun as move_aside
+
+        for line in move_aside(cells, store):
+            err.print(line, highlight=False)
+    try:
+        outcomes = runner.run(cells, store, err)
+    except KeyboardInterrupt:
+        err.print("lenbench: interrupted; finished cells are kept, and rerunning the same command resumes the "
+                  "others (each from its last checkpoint)", highlight=False)
+        raise typer.Exit(130) from None
     if executor == "slurm":
         return
     print_run_tables(outcomes)
@@ -272,6 +337,29 @@ def print_run_tables(outcomes: list[Any]) -> None:
             _print_wide(rich_notes(table))
     for warning in collection.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def print_dry_run(cells: list[Any], store: Any, rerun: bool, executor: str) -> None:
+    """``run --dry-run``: each cell's state and measured time estimate (:mod:`lenbench.execute.estimate`)."""
+    from lenbench.execute.estimate import METHOD, dry_run_rows, duration
+
+    def progress(i: int, n: int) -> None:
+        err.print(f"[dim]measuring cell shape {i + 1}/{n} on this machine ...[/dim]")
+
+    rows, total = dry_run_rows(cells, store, rerun, progress)
+    table = Table(title=f"{len(cells)} cell(s) -> {store.root}/ (dry run: nothing is written)")
+    for col in ("cell", "state", "detail", "estimate"):
+        table.add_column(col, justify="right" if col == "estimate" else "left")
+    for row in rows:
+        table.add_row(row.label, row.state, row.detail, row.estimate)
+    out.print(table)
+    todo = sum(1 for row in rows if row.runs)
+    unknown = sum(1 for row in rows if row.runs and row.seconds is None)
+    where = "one after another (--executor inprocess)" if executor == "inprocess" else (
+        f"as one sum; --executor {executor} runs cells in parallel, so its wall time is shorter")
+    out.print(f"estimated time for the {todo} cell(s) to compute: {duration(total)} on this machine, {where}"
+              + (f"; {unknown} cell(s) without an estimate" if unknown else ""), highlight=False)
+    out.print(f"[dim]how: {METHOD}[/dim]", highlight=False)
 
 
 @app.command("list")
@@ -547,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         result = command.main(args=args, prog_name="lenbench", standalone_mode=False)
     except LenbenchError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"lenbench: error: {exc}", file=sys.stderr)
         return 2
     except getattr(ex, "NoArgsIsHelpError", ()) as exc:
@@ -555,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ex.ClickException as exc:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"lenbench: error: {exc.format_message()}", file=sys.stderr)
         return 2
     except (typer.Exit, getattr(ex, "Exit", typer.Exit)) as exc:

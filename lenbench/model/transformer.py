@@ -21,7 +21,8 @@ from torch import nn
 from lenbench.model.attention import Attention
 from lenbench.model.dropout import Dropout
 from lenbench.pe.base import PEContext, PositionalEncoding
-from lenbench.pe.registry import PESpec, pe_class
+from lenbench.pe.contract import check_hooks
+from lenbench.pe.registry import PESpec, pe_class, spec_name
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         pes = build_pes(cfg, pe)
+        check_hooks(pes[0], spec_name(pe), cfg.dim, cfg.heads)  # once per model build (lenbench.pe.contract)
         self.pe_input = pes[0]
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg, p) for p in pes)

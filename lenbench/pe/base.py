@@ -9,7 +9,9 @@
 
 Every hook is a no-op by default; the attention module asks which ones a PE overrides
 (:meth:`PositionalEncoding.has_hook`) and picks its backend accordingly. Positions are explicit
-tensors: :meth:`positions` returns ``arange(n)`` unless the PE randomizes them.
+tensors: :meth:`positions` returns ``arange(n)`` unless the PE randomizes them. Each overridden
+hook's output is checked against this contract once per model build (:mod:`lenbench.pe.contract`):
+a head-independent ``[Nq, Nk]`` bias is refused on every backend, never broadcast.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def suite_tables(frame: pd.DataFrame) -> dict[str, tuple[list[Table], pd.DataFra
 
 def provenance(frame: pd.DataFrame) -> str:
     """Where and when the cells were measured, from their manifests: device(s), CPU cores, torch
-    version(s), the dates the cells started and the git commit(s) that ran them."""
+    version(s), the dates the cells started, the lenbench version(s) and source hash(es) and the git
+    commit(s) that ran them."""
 
     def values(col: str) -> list[str]:
         if col not in frame:
@@ -98,7 +99,41 @@ def provenance(frame: pd.DataFrame) -> str:
     dates = sorted({d[:10] for d in values("started")})
     when = (dates[0] if len(dates) == 1 else f"{dates[0]} .. {dates[-1]}") if dates else "date ?"
     return (f"measured on {where}; torch {', '.join(values('torch')) or '?'}; cells started {when}; "
-            f"git {', '.join(values('git')) or '?'}")
+            f"lenbench {code_text(frame)}; git {', '.join(values('git')) or '?'}")
+
+
+def code_versions(frame: pd.DataFrame) -> dict[str, int]:
+    """``version (source <12 hex>)`` of the lenbench that ran each cell -> number of cells (``?`` when
+    the manifest predates source hashes)."""
+    if "cell" not in frame:
+        return {}
+    cells = frame.drop_duplicates("cell")
+    out: dict[str, int] = {}
+    for _, row in cells.iterrows():
+        version = row.get("lenbench")
+        source = row.get("source_sha256")
+        text = f"{'?' if _blank(version) else version} (source {'?' if _blank(source) else str(source)[:12]})"
+        out[text] = out.get(text, 0) + 1
+    return out
+
+
+def code_text(frame: pd.DataFrame) -> str:
+    versions = code_versions(frame)
+    if len(versions) <= 1:
+        return next(iter(versions), "?")
+    return ", ".join(f"{v}: {n} cells" for v, n in sorted(versions.items()))
+
+
+def code_warnings(frame: pd.DataFrame) -> list[str]:
+    """One warning per suite whose cells ran under different lenbench code (version or source hash)."""
+    out = []
+    for suite, cells in frame.groupby("suite", dropna=True, sort=True):
+        versions = code_versions(cells)
+        if len(versions) > 1:
+            listed = "; ".join(f"{v}: {n} cells" for v, n in sorted(versions.items()))
+            out.append(f"{suite} tables mix cells computed by {len(versions)} different lenbench sources ({listed}); "
+                       "their numbers may not be comparable")
+    return out
 
 
 def _blank(v: object) -> bool:
@@ -129,7 +164,7 @@ def build_report(
     out = Path(out)
     tables_dir, plots_dir = out / "tables", out / "plots"
     _makedirs(out, tables_dir)
-    warnings = collection.warnings + duplicate_warnings(frame)
+    warnings = collection.warnings + duplicate_warnings(frame) + code_warnings(frame)
     files = save_long(frame, out)
 
     built = suite_tables(frame)

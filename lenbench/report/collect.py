@@ -3,7 +3,8 @@
 One row per stored metric record (``suite, task, dataset, size, mode, pe, seed, train_len,
 eval_len, metric, value, status, ...``); the records' extra fields (``n_sequences``, ``iqr``,
 ``estimated_full_ms``, ``backend`` ...) become columns, and the cell's manifest adds ``git``,
-``lenbench``, ``torch``, ``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
+``lenbench`` (its version), ``source_sha256`` (:func:`lenbench.results.source_hash`), ``torch``,
+``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
 cell is one row with ``status = failed``, its reason, and ``value`` NaN (never 0). ``status`` is
 ``done``, ``failed`` or ``oom`` (a timing cell that did not fit in memory). Cells still running
 or never finished are counted, not shown. Every ppl row has a ``protocol`` (the evaluation protocol
@@ -46,7 +47,7 @@ from typing import Any
 import pandas as pd
 
 from lenbench.errors import LenbenchError
-from lenbench.pe.registry import canonical_pe_label
+from lenbench.pe.registry import canonical_pe_label, pe_label
 from lenbench.report.population import in_population
 from lenbench.report.protocol import differences, fingerprint, flatten, protocol_of, varying_keys
 from lenbench.results import CellDir, ResultStore
@@ -56,7 +57,7 @@ COLUMNS = [
     "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
     "status", "reason", "cell", "train_min_len",
 ]  # fmt: skip
-MANIFEST_KEYS = ("git", "lenbench", "torch", "device", "cuda_device", "cpu_count", "started")
+MANIFEST_KEYS = ("git", "lenbench", "source_sha256", "torch", "device", "cuda_device", "cpu_count", "started")
 INT_COLUMNS = ("seed", "train_len", "eval_len", "train_min_len")
 
 
@@ -73,7 +74,7 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
     """The identifying fields of a cell from its resolved config (used for failed cells)."""
     suite = config.get("suite")
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    keys: dict[str, Any] = {"suite": suite, "pe": config.get("pe"), "seed": config.get("seed")}
+    keys: dict[str, Any] = {"suite": suite, "pe": pe_label(config), "seed": config.get("seed")}
     if suite == "che":
         keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"),
                     lr=train.get("lr"))

@@ -66,7 +66,7 @@ from lenbench.model.attention import Attention
 from lenbench.model.sizes import SIZES, ModelSize
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.base import PositionalEncoding
-from lenbench.pe.registry import PESpec, parse_pe_spec, pe_class, resolve_pes
+from lenbench.pe.registry import PESpec, parse_pe_spec, pe_class, pe_entries, resolve_pes
 from lenbench.results import CellDir
 from lenbench.suites.base import Cell, Reporter
 
@@ -220,7 +220,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
                             "layers": size.layers,
                             "dim": size.dim,
                             "heads": size.heads,
-                            "pe": str(spec),
+                            **pe_entries(spec),
                             "eval_len": n,
                             "train_len": prof.train_length,
                             "mode": mode,
