@@ -1,7 +1,7 @@
 """Static-bias attention (issue 9, target 3): materialized bias vs query blocks vs FlexAttention vs no bias.
 
 For each PE (alibi, kerple, t5, fire by default) and length N: batch 1, 12 heads, head dim 64, causal
-forward under ``no_grad`` (pe_zoo.md §16: FlexAttention has no CPU backward in torch 2.13). Four timings,
+forward under ``no_grad`` (docs/pe.md §16: FlexAttention has no CPU backward in torch 2.13). Four timings,
 medians over ``--repeats`` calls after one untimed warm-up call:
 
 - ``sdpa+B``: the plain ``sdpa_bias`` backend: build ``B`` with ``pe.bias`` in fp32, add -inf above the

@@ -1,11 +1,14 @@
 """The ``lenbench`` command line: parse, validate, call the library, print. Nothing else.
 
-Every user error is one line on stderr with exit code 2 (``--debug`` shows the traceback).
+Every user error is one line on stderr with exit code 2 (``--debug`` shows the traceback, and the
+exit code stays 2). Ctrl-C stops with exit code 130 after saying where the cell stopped. Help text
+goes through rich markup, so literal brackets in it are escaped (``\\[``).
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Annotated, Any
 
 import typer
@@ -18,10 +21,39 @@ from lenbench.progress import RichReporter
 FORMATS = "md,csv,tex,html"
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Length-generalization benchmarks for positional encodings."
+    add_completion=False,
+    no_args_is_help=True,
+    help="Length-generalization benchmarks for positional encodings: how well does each PE extrapolate "
+    "beyond its training length, and at what cost?",
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from lenbench import __version__
+        from lenbench.results import git_hash, source_hash
+
+        print(f"lenbench {__version__} (source {source_hash()[:12]}, git {git_hash()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version,
+                     help="Print lenbench's version, the hash of its source and its git commit, then exit."),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Anywhere on the command line: on an error, also print the traceback "
+                     "(the exit code stays 2)."),
+    ] = False,
+) -> None:
+    """Length-generalization benchmarks for positional encodings: how well does each PE extrapolate
+    beyond its training length, and at what cost? Start with `lenbench run --suite che --pe dape`."""
 
 
 def _set(target: dict[str, Any], path: str, value: Any) -> None:
@@ -35,10 +67,19 @@ def _set(target: dict[str, Any], path: str, value: Any) -> None:
 def run(
     suite: Annotated[str, typer.Option(help="Suite name (che) or path to a suite YAML.")] = "che",
     pe: Annotated[
-        str | None, typer.Option(help="PEs, comma-separated, e.g. dape,alibi or 'all'; options as name:k=v.")
+        str | None,
+        typer.Option(help="PEs, comma-separated, e.g. dape,alibi or 'all'; options as name:k=v; a plugin as "
+                     "path/to/file.py:Class. \\[default: the suite's grid: che dape; ppl rope,alibi,kerple,dape]"),
     ] = None,
-    task: Annotated[str | None, typer.Option(help="CHE tasks, comma-separated, or 'all'.")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Seeds: 0,1,2 or 0-4.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="CHE tasks, comma-separated, or 'all'. \\[default: the profile's: quick even_pairs,"
+                     "bucket_sort; paper all]"),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Seeds: 0,1,2 or 0-4. \\[default: the profile's: che quick 0, che paper 0-9; ppl 0]"),
+    ] = None,
     profile: Annotated[str, typer.Option(help="paper, quick, or auto (paper on CUDA, quick on CPU).")] = "auto",
     steps: Annotated[int | None, typer.Option(help="Training steps per cell.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
@@ -50,12 +91,12 @@ def run(
     heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="ppl: catalogue name, hf:<id>[:<config>][@<split>], local files, or 'default'."),
+        typer.Option(help="ppl: catalogue name, hf:<id>\\[:<config>]\\[@<split>], local files, or 'default'."),
     ] = None,
     model: Annotated[str | None, typer.Option(help="ppl: model size preset (tiny, 125m, 350m).")] = None,
     train_length: Annotated[int | None, typer.Option(help="ppl: training sequence length.")] = None,
     eval_lengths: Annotated[str | None, typer.Option(help="ppl: evaluation lengths, e.g. 128,256,512.")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="ppl: bytes, bpe[:<V>] or hf:<name>.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="ppl: bytes, bpe\\[:<V>] or hf:<name>.")] = None,
     compile_model: Annotated[
         bool | None,
         typer.Option("--compile/--no-compile", help="Train through torch.compile (compile time reported apart)."),
@@ -82,8 +123,18 @@ def run(
     ] = None,
     log: Annotated[
         str | None,
-        typer.Option("--log", help="Also track each cell: tensorboard, wandb or both (needs lenbench[tracking])."),
+        typer.Option("--log", help="Also track each cell: tensorboard, wandb or both (needs lenbench\\[tracking])."),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List the grid's cells, their state and the time each would take here "
+                     "(measured on a few steps per cell shape), then exit; nothing is written."),
+    ] = False,
+    rerun: Annotated[
+        bool,
+        typer.Option("--rerun", "--force", help="Compute the selected cells again, finished or not; their old "
+                     "folders move to <out>/<suite>/.superseded/ (never deleted)."),
+    ] = False,
 ) -> None:
     """Train and evaluate every (task, PE, seed) cell of a suite; finished cells are skipped.
 
@@ -115,16 +166,27 @@ def run(
     if isinstance(runner, DataParallelExecutor):
         runner.check(cells)
     store = ResultStore(out_dir)
-    store.check_writable()
+    if not dry_run:
+        store.check_writable()
     err.print(f"[dim]{reason}[/dim]")
+    if dry_run:
+        print_dry_run(cells, store, rerun, executor)
+        return
     err.print(f"{len(cells)} cell(s) of suite {suite_name!r} -> {store.root}/{suite_name}/")
-    outcomes = runner.run(cells, store, err)
+    if rerun:
+        from lenbench.execute.supersede import rerun as move_aside
+
+        for line in move_aside(cells, store):
+            err.print(line, highlight=False)
+    try:
+        outcomes = runner.run(cells, store, err)
+    except KeyboardInterrupt:
+        err.print("lenbench: interrupted; finished cells are kept, and rerunning the same command resumes the "
+                  "others (each from its last checkpoint)", highlight=False)
+        raise typer.Exit(130) from None
     if executor == "slurm":
         return
-    if suite_name == "ppl":
-        print_perplexities(outcomes)
-    else:
-        print_scores(outcomes)
+    print_run_tables(outcomes)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
@@ -259,78 +321,45 @@ def status(
     out.print(", ".join(f"{v} {k}" for k, v in counts(states).items()))
 
 
-def print_scores(outcomes: list[Any]) -> None:
-    """Terminal table: task rows x PE columns, mean (+- std over seeds) of each cell's score."""
-    import numpy as np
+def print_run_tables(outcomes: list[Any]) -> None:
+    """Close a run with the report's own tables (:mod:`lenbench.report`) for the cells it covered:
+    finished now, finished before (skipped) and failed; the same rules, baselines and notes as
+    ``lenbench report``, printed by its renderer."""
+    from lenbench.report.build import suite_tables
+    from lenbench.report.collect import collect_cells
 
-    scores: dict[tuple[str, str], list[float]] = {}
-    failed: set[tuple[str, str]] = set()
-    unfit: dict[tuple[str, str], int] = {}
-    tasks: list[str] = []
-    pes: list[str] = []
-    lrs = {o.cell.config.get("train", {}).get("lr") for o in outcomes}
-    for o in outcomes:
-        pe_label = o.cell.config["pe"] + (f" lr={o.cell.config['train']['lr']:g}" if len(lrs) > 1 else "")
-        key = (o.cell.config.get("task", o.cell.config.get("dataset", "")), pe_label)
-        tasks += [key[0]] if key[0] not in tasks else []
-        pes += [key[1]] if key[1] not in pes else []
-        if o.status == "failed":
-            failed.add(key)
-        elif "score" in o.summary:
-            scores.setdefault(key, []).append(100 * float(o.summary["score"]))
-            unfit[key] = unfit.get(key, 0) + (o.summary.get("fit") is False)
-    table = Table(title="score: mean accuracy over test lengths (%), mean ± sample std over seeds; "
-                  "DNF: did not fit the training lengths")
-    table.add_column("task")
-    for p in pes:
-        table.add_column(p, justify="right")
-    for t in tasks:
-        row = []
-        for p in pes:
-            vals = scores.get((t, p))
-            if vals:
-                dnf = unfit.get((t, p), 0)
-                mark = "" if not dnf else " (DNF)" if dnf == len(vals) else f" ({dnf} DNF)"
-                row.append(f"{np.mean(vals):.1f}" + (f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else "") + mark)
-            else:
-                row.append("FAILED" if (t, p) in failed else "-")
-        table.add_row(t, *row)
+    cells = [o.cell_dir for o in outcomes if o.status in ("done", "skipped", "failed")]
+    if out.quiet or not cells:
+        return
+    collection = collect_cells(cells, "this run")
+    for tables, _ in suite_tables(collection.frame).values():
+        for table in tables:
+            print_table(table)
+    for warning in collection.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def print_dry_run(cells: list[Any], store: Any, rerun: bool, executor: str) -> None:
+    """``run --dry-run``: each cell's state and measured time estimate (:mod:`lenbench.execute.estimate`)."""
+    from lenbench.execute.estimate import METHOD, dry_run_rows, duration
+
+    def progress(i: int, n: int) -> None:
+        err.print(f"[dim]measuring cell shape {i + 1}/{n} on this machine ...[/dim]")
+
+    rows, total = dry_run_rows(cells, store, rerun, progress)
+    table = Table(title=f"{len(cells)} cell(s) -> {store.root}/ (dry run: nothing is written)")
+    for col in ("cell", "state", "detail", "estimate"):
+        table.add_column(col, justify="right" if col == "estimate" else "left")
+    for row in rows:
+        table.add_row(row.label, row.state, row.detail, row.estimate)
     out.print(table)
-
-
-def print_perplexities(outcomes: list[Any]) -> None:
-    """One table per (dataset, training length): PE rows x evaluation-length columns of ppl_last256."""
-    import numpy as np
-
-    values: dict[tuple[str, int, str], dict[str, dict[int, list[float]]]] = {}
-    failed: set[tuple[str, int, str, str]] = set()
-    for o in outcomes:
-        cfg = o.cell.config
-        key = (cfg["dataset"], int(cfg["train"]["length"]), str(cfg["eval"].get("protocol", "documents")))
-        rows = values.setdefault(key, {}).setdefault(cfg["pe"], {})
-        if o.status == "failed":
-            failed.add((*key, cfg["pe"]))
-        for length, ppl in o.summary.get("ppl_last256", {}).items():
-            rows.setdefault(int(length), []).append(float(ppl))
-    for (dataset, train_len, protocol), rows in values.items():
-        lengths = sorted({n for per_pe in rows.values() for n in per_pe})
-        table = Table(
-            title=f"{dataset}, trained at {train_len}: perplexity (last 256 tokens, {protocol} protocol), "
-            "mean ± sample std over seeds"
-        )
-        table.add_column("PE")
-        for n in lengths:
-            table.add_column(str(n), justify="right")
-        for pe, per_length in rows.items():
-            cells = []
-            for n in lengths:
-                vals = per_length.get(n)
-                if vals:
-                    cells.append(f"{np.mean(vals):.2f}" + (f" ± {np.std(vals, ddof=1):.2f}" if len(vals) > 1 else ""))
-                else:
-                    cells.append("FAILED" if (dataset, train_len, protocol, pe) in failed else "-")
-            table.add_row(pe, *cells)
-        out.print(table)
+    todo = sum(1 for row in rows if row.runs)
+    unknown = sum(1 for row in rows if row.runs and row.seconds is None)
+    where = "one after another (--executor inprocess)" if executor == "inprocess" else (
+        f"as one sum; --executor {executor} runs cells in parallel, so its wall time is shorter")
+    out.print(f"estimated time for the {todo} cell(s) to compute: {duration(total)} on this machine, {where}"
+              + (f"; {unknown} cell(s) without an estimate" if unknown else ""), highlight=False)
+    out.print(f"[dim]how: {METHOD}[/dim]", highlight=False)
 
 
 @app.command("list")
@@ -479,9 +508,9 @@ def timing(
             outcomes += run_in_process([cell], store, module, reporter)
     err.print(f"timed {len(todo)} group(s) in {fmt_duration(time.time() - started)} "
               f"(estimated {fmt_duration(sum(estimates))})")
-    frame = collect_cells([o.cell_dir for o in outcomes if o.status in ("done", "skipped", "failed")])
-    if not frame.empty:
-        tables, summary = timing_report_tables(frame, reference)
+    finished = [o.cell_dir for o in outcomes if o.status in ("done", "skipped", "failed")]
+    if finished:
+        tables, summary = timing_report_tables(collect_cells(finished, "this run").frame, reference)
         for table in tables:
             print_table(table)
         floors = summary["noise_floor"].dropna() if "noise_floor" in summary else []
@@ -614,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         result = command.main(args=args, prog_name="lenbench", standalone_mode=False)
     except LenbenchError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"lenbench: error: {exc}", file=sys.stderr)
         return 2
     except getattr(ex, "NoArgsIsHelpError", ()) as exc:
@@ -622,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ex.ClickException as exc:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"lenbench: error: {exc.format_message()}", file=sys.stderr)
         return 2
     except (typer.Exit, getattr(ex, "Exit", typer.Exit)) as exc:

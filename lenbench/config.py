@@ -58,9 +58,7 @@ def find_suite(name_or_path: str) -> Path:
         return path
     known = suite_files()
     if name_or_path not in known:
-        import difflib
-
-        close = difflib.get_close_matches(name_or_path, list(known), n=1)
+        close = difflib.get_close_matches(name_or_path.lower(), list(known), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise LenbenchError(f"unknown suite {name_or_path!r}{hint} (known: {', '.join(known) or 'none'})")
     return known[name_or_path]

@@ -7,6 +7,10 @@ cache folder (``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` under ``$LENBENCH_CA
 source, the flags, the compiler and the CPU, so a shared home folder never serves a library built
 for another CPU. Without a compiler, or with the kernel's switch set to ``0`` in the environment,
 :func:`load` returns None and callers take their PyTorch path.
+
+A kernel reads raw pointers with the sizes and strides it is given, so each wrapper checks its
+inputs with :func:`require` before the call: a tensor of another shape, dtype, device or layout is a
+one-line error, never an out-of-bounds read. The C entry points also refuse impossible sizes.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lenbench.data.documents import cache_root
+from lenbench.errors import LenbenchError
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 # Tried first: with OpenMP a kernel runs on PyTorch's own libgomp pool (same soname, already loaded).
@@ -105,3 +113,39 @@ def load(source: Path, switch: str, signatures: Signatures) -> ctypes.CDLL | Non
     for name, argtypes in signatures:
         getattr(lib, name).argtypes = list(argtypes)
     return lib
+
+
+def require(
+    kernel: str,
+    name: str,
+    t: torch.Tensor,
+    shape: Sequence[int | None],
+    dtype: torch.dtype = torch.float32,
+    layout: str = "last",
+    meaning: str = "",
+) -> None:
+    """Refuse, before ``kernel`` touches memory, an input it would misread: ``t`` must be a CPU tensor of
+    ``dtype`` whose shape matches ``shape`` (None: any size) and whose ``layout`` is ``"last"``
+    (last axis contiguous, the other strides given to the kernel), ``"contiguous"``, or ``"any"``
+    (the wrapper copies it into the kernel's layout); ``meaning`` names the axes in the message."""
+    if not isinstance(t, torch.Tensor):
+        raise LenbenchError(f"{kernel} kernel: {name} must be a tensor, got {type(t).__name__}")
+    want = "[" + ", ".join("*" if n is None else str(n) for n in shape) + "]" + (f" = [{meaning}]" if meaning else "")
+    if t.dim() != len(shape) or any(n is not None and n != m for n, m in zip(shape, t.shape, strict=True)):
+        raise LenbenchError(f"{kernel} kernel: {name} has shape {list(t.shape)}, expected {want}")
+    if t.dtype != dtype or t.device.type != "cpu":
+        raise LenbenchError(f"{kernel} kernel: {name} must be {dtype} on the CPU, got {t.dtype} on {t.device}")
+    if any(s < 0 for s in t.stride()):
+        raise LenbenchError(f"{kernel} kernel: {name} has a negative stride {list(t.stride())}")
+    if layout == "contiguous" and not t.is_contiguous():
+        raise LenbenchError(f"{kernel} kernel: {name} must be contiguous, got strides {list(t.stride())}")
+    if layout == "last" and t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise LenbenchError(f"{kernel} kernel: {name} needs a contiguous last axis, got strides {list(t.stride())}")
+
+
+def check_status(kernel: str, status: int) -> None:
+    """A kernel's return code: 0 fine, -2 (or -1 where documented) refused arguments, -1 out of memory."""
+    if status == -2:
+        raise LenbenchError(f"{kernel} kernel refused its sizes or strides (checked before reading memory)")
+    if status:
+        raise MemoryError(f"{kernel} kernel: out of memory")

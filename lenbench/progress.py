@@ -1,42 +1,42 @@
 """Rich progress for the terminal: one cell (training steps, loss, ETA, then evaluation lengths), or a
-whole grid run by worker processes (cells done / running / failed with an ETA, a row per running cell)."""
+whole grid run by worker processes (cells done / running / failed with an ETA, a row per running cell).
+
+Evaluation lengths differ in cost (a CHE length of 500 costs far more than one of 41), so a suite
+passes each length's relative cost (:func:`forward_cost`) to ``eval_start``; the bar and its ETA
+advance by cost, while the count column still reads lengths done / lengths.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
-    ProgressColumn,
-    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.text import Text
 
 
-class CountColumn(ProgressColumn):
-    """``m/n`` of a task, or its ``count`` field where it has one (a task whose total is in
-    estimated seconds, so that its ETA weighs long steps more, counts its steps there)."""
-
-    def render(self, task: Task) -> Text:
-        count = task.fields.get("count")
-        if count is not None:
-            return Text(str(count), style="progress.download")
-        total = "?" if task.total is None else f"{int(task.total)}"
-        return Text(f"{int(task.completed)}/{total}", style="progress.download")
+def forward_cost(tokens: int, dim: int, layers: int = 1, vocab: int = 0) -> float:
+    """Relative cost of one transformer forward over ``tokens`` tokens: ``tokens * (layers * (12 dim +
+    2 tokens) + vocab)``, its multiply-adds divided by ``dim`` (per token and layer ``12 dim^2`` in the
+    q, k, v, out projections and the 4x feed-forward and ``2 tokens dim`` in ``q k^T`` and ``p v``, plus
+    ``dim * vocab`` in the output head: the forward-FLOP count of Kaplan et al. 2020, Table 1)."""
+    return float(tokens) * (layers * (12.0 * dim + 2.0 * tokens) + vocab)
 
 
 def new_progress(console: Console) -> Progress:
-    """The progress display every view shares: description, bar, m/n, info, elapsed, ETA."""
+    """The progress display every view shares: description, bar, count (m/n), info, elapsed, ETA."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        CountColumn(),
+        TextColumn("{task.fields[count]}"),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -55,6 +55,8 @@ class RichReporter:
         self.train_task: TaskID | None = None
         self.eval_task: TaskID | None = None
         self.eval_total = 0
+        self.eval_done_cost: list[float] = []  # cumulative cost after each evaluated item
+        self.train_total = 0
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -65,8 +67,10 @@ class RichReporter:
 
     def train_start(self, label: str, total_steps: int, resumed_from: int) -> None:
         note = f" (resumed at {resumed_from})" if resumed_from else ""
+        self.train_total = total_steps
         self.train_task = self.progress.add_task(
-            f"train {label}{note}", total=total_steps, completed=resumed_from, info=""
+            f"train {label}{note}", total=total_steps, completed=resumed_from, info="",
+            count=f"{resumed_from}/{total_steps}",
         )
 
     def train_step(self, step: int, metrics: dict[str, float]) -> None:
@@ -77,19 +81,27 @@ class RichReporter:
             info += f" acc {metrics['acc']:.3f}"
         if "ppl" in metrics:
             info += f" ppl {metrics['ppl']:.2f}"
-        self.progress.update(self.train_task, completed=step, info=info)
+        self.progress.update(self.train_task, completed=step, info=info, count=f"{step}/{self.train_total}")
 
-    def eval_start(self, label: str, total: int) -> None:
+    def eval_start(self, label: str, total: int, weights: Sequence[float] | None = None) -> None:
+        """``total`` items to evaluate; ``weights``: their relative costs (default: equal), which the bar
+        and ETA advance by."""
         if self.train_task is not None:
             self.progress.remove_task(self.train_task)
             self.train_task = None
+        costs = [float(w) for w in weights] if weights is not None and len(weights) == total else [1.0] * total
         self.eval_total = total
-        self.eval_task = self.progress.add_task(f"eval  {label}", total=total, info="")
+        self.eval_done_cost = list(accumulate(costs))
+        self.eval_task = self.progress.add_task(
+            f"eval  {label}", total=self.eval_done_cost[-1] if costs else 0, info="", count=f"0/{total}"
+        )
 
     def eval_step(self, done: int, what: str, value: float) -> None:
         if self.eval_task is None:
             return
-        self.progress.update(self.eval_task, completed=done, info=f"{what}: {value:.3f}")
+        completed = self.eval_done_cost[done - 1] if 0 < done <= len(self.eval_done_cost) else 0.0
+        self.progress.update(self.eval_task, completed=completed, info=f"{what}: {value:.3f}",
+                             count=f"{done}/{self.eval_total}")
         if done == self.eval_total:
             self.progress.remove_task(self.eval_task)
             self.eval_task = None
@@ -108,7 +120,8 @@ class GridProgress:
     def __init__(self, console: Console, total: int) -> None:
         self.console = console
         self.progress = new_progress(console)
-        self.grid = self.progress.add_task("cells", total=total, info="")
+        self.total = total
+        self.grid = self.progress.add_task("cells", total=total, info="", count=f"0/{total}")
         self.cells: dict[str, RichReporter] = {}
         self.counts = {"done": 0, "failed": 0, "busy": 0}
 
@@ -123,7 +136,8 @@ class GridProgress:
     def _refresh(self) -> None:
         parts = [f"{self.counts['done']} done", f"{len(self.cells)} running", f"{self.counts['failed']} failed"]
         parts += [f"{self.counts['busy']} busy"] if self.counts["busy"] else []
-        self.progress.update(self.grid, completed=sum(self.counts.values()), info=" · ".join(parts))
+        finished = sum(self.counts.values())
+        self.progress.update(self.grid, completed=finished, info=" · ".join(parts), count=f"{finished}/{self.total}")
 
     def started(self, label: str) -> None:
         """A worker took the cell (its rows appear with its first progress call)."""

@@ -1,8 +1,8 @@
 """The result store: one folder per cell, atomic writes, a lock per cell, resume.
 
 ``<root>/<suite>/<cell-id>/`` holds ``config.yaml`` (the resolved cell config), ``manifest.json``
-(versions, git hash, device), ``train_log.jsonl``, ``checkpoint.pt``, ``metrics.json`` (long
-format, one record per length) and ``DONE``, written last by atomic rename. A cell id is a
+(versions, lenbench's source hash and git commit, device), ``train_log.jsonl``, ``checkpoint.pt``,
+``metrics.json`` (long format, one record per length) and ``DONE``, written last by atomic rename. A cell id is a
 readable slug plus a hash of the resolved config, so a changed config never reuses old results.
 Every file is written to a temporary name in the same folder and renamed into place.
 """
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,28 @@ def git_hash() -> str:
         return "unknown"
 
 
+SOURCE_SUFFIXES = (".py", ".c")
+
+
+@cache
+def source_hash() -> str:
+    """sha256 (hex) of the lenbench source that is running, with or without git: over every ``.py`` and
+    ``.c`` file of the package in path order, each as its path relative to the package, NUL, its bytes,
+    NUL. A checkout and a wheel built from it hash alike; any edit gives another hash."""
+    root = Path(__file__).resolve().parent
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix in SOURCE_SUFFIXES and p.is_file() and "__pycache__" not in p.relative_to(root).parts
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def environment_manifest(device: str) -> dict[str, Any]:
-    """Versions, git hash and device: what a reader needs to trust or reproduce a number."""
+    """Versions, lenbench's source hash, git commit and device: what a reader needs to trust or
+    reproduce a number (the source hash identifies the code where git cannot, e.g. after ``pip install .``)."""
     import numpy
     import torch
 
@@ -89,6 +110,7 @@ def environment_manifest(device: str) -> dict[str, Any]:
 
     return {
         "lenbench": __version__,
+        "source_sha256": source_hash(),
         "git": git_hash(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -262,5 +284,9 @@ class ResultStore:
         return CellDir(self.root / suite / f"{slug(label)}-{config_hash(config)}")
 
     def cells(self, suite: str | None = None) -> list[CellDir]:
-        suites = [self.root / suite] if suite else sorted(p for p in self.root.glob("*") if p.is_dir())
-        return [CellDir(p) for s in suites if s.is_dir() for p in sorted(s.iterdir()) if p.is_dir()]
+        """Every cell folder (of one suite or all); hidden folders such as ``.superseded/`` are not cells."""
+        def visible(p: Path) -> bool:
+            return p.is_dir() and not p.name.startswith(".")
+
+        suites = [self.root / suite] if suite else sorted(p for p in self.root.glob("*") if visible(p))
+        return [CellDir(p) for s in suites if s.is_dir() for p in sorted(s.iterdir()) if visible(p)]

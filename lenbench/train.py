@@ -37,7 +37,7 @@ from lenbench.errors import LenbenchError
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer and schedule. Defaults: CHE's Adam, clip 1.0, constant LR (che.md §2.5)."""
+    """Optimizer and schedule. Defaults: CHE's Adam, clip 1.0, constant LR (docs/che.md §2.5)."""
 
     steps: int
     lr: float = 1e-4
@@ -138,7 +138,7 @@ def fused_ok(model: nn.Module) -> bool | None:
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam (CHE) or AdamW with decay on weights only, not biases or norms (dape.md §1.4)."""
+    """Adam (CHE) or AdamW with decay on weights only, not biases or norms (docs/dape.md §1.4)."""
     if cfg.weight_decay == 0:
         return torch.optim.Adam(
             model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused_ok(model)

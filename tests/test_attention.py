@@ -93,7 +93,7 @@ def test_every_registered_pe_builds_a_model() -> None:
 
 
 def test_model_init_leaves_pe_modules_at_their_own_init() -> None:
-    """DAPE's MLP keeps PyTorch's default Linear init (dape.md §1.4), not the model's N(0, 0.02)."""
+    """DAPE's MLP keeps PyTorch's default Linear init (docs/dape.md §1.4), not the model's N(0, 0.02)."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=8, out_size=8, dim=32, heads=4, layers=2, init="gpt2")
     model = Transformer(cfg, parse_pe_spec("dape"))

@@ -83,7 +83,7 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, pe: str) -> None:
     assert resumed.cell_dir.log_path.read_text() == straight.cell_dir.log_path.read_text()
 
 
-# ---------------------------------------------------------------- the encoder of che.md §2.3
+# ---------------------------------------------------------------- the encoder of docs/che.md §2.3
 
 ENCODER = {"layers": 5, "dim": 64, "heads": 8, "dropout": 0.1}  # the reference TransformerConfig
 
@@ -106,7 +106,7 @@ def block_inputs(model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], tor
 
 
 def test_encoder_parameter_count_matches_the_reference() -> None:
-    # che.md §2.3 [RUN]: 248,962 parameters for even_pairs with PE=NONE (E=64, 5 layers, 8 heads).
+    # docs/che.md §2.3 [RUN]: 248,962 parameters for even_pairs with PE=NONE (E=64, 5 layers, 8 heads).
     assert encoder().num_parameters() == 248_962
 
 

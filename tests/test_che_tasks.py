@@ -1,4 +1,4 @@
-"""The 15 CHE tasks against shared/reference/che.md §1: hand-worked targets, edge cases, sampler
+"""The 15 CHE tasks against docs/che.md §1: hand-worked targets, edge cases, sampler
 shapes and agreement with ``target``, masks, label distributions, chance, independent checks."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ LEVEL = {
     **dict.fromkeys(ORDER[4:8], "dcf"),
     **dict.fromkeys(ORDER[8:], "cs"),
 }
-# (V_in, C, T_out(N) as a function) from the che.md §1 summary table
+# (V_in, C, T_out(N) as a function) from the docs/che.md §1 summary table
 TABLE = {
     "even_pairs": (2, 2, lambda n: 1),
     "modular_arithmetic": (9, 5, lambda n: 1),
@@ -70,7 +70,7 @@ def test_registry_order_and_attributes() -> None:
         cls = TASKS.get(name)
         assert issubclass(cls, CheTask) and cls.name == name and cls.level == LEVEL[name]
         assert isinstance(cls.description, str) and cls.description and "\n" not in cls.description
-        assert cls.__doc__ and "che.md" in cls.__doc__
+        assert cls.__doc__ and "docs/che.md" in cls.__doc__
         v_in, c, t_out = TABLE[name]
         t = cls()
         assert (t.input_size, t.output_size) == (v_in, c)
@@ -221,7 +221,7 @@ def test_determinism_and_rng_isolation(name: str) -> None:
     assert torch.equal(torch.get_rng_state(), torch_state)
 
 
-# ---------------------------------------------------------------- edge cases from che.md
+# ---------------------------------------------------------------- edge cases from docs/che.md
 
 
 def test_modular_arithmetic_even_length_lowered() -> None:

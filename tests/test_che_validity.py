@@ -60,7 +60,7 @@ def test_majority_classes_per_position_and_its_score() -> None:
 
 
 def test_majority_baseline_of_brackets_is_its_known_skew() -> None:
-    # modular_arithmetic_brackets' labels are skewed to 0 (about 31% at N = 100..500, che.md §1.7):
+    # modular_arithmetic_brackets' labels are skewed to 0 (about 31% at N = 100..500, docs/che.md §1.7):
     # the majority predictor says 0 and scores that share, well above chance (20%).
     task = TASKS.get("modular_arithmetic_brackets")()
     rng = np.random.default_rng(0)

@@ -69,11 +69,12 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
         assert expected.lower() in lines[0].lower(), (args, lines[0])
 
 
-def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    from lenbench.errors import LenbenchError
-
-    with pytest.raises(LenbenchError):
-        main(["run", "--suite", "chee", "--debug"])
+def test_debug_shows_the_traceback_and_still_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["run", "--suite", "chee", "--debug"], capsys)
+    assert code == 2
+    assert "Traceback (most recent call last)" in err and "LenbenchError" in err
+    last = err.strip().splitlines()[-1]
+    assert last == "lenbench: error: unknown suite 'chee'; did you mean 'che'? (known: che, ppl, timing)"
 
 
 def test_unknown_profile_suggests_the_closest(capsys: pytest.CaptureFixture[str]) -> None:

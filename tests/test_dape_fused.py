@@ -21,7 +21,7 @@ VARIANTS = ("concat_residual", "concat", "add_residual")
 
 
 def plain(q, k, v, bias_full, w1, b1, w2, b2, variant: str, causal: bool, first: int) -> torch.Tensor:
-    """DAPE v1 (reference/dape.md section 1) written out: all of [B, H, Nq, Nk] at once."""
+    """DAPE v1 (docs/dape.md section 1) written out: all of [B, H, Nq, Nk] at once."""
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     b = bias_full[None].expand_as(s)
     x = s + b if variant == "add_residual" else torch.cat([s, b], 1)

@@ -1,4 +1,4 @@
-"""PE formulas against hand-computed values (pe_zoo.md §3, §5, §11, §12, §17; dape.md §1)."""
+"""PE formulas against hand-computed values (docs/pe.md §3, §5, §11, §12, §17; docs/dape.md §1)."""
 
 from __future__ import annotations
 

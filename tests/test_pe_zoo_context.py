@@ -1,5 +1,5 @@
 """Contextual PEs (``scores`` hook): DAPE V1/V2, CoPE, Transformer-XL against hand-computed values
-(dape.md §1-2, pe_zoo.md §14-15), causality of every registered PE, and query-blocked attention."""
+(docs/dape.md §1-2, docs/pe.md §14-15), causality of every registered PE, and query-blocked attention."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def set_(param: torch.Tensor, values: list) -> None:
         param.copy_(torch.tensor(values, dtype=param.dtype).view_as(param))
 
 
-# --- DAPE V1 (dape.md §1.2, §1.4) -------------------------------------------------------------
+# --- DAPE V1 (docs/dape.md §1.2, §1.4) -------------------------------------------------------------
 
 
 def one_head_dape(variant: str) -> DAPEKerple:
@@ -103,7 +103,7 @@ def test_per_layer_instances_with_own_weights(name: str) -> None:
         assert len({params[layer][key].data_ptr() for layer in range(3)}) == 3, key
 
 
-# --- DAPE V2 (dape.md §2) ---------------------------------------------------------------------
+# --- DAPE V2 (docs/dape.md §2) ---------------------------------------------------------------------
 
 
 def padded(row: list[float], j: int) -> float:
@@ -239,7 +239,7 @@ def test_dape_v2_without_zeroing_leaks_even_in_small_blocks(monkeypatch: pytest.
     assert future_leak("dape-v2-kerple") < 1e-5
 
 
-# --- CoPE (pe_zoo.md §14) ---------------------------------------------------------------------
+# --- CoPE (docs/pe.md §14) ---------------------------------------------------------------------
 
 
 def logit(g: float) -> float:
@@ -285,7 +285,7 @@ def test_cope_clamps_at_npos_and_bidirectional_counts_forward() -> None:
     assert enc.table.shape == (2, 2, 4)
 
 
-# --- Transformer-XL (pe_zoo.md §15) -------------------------------------------------------------
+# --- Transformer-XL (docs/pe.md §15) -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -1,4 +1,4 @@
-"""The static part of the PE zoo against hand-computed values (pe_zoo.md §6, §7, §9, §10, §12, §13, §17).
+"""The static part of the PE zoo against hand-computed values (docs/pe.md §6, §7, §9, §10, §12, §13, §17).
 
 T5 buckets, Kerple-power, FIRE, YaRN / PI / NTK, randomized PEs, score_mod = materialized bias,
 and, for every registered PE: backend agreement, a 4x-longer-than-trained forward and parameter counts.
@@ -69,7 +69,7 @@ def test_t5_buckets_both_directions(distance: int) -> None:
     assert enc.bucket(here, ahead).item() == (0 if distance == 0 else T5_FUTURE[distance])
 
 
-# pe_zoo.md §17, the rest of the table: n = i - j; negative n is a future key (bidirectional only).
+# docs/pe.md §17, the rest of the table: n = i - j; negative n is a future key (bidirectional only).
 T5_TABLE_CAUSAL = {16: 16, 17: 16, 20: 17, 23: 18, 24: 19, 31: 21, 32: 21, 45: 23, 46: 24, 63: 26, 90: 29, 91: 29}
 T5_TABLE_BIDIRECTIONAL = {11: 8, 12: 9, 15: 9, 16: 10, 31: 11, 32: 12, 63: 13, -1: 17, -8: 24, -128: 31, -1000: 31}
 
@@ -200,7 +200,7 @@ def inv_freq_at(pe: RoPE, n: int) -> tuple[torch.Tensor, float]:
 
 @pytest.mark.parametrize(
     "length, s, k_low, k_high, mscale",
-    [(512, 16, 3, 16, 1.2773), (128, 64, 0, 11, 1.4159), (2048, 4, 8, 21, 1.1386)],  # pe_zoo.md §17
+    [(512, 16, 3, 16, 1.2773), (128, 64, 0, 11, 1.4159), (2048, 4, 8, 21, 1.1386)],  # docs/pe.md §17
 )
 def test_yarn_frequencies_and_mscale(length: int, s: int, k_low: int, k_high: int, mscale: float) -> None:
     yarn = YaRN(ctx(heads=1, dim=64, train_length=length))
@@ -264,7 +264,7 @@ def test_rope_pi_divides_positions_by_s() -> None:
 
 def test_rope_ntk_base() -> None:
     pe = RoPENTK(ctx(heads=1, dim=64, train_length=512))
-    inv, scale = inv_freq_at(pe, 16 * 512)  # s = 16: base' = 1e4 * 16^(64/62) = 174969.6 (pe_zoo.md §17)
+    inv, scale = inv_freq_at(pe, 16 * 512)  # s = 16: base' = 1e4 * 16^(64/62) = 174969.6 (docs/pe.md §17)
     assert scale == 1.0
     for k in (1, 10, 31):
         assert inv[k].item() == pytest.approx(174969.6 ** (-2 * k / 64), rel=1e-5)
@@ -473,7 +473,7 @@ def test_every_pe_runs_4x_past_its_training_length(spec: str, causal: bool) -> N
 
 
 def pe_parameter_formulas(causal: bool, layers: int, heads: int, dim: int, train_length: int) -> dict[str, int]:
-    """Parameters each registered PE adds to a model, from its formula (docstrings; pe_zoo.md, dape.md)."""
+    """Parameters each registered PE adds to a model, from its formula (docstrings; docs/pe.md, docs/dape.md)."""
     h, dh, sides = heads, dim // heads, 1 if causal else 2
     kerple = 2 * sides * h  # r1, r2 per head (and per side in the encoder)
     fire = 1 * 32 + 32 + 32 * h + h + 1 + 1  # Linear(1, 32), Linear(32, H), c, L multiplier

@@ -57,7 +57,7 @@ def test_plugin_by_path_trains(tmp_path: Path) -> None:
     plugin = tmp_path / "my_pe.py"
     plugin.write_text(EXAMPLE.read_text())
     spec = parse_pe_list(f"{plugin}:LinearBias:init=0.2,alibi")
-    assert [s.label for s in spec] == ["LinearBias", "alibi"] and spec[0].options == {"init": 0.2}
+    assert [s.label for s in spec] == ["linear-bias:init=0.2", "alibi"] and spec[0].options == {"init": 0.2}
     assert pe_class(spec[0]).name == "linear-bias"
     state, log = train_cell(f"{plugin}:LinearBias:init=0.2", tmp_path / "results")
     assert_trained(state, log, 0.2)

@@ -155,32 +155,37 @@ def test_long_table_has_every_record_and_failed_cells_as_nan(results: Path) -> N
         assert col in frame.columns
     assert (frame[frame["suite"] == "timing"]["status"] == "oom").sum() == 2  # ms and peak memory
     # every shown uncertainty is a column: even_pairs/alibi scores 0.5, 0.6, 0.7 -> std 0.1,
-    # 95% CI 0.6 -+ t_{0.975,2} 0.1 / sqrt(3) = 0.6 -+ 0.24841 (the half-width bold marking used)
+    # 95% CI of the mean 0.6 -+ t_{0.975,2} 0.1 / sqrt(3) = 0.6 -+ 0.24841 (these cells carry no fit flag: all count)
     row = che[(che["task"] == "even_pairs") & (che["pe"] == "alibi") & (che["metric"] == "score")].iloc[0]
     half = 4.302652729911275 * 0.1 / math.sqrt(3)
-    assert (row["seeds_n"], row["seeds_mean"]) == (3, pytest.approx(0.6))
-    assert row["seeds_std"] == pytest.approx(0.1) and row["bold_half_width"] == pytest.approx(half)
+    assert (row["seeds_n"], row["runs_n"], row["seeds_mean"]) == (3, 3, pytest.approx(0.6))
+    assert row["seeds_std"] == pytest.approx(0.1) and row["all_runs_mean"] == pytest.approx(0.6)
     assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    assert che["fingerprint"].nunique() == 1 and frame[frame["suite"] == "timing"]["fingerprint"].isna().all()
     one = che[(che["task"] == "reverse_string") & (che["pe"] == "alibi") & (che["metric"] == "score")]
     assert set(one["seeds_n"]) == {2} and one["ci95_low"].notna().all()  # the failed seed is not counted
     assert frame[frame["suite"] == "timing"]["ci95_low"].isna().all() and "iqr" in frame.columns
 
 
 def test_che_tables_hand_computed(results: Path) -> None:
-    (mean, best, train), summary = T.che_tables(collect(results, "che").frame)
+    (mean, every, best, train), summary = T.che_tables(collect(results, "che").frame)
     assert mean.header == ["task", "chance", "majority", "alibi", "kerple", "dape-kerple"]
     assert [s.label for s in mean.sections] == ["Regular (R)", "Deterministic context-free (DCF)"]
     rows = texts(mean)
     # mean ± sample std (ddof 1): alibi 50/60/70 -> 60 ± 10; kerple 56/65/74 -> 65 ± 9; no majority records: —
     assert rows["even_pairs"] == ["50%", "—", "60.0 ± 10.0", "65.0 ± 9.0", "90.0 ± 10.0"]
-    # 95% CIs of the mean (t_{0.975,2} = 4.303): alibi 60 ± 24.8, kerple 65 ± 22.4, dape 90 ± 24.8;
-    # every interval reaches dape's lower end 65.2, so the row ties and nothing is bold
-    assert bold(mean)["even_pairs"] == [False] * 5
-    assert any("bold: the best value and every value whose 95% interval" in note for note in mean.notes)
+    # bold from paired tests against the best (dape 80/90/100): alibi's difference is a constant -30 (no
+    # variance: separated), kerple's -24/-25/-26 gives t = -43.3 (df 2), p = 5e-4, x2 (Holm) < 0.05: worse
+    assert bold(mean)["even_pairs"] == [False, False, False, False, True]
+    assert any(note.startswith("bold (per row): the best value and every value that a two-sided paired t-test")
+               for note in mean.notes)
+    assert texts(every)["even_pairs"][2:] == ["60.0 ± 10.0", "65.0 ± 9.0", "90.0 ± 10.0"] and not any(
+        c.bold for r in every.rows for c in r)
     # one failed seed: 40/50 -> 45 ± 7.07; all failed -> FAILED; never run -> —
     assert rows["reverse_string"] == ["50%", "—", "45.0 ± 7.1 (1 FAILED)", "FAILED", "—"]
     assert bold(mean)["reverse_string"] == [False] * 5  # a single value is not "best"
     assert texts(best)["even_pairs"] == ["50%", "—", "70.0", "74.0", "100.0"]
+    assert bold(best)["even_pairs"] == [False, False, False, False, True]  # the highest max
     assert texts(train)["even_pairs"][2:] == ["—", "—", "—"]  # these cells stored no in-distribution score
     row = summary[(summary["task"] == "reverse_string") & (summary["pe"] == "alibi")].iloc[0]
     assert (row["n"], row["failed"]) == (2, 1) and row["mean"] == pytest.approx(45.0)
@@ -192,11 +197,11 @@ def test_ppl_table_per_length_lowest_bold_and_failed_pe(results: Path) -> None:
     assert table.header == ["PE", "16 (train)", "32"]
     rows = texts(table)
     assert rows["alibi"] == ["11.00 ± 1.41", "21.00 ± 1.41"]
-    assert rows["dape"] == ["9.50 ± 0.71", "11.75 ± 1.06"]
+    assert rows["dape-kerple"] == ["9.50 ± 0.71", "11.75 ± 1.06"]  # stored as `dape`: one label
     assert rows["kerple"] == ["FAILED", "FAILED"]
-    # two seeds: 95% CI half-width t_{0.975,1} sd / sqrt(2) = 12.706 sd / sqrt(2): at 16, alibi 11 ± 12.7
-    # and dape 9.5 ± 6.35 overlap, as at 32 (21 ± 12.7 vs 11.75 ± 9.5): no column has a distinct best
-    assert bold(table)["dape"] == [False, False] and bold(table)["alibi"] == [False, False]
+    # two paired seeds: no test is trusted, so only the lowest value of each column is bold
+    assert bold(table)["dape-kerple"] == [True, True] and bold(table)["alibi"] == [False, False]
+    assert any("n < 3: best only, applied here" in note for note in table.notes)
 
 
 def test_ppl_tables_and_plots_are_per_protocol(results: Path, tmp_path: Path) -> None:
@@ -218,10 +223,10 @@ def test_ppl_tables_and_plots_are_per_protocol(results: Path, tmp_path: Path) ->
     fixed, old = by_key["ppl_toy_T16_fixed_targets"], by_key["ppl_toy_T16_documents"]
     assert fixed.title.endswith("fixed_targets protocol") and old.title.endswith("documents protocol")
     assert any("the same target tokens at every L" in note for note in fixed.notes)
-    assert texts(fixed) == {"dape": ["7.50 ± 0.71", "7.50 ± 0.71"]}  # not pooled with the documents seeds
-    assert texts(old)["dape"] == ["9.50 ± 0.71", "11.75 ± 1.06"]
+    assert texts(fixed) == {"dape-kerple": ["7.50 ± 0.71", "7.50 ± 0.71"]}  # not pooled with the documents seeds
+    assert texts(old)["dape-kerple"] == ["9.50 ± 0.71", "11.75 ± 1.06"]
     assert set(summary["protocol"]) == {"documents", "fixed_targets"}
-    dape = frame[(frame["pe"] == "dape") & (frame["metric"] == "ppl_last256") & (frame["eval_len"] == 32)]
+    dape = frame[(frame["pe"] == "dape-kerple") & (frame["metric"] == "ppl_last256") & (frame["eval_len"] == 32)]
     assert set(zip(dape["protocol"], dape["seeds_mean"], strict=True)) == {("documents", 11.75), ("fixed_targets", 7.5)}
     saved = P.report_figures(frame, tmp_path / "plots")
     assert [p.stem for _, paths in saved["ppl"] for p in paths][::2] == ["ppl_toy_T16_documents",
@@ -347,26 +352,6 @@ def test_favours_only_below_005() -> None:
     assert T.significance_cells(one, True, "a", "b")[-1].text == "no test"
 
 
-def test_bold_marks_the_best_and_all_within_its_interval() -> None:
-    # higher is better; best 90 ± 5 reaches down to 85: 84 ± 2 reaches 86 -> bold; 80 ± 4 reaches 84 -> not
-    assert T.best_flags([90.0, 84.0, 80.0], [5.0, 2.0, 4.0], higher=True) == [True, True, False]
-    # lower is better: best 10 ± 1 reaches 11; 11.5 ± 0.4 reaches 11.1 -> not bold; 11.9 ± 1 reaches 10.9 -> bold
-    assert T.best_flags([10.0, 11.5, 11.9], [1.0, 0.4, 1.0], higher=False) == [True, False, True]
-    # no uncertainty known: exact comparison; an exact tie of two is bold, a row where all tie is not
-    assert T.best_flags([3.0, 3.0, 2.0], [None, None, None], higher=True) == [True, True, False]
-    assert T.best_flags([50.0, 50.0, 50.0], [None] * 3, higher=True) == [False, False, False]
-    assert T.best_flags([50.3, 50.9, 50.1], [0.5, 0.5, 0.5], higher=True) == [False, False, False]  # all overlap
-    assert T.best_flags([1.0, None], [None, None], higher=True) == [False, False]  # one value: no best
-    # from seed statistics: three seeds, 95% CI half-width = 4.3027 * std / sqrt(3)
-    s = T.SeedStats((0.0, 1.0, 2.0))
-    assert T.half_width(s) == pytest.approx(S.t_quantile(0.05, 2) / math.sqrt(3))
-    assert T.half_width(s, "max") is None and T.half_width(T.SeedStats((1.0,))) is None
-    cells = [T.TCell("x"), T.TCell("y"), T.TCell("z")]
-    T.mark_best(cells, [T.SeedStats((10.0,)), T.SeedStats((9.0,)), T.SeedStats((7.0,))], "mean", 1, True,
-                widths=[0.6, 0.5, 0.5])  # one seed each with an SE: 10 - 0.6 = 9.4 <= 9 + 0.5
-    assert [c.bold for c in cells] == [True, True, False]
-
-
 def test_paired_t_matches_scipy() -> None:
     stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)
@@ -393,7 +378,7 @@ def test_significance_table_from_the_store(results: Path) -> None:
     t = 25 * math.sqrt(3)  # d = 24, 25, 26 (% points)
     assert che["t"] == pytest.approx(t) and che["p_t"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
     ppl = tidy[(tidy["suite"] == "ppl") & (tidy["scope"] == "toy T=16 L=32")].iloc[0]
-    assert (ppl["a"], ppl["b"], ppl["n"]) == ("dape", "alibi", 2)
+    assert (ppl["a"], ppl["b"], ppl["n"]) == ("dape-kerple", "alibi", 2)
     assert ppl["diff"] == pytest.approx(((11 - 20) + (12.5 - 22)) / 2)  # paired by seed
     # ppl at L=32: d = -9, -9.5 -> t = -37 (df 1), p = 0.0172; the table holds 4 tested rows (CHE even_pairs
     # and reverse_string x dape-kerple vs kerple are untestable or tested; see p_holm), so Holm multiplies
@@ -468,6 +453,7 @@ def test_latex_escapes_special_characters() -> None:
     table = T.Table("x", "50% of a_b & c", ["a_b", "%"], [T.Section("R & D", [[T.TCell("x_1"), T.TCell("—")]])])
     tex = R.latex(table)
     assert r"a\_b" in tex and r"50\% of a\_b \& c" in tex and r"x\_1 & ---" in tex and r"R \& D" in tex
+    assert R.tex_escape(f"79.4 ± 9.4 (2/2 fit) {T.BELOW}") == r"79.4 $\pm$ 9.4 (2/2 fit) $^\dagger$"
 
 
 # --------------------------------------------------------------------------- the whole report and figures
@@ -538,7 +524,10 @@ def test_duplicate_configs_are_reported(tmp_path: Path) -> None:
                [{"suite": "che", "task": "even_pairs", "pe": "alibi", "seed": 0, "train_len": 40,
                  "eval_len": None, "metric": "score", "value": 0.7}])
     report = build_report(tmp_path, tmp_path / "out", formats=["md"], plots=False)
-    assert any("2 result folders" in w and "pe=alibi" in w for w in report.warnings)
+    # 10 and 20 steps are two protocols: separate tables, never one cell of two "seeds"
+    assert any("train.steps differ" in w and "never pooled" in w for w in report.warnings)
+    means = [t for t in report.tables if t.key.startswith("che_mean_")]
+    assert sorted(texts(t)["even_pairs"][2] for t in means) == ["50.0", "70.0"]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -594,7 +583,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(("pe", "terms"), [
-    ("dape", ["logits q·k/√d", "base bias B", "DAPE f([S;B])", "total (pre-softmax)"]),
+    ("dape-kerple", ["logits q·k/√d", "base bias B", "DAPE f([S;B])", "total (pre-softmax)"]),  # `--pe dape`
     ("alibi", ["logits q·k/√d", "base bias B", "total (pre-softmax)"]),
     ("rope", ["logits q·k/√d"]),
     ("dape-v2-kerple", ["logits q·k/√d", "base bias B", "DAPE f([S;B])", "total (pre-softmax)"]),

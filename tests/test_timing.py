@@ -247,7 +247,7 @@ def test_every_registered_pe_times_in_one_group(tmp_path: Path, fake_timer: None
     assert [o.status for o in outcomes] == ["done", "done"]
     for o in outcomes:
         timing = [r for r in o.cell_dir.read_metrics() if r["metric"].startswith("ms_")]
-        assert {r["pe"] for r in timing} == {*names, "rope:base=10001"}
+        assert {r["pe"] for r in timing} == {*(s.label for s in T.resolve_pes(",".join(names))), "rope:base=10001"}
         bad = [(r["pe"], r.get("reason")) for r in timing if r["status"] != "ok" or not r["backend"]]
         assert not bad
 
@@ -556,7 +556,7 @@ def test_check_estimate_groups_are_timed_and_tabled(tmp_path: Path, fake_timer: 
         (1, False), (2, True), (4, True)]
     outcomes = run(todo, tmp_path)
     assert {r["backend"] for r in records_of(outcomes) if r["metric"] == "ms_fwd"} == {"paper"}
-    tables, _ = timing_report_tables(collect_cells([o.cell_dir for o in outcomes]))
+    tables, _ = timing_report_tables(collect_cells([o.cell_dir for o in outcomes]).frame)
     check = next(t for t in tables if t.key == "timing_estimate_check")
     # a fake call costs the same at any depth: 1 -> 2 blocks predicts 2x the measured, 1 -> 4 4x, 2 -> 4 2x
     assert [(r[5].text, r[6].text, r[-1].text) for r in check.rows] == [

@@ -6,7 +6,7 @@ every document (``<|sep|>``), so ``vocab_size = 257``. Lossless and download-fre
 ``bpe`` / ``bpe:<V>``: a byte-level BPE with ``V`` ids trained offline on the training split of the
 cell's corpus with the ``tokenizers`` package and cached (:mod:`lenbench.data.bpe`). Lossless.
 
-``hf:<name>``: a tokenizer from the Hub (e.g. ``hf:gpt2``, the DAPE setup, dape.md §3(d)) loaded
+``hf:<name>``: a tokenizer from the Hub (e.g. ``hf:gpt2``, the DAPE setup, docs/dape.md §3(d)) loaded
 with the ``tokenizers`` package, or with ``transformers`` when only that one is installed. Its EOS
 token (``<|endoftext|>`` for GPT-2) is the separator.
 """

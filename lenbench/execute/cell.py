@@ -4,7 +4,9 @@ Every executor has one interface, ``run(cells, store, console) -> list[Outcome]`
 wherever it runs, goes through :func:`run_cell_once`: it runs under its folder's lock (so no cell
 runs twice at once), a cell whose ``DONE`` exists with the same config is skipped, and a NaN/inf
 loss marks the cell failed (reason and step in ``FAILED``) while the grid goes on. The grid
-expansion and the store decide what is pending, so rerunning or resubmitting is always safe.
+expansion and the store decide what is pending, so rerunning or resubmitting is always safe. A cell
+computed again because its PE changed (an edited plugin, a changed default) says why before it
+starts, and its stale folder moves aside once it finishes (:mod:`lenbench.execute.supersede`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rich.console import Console
 
 from lenbench.errors import LenbenchError
+from lenbench.execute.supersede import stale_cells, supersede_stale
 from lenbench.execute.tracking import Tracking, tracked
 from lenbench.results import CellBusy, CellDir, ResultStore, environment_manifest
 from lenbench.suites.base import Cell, Reporter
@@ -94,6 +97,48 @@ def locked(cell_dir: CellDir) -> Iterator[None]:
             time.sleep(0.05)
 
 
+class Whereabouts:
+    """A reporter wrapper that remembers how far the cell got, for the Ctrl-C message (:func:`stopped_at`)."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+        self.phase, self.done, self.total = "", 0, 0
+
+    def train_start(self, label: str, total_steps: int, resumed_from: int) -> None:
+        self.phase, self.done, self.total = "train", resumed_from, total_steps
+        self.inner.train_start(label, total_steps, resumed_from)
+
+    def train_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.done = step
+        self.inner.train_step(step, metrics)
+
+    def eval_start(self, label: str, total: int, weights: Sequence[float] | None = None) -> None:
+        self.phase, self.done, self.total = "eval", 0, total
+        self.inner.eval_start(label, total, weights)
+
+    def eval_step(self, done: int, what: str, value: float) -> None:
+        self.done = done
+        self.inner.eval_step(done, what, value)
+
+    def message(self, text: str) -> None:
+        self.inner.message(text)
+
+
+def stopped_at(cell: Cell, where: Whereabouts) -> str:
+    """One line for Ctrl-C: where the cell stopped and what rerunning the same command does."""
+    every = int((cell.config.get("train") or {}).get("checkpoint_every") or 0)
+    if where.phase == "train":
+        kept = where.done // every * every if every else 0
+        resume = f"from its checkpoint at step {kept}" if kept else "from step 0 (no checkpoint yet)"
+        at = f"at training step {where.done}/{where.total}; rerunning the same command resumes it {resume}"
+    elif where.phase == "eval":
+        at = (f"while evaluating ({where.done}/{where.total} done, each kept); rerunning the same command resumes "
+              "its evaluation there")
+    else:
+        at = "before it trained; rerunning the same command starts it again"
+    return f"interrupted {cell.label} {at}; finished cells are kept"
+
+
 def run_cell_once(
     cell: Cell, store: ResultStore, suite: Any, reporter: Reporter, log: bool = False, tracking: Tracking | None = None
 ) -> Outcome:
@@ -106,21 +151,41 @@ def run_cell_once(
         with locked(cell_dir):
             if cell_dir.is_done(cell.config):  # finished by another process while we waited
                 return Outcome(cell, cell_dir, "skipped", _read_summary(cell_dir))
+            for old, why in stale_cells(cell, store):
+                reporter.message(f"rerun {cell.label}: {why} ({old.path}; it moves aside when this cell finishes)")
             cell_dir.prepare(cell.config, environment_manifest(device_name()))
+            where = Whereabouts(reporter)
             with cell_log(cell_dir) if log else contextlib.nullcontext(), tracked(tracking, cell, cell_dir) as trackers:
                 try:
-                    summary = suite.run_cell(cell, cell_dir, trackers.reporter(reporter))
+                    summary = suite.run_cell(cell, cell_dir, trackers.reporter(where))
+                except KeyboardInterrupt:
+                    reporter.message(stopped_at(cell, where))
+                    raise
                 except NonFiniteLoss as exc:
                     trackers.failed = True
                     cell_dir.mark_failed(str(exc), exc.step)
                     if log:
                         print(f"FAILED: {exc}")
+                    for line in supersede_stale(cell, store):
+                        reporter.message(line)
                     return Outcome(cell, cell_dir, "failed", reason=str(exc))
+                except Exception as exc:  # e.g. a dataset that cannot be loaded: failed, with why, then raised
+                    trackers.failed = True
+                    cell_dir.mark_failed(failure_reason(exc), None)
+                    raise
                 trackers.records(cell_dir.read_metrics())
             cell_dir.mark_done(summary)
+            for line in supersede_stale(cell, store):
+                reporter.message(line)
             return Outcome(cell, cell_dir, "done", summary)
     except CellBusy as exc:
         return Outcome(cell, cell_dir, "busy", reason=str(exc))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one line ``FAILED`` records for an error that stopped a cell."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, LenbenchError) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 def _read_summary(cell_dir: CellDir) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -81,8 +82,8 @@ class QueueReporter:
             self.last = now
             self.send("train_step", step, {k: float(v) for k, v in metrics.items()})
 
-    def eval_start(self, label: str, total: int) -> None:
-        self.send("eval_start", label, total)
+    def eval_start(self, label: str, total: int, weights: Sequence[float] | None = None) -> None:
+        self.send("eval_start", label, total, None if weights is None else [float(w) for w in weights])
 
     def eval_step(self, done: int, what: str, value: float) -> None:
         self.send("eval_step", done, what, float(value))

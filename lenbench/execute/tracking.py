@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -156,8 +156,8 @@ class TrackedReporter:
             tracker.step(step, metrics)
         self.inner.train_step(step, metrics)
 
-    def eval_start(self, label: str, total: int) -> None:
-        self.inner.eval_start(label, total)
+    def eval_start(self, label: str, total: int, weights: Sequence[float] | None = None) -> None:
+        self.inner.eval_start(label, total, weights)
 
     def eval_step(self, done: int, what: str, value: float) -> None:
         self.inner.eval_step(done, what, value)

@@ -21,7 +21,7 @@ Backends:
 - ``flex``: a static bias with a ``score_mod`` -> compiled FlexAttention, used on CUDA (unless the
   PE's own parameters train: score_mod sees them detached) and for CPU evaluation under
   ``no_grad`` from :data:`FLEX_CPU_MIN_LENGTH` tokens on (torch 2.13 has no CPU backward,
-  pe_zoo.md §16.2); below that, compiling per length costs more than it saves. A PE whose bias
+  docs/pe.md §16.2); below that, compiling per length costs more than it saves. A PE whose bias
   comes from a compiled CPU kernel (FIRE, :mod:`lenbench.pe.fire_kernel`) keeps ``blocked_bias``.
 - ``explicit``: a ``scores`` hook (DAPE, CoPE, Transformer-XL) -> logits computed per block of
   queries so memory stays ``O(B * block * N * width)``, never ``O(H * N^2)`` at once: the block is
@@ -33,7 +33,7 @@ Backends:
   :mod:`lenbench.pe.dape_fused`: logits, MLP across heads and online softmax per tile, backward
   recomputing tiles, O(B H N) memory; CPU C kernel (fp32), Triton on CUDA. ``explicit`` stays the
   reference and the off switch (``backend="explicit"`` or ``LENBENCH_DAPE_KERNEL=0``).
-- ``paper``: every PE through the one unfused path of DAPE's GPT-NeoX code (dape.md §1.3), so a
+- ``paper``: every PE through the one unfused path of DAPE's GPT-NeoX code (docs/dape.md §1.3), so a
   timing compares PEs on the same kernels (DAPE Table 1): the full ``S = baddbmm(Q, K^T, alpha =
   1/sqrt(d))`` over all N keys (no query blocks, no skipped future keys), the PE on it (rotation
   before, ``S + B``, or the ``scores`` hook on the whole ``S``), the causal mask as
@@ -65,7 +65,7 @@ BLOCK_BUDGET = 1 << 27
 
 # Backends that add a position term (bias or scores hook) to the logits: under autocast they run in
 # fp32 (q, k, v upcast, autocast off), so the bias, DAPE's MLP and the logits are never rounded to
-# bf16/fp16 (issue 16; dape.md §1.4). FlexAttention keeps its inputs: its score_mod runs on the
+# bf16/fp16 (issue 16; docs/dape.md §1.4). FlexAttention keeps its inputs: its score_mod runs on the
 # kernel's fp32 scores.
 FP32_BACKENDS = ("sdpa_bias", "blocked_bias", "small", "explicit", "dape_fused")
 
@@ -378,7 +378,7 @@ class Attention(nn.Module):
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def paper(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """DAPE's NeoX attention (dape.md §1.3), unblocked: ``S = baddbmm(0, Q, K^T, beta=0,
+        """DAPE's NeoX attention (docs/dape.md §1.3), unblocked: ``S = baddbmm(0, Q, K^T, beta=0,
         alpha=1/sqrt(d))``; ``S + B`` or ``scores(S)`` on all keys; future keys set to
         ``finfo(dtype).min``; ``softmax(S) V``."""
         b, h, nq, d = q.shape

@@ -66,12 +66,17 @@ static void run(const float *a, const float *skip, float *out, int64_t n, uint64
     (void)threads;
 }
 
-void dropout_forward(const float *x, const float *skip, float *out, int64_t n, uint64_t seed, uint64_t threshold,
-                     float scale, int64_t threads) {
+/* Both return 0, or -1 (nothing touched) for a negative size or a keep threshold above 2^32. */
+int dropout_forward(const float *x, const float *skip, float *out, int64_t n, uint64_t seed, uint64_t threshold,
+                    float scale, int64_t threads) {
+    if (n < 0 || threshold > (1ULL << 32)) return -1;
     run(x, skip, out, n, seed, threshold, scale, threads);
+    return 0;
 }
 
-void dropout_backward(const float *g, float *dx, int64_t n, uint64_t seed, uint64_t threshold, float scale,
-                      int64_t threads) {
+int dropout_backward(const float *g, float *dx, int64_t n, uint64_t seed, uint64_t threshold, float scale,
+                     int64_t threads) {
+    if (n < 0 || threshold > (1ULL << 32)) return -1;
     run(g, 0, dx, n, seed, threshold, scale, threads);
+    return 0;
 }

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenbench import native
+from lenbench.errors import LenbenchError
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 SOURCE = Path(__file__).with_name("dropout.c")
@@ -73,18 +74,27 @@ class KernelDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, skip, p):  # type: ignore[override]
+        native.require("dropout", "input", x, tuple(x.shape), layout="contiguous")
+        if skip is not None:
+            native.require("dropout", "residual", skip, tuple(x.shape), layout="contiguous")
+        if not 0.0 < p < 1.0:
+            raise LenbenchError(f"dropout kernel: p must be in (0, 1), got {p}")
         seed, limit, scale = _seed(), threshold(1.0 - p), 1.0 / (1.0 - p)
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        _library().dropout_forward(x.data_ptr(), None if skip is None else skip.data_ptr(), out.data_ptr(),
-                                   x.numel(), seed, limit, scale, torch.get_num_threads())
-        ctx.draw, ctx.has_skip = (seed, limit, scale), skip is not None
+        if _library().dropout_forward(x.data_ptr(), None if skip is None else skip.data_ptr(), out.data_ptr(),
+                                      x.numel(), seed, limit, scale, torch.get_num_threads()):
+            raise LenbenchError(f"dropout kernel refused {x.numel()} elements at keep threshold {limit}")
+        ctx.draw, ctx.has_skip, ctx.shape = (seed, limit, scale), skip is not None, tuple(x.shape)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         grad = grad.contiguous()
         dx = torch.empty_like(grad)
-        _library().dropout_backward(grad.data_ptr(), dx.data_ptr(), grad.numel(), *ctx.draw, torch.get_num_threads())
+        native.require("dropout", "output gradient", grad, tuple(ctx.shape), layout="contiguous")
+        if _library().dropout_backward(grad.data_ptr(), dx.data_ptr(), grad.numel(), *ctx.draw,
+                                       torch.get_num_threads()):
+            raise LenbenchError(f"dropout kernel refused {grad.numel()} elements")
         return dx, (grad if ctx.has_skip else None), None
 
 

@@ -1,7 +1,7 @@
 """Model size presets (layers, width, heads) for the LM and timing suites.
 
-350m/2.7b/6.7b follow the GPT-3 shapes used in the DAPE timing table (issue #5; dape.md §3(c));
-125m is the DAPE 125M config (12 x 768, 12 heads; dape.md §3(d)); tiny is a CPU-sized decoder.
+350m/2.7b/6.7b follow the GPT-3 shapes used in the DAPE timing table (issue #5; docs/dape.md §3(c));
+125m is the DAPE 125M config (12 x 768, 12 heads; docs/dape.md §3(d)); tiny is a CPU-sized decoder.
 """
 
 from __future__ import annotations

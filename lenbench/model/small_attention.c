@@ -17,7 +17,9 @@
  * element strides (batch, head, time) with the last axis contiguous. The bias is [H or 1, Tq, Kp]
  * contiguous, Kp = Tk rounded up to 16, with -inf in the padding columns (it also masks the padding
  * keys; head stride 0 shares one bias across heads); dbias is [H, Tq, Kp]; lse is [B * H, Tq].
- * D must be a multiple of 8, at most 64. Entry points return 0, or -1 (bad D, out of memory).
+ * D must be a multiple of 8, at most 64. Entry points return 0, -1 (out of memory) or -2 (sizes or
+ * strides no tensor can have: checked before any memory is read; the Python wrapper checks the
+ * tensors themselves against these sizes first).
  */
 #include <math.h>
 #include <pthread.h>
@@ -327,11 +329,22 @@ static int64_t clamp_threads(int64_t threads, int64_t items) {
     return threads < 1 ? 1 : threads;
 }
 
+/* 1 when dims or the first 3 * views strides cannot describe tensors this kernel reads. */
+static int bad_arguments(const int64_t *dims, const int64_t *strides, int views) {
+    if (dims[0] < 1 || dims[1] < 1 || dims[2] < 1 || dims[3] < 1) return 1;
+    if (dims[4] < 8 || dims[4] % 8 || dims[4] > 8 * MAX_CHUNKS) return 1;
+    const int64_t kp = (dims[3] + LANES - 1) / LANES * LANES;
+    if (dims[5] != 0 && dims[5] < dims[2] * kp) return 1; /* heads of the bias would overlap */
+    for (int i = 0; i < 3 * views; i++)
+        if (strides[i] < 0) return 1;
+    return 0;
+}
+
 /* dims = {B, H, Tq, Tk, D, bias head stride}; strides = 3 per view: q, k, v, out. */
 int small_attention_forward(const float *q, const float *k, const float *v, const float *bias, float *out,
                             float *lse, const int64_t *dims, const int64_t *strides, float scale,
                             int64_t threads) {
-    if (dims[4] % 8 || dims[4] > 8 * MAX_CHUNKS) return -1;
+    if (bad_arguments(dims, strides, 4)) return -2;
     Job jobs[MAX_THREADS];
     threads = clamp_threads(threads, dims[0] * dims[1]);
     for (int64_t t = 0; t < threads; t++)
@@ -346,7 +359,7 @@ int small_attention_forward(const float *q, const float *k, const float *v, cons
 int small_attention_backward(const float *q, const float *k, const float *v, const float *o, const float *dout,
                              const float *bias, const float *lse, float *dq, float *dk, float *dv, float *dbias,
                              const int64_t *dims, const int64_t *strides, float scale, int64_t threads) {
-    if (dims[4] % 8 || dims[4] > 8 * MAX_CHUNKS) return -1;
+    if (bad_arguments(dims, strides, 8)) return -2;
     Job jobs[MAX_THREADS];
     threads = clamp_threads(threads, dims[0] * dims[1]);
     const size_t nb = (size_t)(dims[1] * dims[2] * ((dims[3] + LANES - 1) / LANES * LANES));

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lenbench import native
+from lenbench.errors import LenbenchError
 
 SOURCE = Path(__file__).with_name("small_attention.c")
 SWITCH = "LENBENCH_SMALL_ATTENTION"
@@ -73,6 +74,23 @@ def _dims(q: torch.Tensor, k: torch.Tensor, padded: torch.Tensor) -> ctypes.Arra
     return (ctypes.c_int64 * 6)(b, h, tq, k.shape[-2], d, 0 if padded.shape[0] == 1 else padded.stride(0))
 
 
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Shapes, dtypes and strides the kernel reads (:func:`lenbench.native.require`): q ``[B, H, Tq, D]``,
+    k and v ``[B, H, Tk, D]`` with D a multiple of 8 up to 64, bias ``[1 or H, Tq, Tk]``."""
+    native.require("small attention", "q", q, (None, None, None, None))
+    b, h, tq, d = q.shape
+    native.require("small attention", "k", k, (b, h, None, d))
+    native.require("small attention", "v", v, tuple(k.shape))
+    if d % 8 or not 0 < d <= 64 or tq < 1 or k.shape[2] < 1:
+        raise LenbenchError(f"small attention kernel: head dim {d} must be a multiple of 8 up to 64, with tokens")
+    if bias is not None:
+        native.require("small attention", "bias", bias, (None, tq, k.shape[2]), layout="any",
+                       meaning="heads, queries, keys")
+        if bias.shape[0] not in (1, h):
+            raise LenbenchError(f"small attention kernel: bias has shape {list(bias.shape)}, expected [1 or {h}, "
+                                f"{tq}, {k.shape[2]}] = [heads, queries, keys]")
+
+
 def _forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,13 +98,14 @@ def _forward(
     lib = _library()
     if lib is None:
         raise RuntimeError("the small attention kernel is not available (small_attention.available() is False)")
+    check_inputs(q, k, v, bias)
     b, h, tq, d = q.shape
     padded = padded_bias(bias, tq, k.shape[-2])
     out = torch.empty(b, tq, h, d, dtype=q.dtype).transpose(1, 2)  # the out projection reads it as [B, Tq, E]
     lse = torch.empty(b * h, tq, dtype=torch.float32)
-    if lib.small_attention_forward(_ptr(q), _ptr(k), _ptr(v), _ptr(padded), _ptr(out), _ptr(lse),
-                                   _dims(q, k, padded), _strides(q, k, v, out), scale, torch.get_num_threads()):
-        raise MemoryError("small attention kernel: out of memory")
+    native.check_status("small attention", lib.small_attention_forward(
+        _ptr(q), _ptr(k), _ptr(v), _ptr(padded), _ptr(out), _ptr(lse), _dims(q, k, padded), _strides(q, k, v, out),
+        scale, torch.get_num_threads()))
     return out, lse, padded
 
 
@@ -99,11 +118,11 @@ def _backward(
     q, k, v, padded, out, lse = saved
     h, tq, tk = q.shape[1], q.shape[2], k.shape[-2]
     grad = _last_contiguous(grad)
+    native.require("small attention", "output gradient", grad, tuple(out.shape))
     dbias = torch.zeros(h, tq, padded.shape[-1], dtype=torch.float32) if bias_grad else None
-    if lib.small_attention_backward(_ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(grad), _ptr(padded), _ptr(lse),
-                                    _ptr(dq), _ptr(dk), _ptr(dv), _ptr(dbias), _dims(q, k, padded),
-                                    _strides(q, k, v, out, grad, dq, dk, dv), scale, torch.get_num_threads()):
-        raise MemoryError("small attention kernel: out of memory")
+    native.check_status("small attention", lib.small_attention_backward(
+        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(grad), _ptr(padded), _ptr(lse), _ptr(dq), _ptr(dk), _ptr(dv),
+        _ptr(dbias), _dims(q, k, padded), _strides(q, k, v, out, grad, dq, dk, dv), scale, torch.get_num_threads()))
     if dbias is None:
         return None
     dbias = dbias[..., :tk]
@@ -144,6 +163,9 @@ class PackedSmallAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, bias, scale, queries):  # type: ignore[override]
+        native.require("small attention", "qkv", qkv, (None, None, 3, None, None))
+        if not 0 < queries <= qkv.shape[1]:
+            raise LenbenchError(f"small attention kernel: {queries} queries of {qkv.shape[1]} tokens")
         out, lse, padded = _forward(*_packed_views(qkv, queries), None if bias is None else bias.detach(), scale)
         ctx.save_for_backward(qkv, padded, out, lse)
         ctx.scale, ctx.queries, ctx.bias_heads = scale, queries, None if bias is None else bias.shape[0]

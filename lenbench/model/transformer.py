@@ -1,11 +1,11 @@
 """One transformer for every suite: the CHE encoder and the causal LM decoder share these blocks.
 
-CHE encoder (che.md §2.3): token embedding x sqrt(E), additive PE then dropout (absolute PEs
+CHE encoder (docs/che.md §2.3): token embedding x sqrt(E), additive PE then dropout (absolute PEs
 only), post-LN blocks ``a = LN(h + Drop(MHA(h)))``, ``h = LN(a + Drop(FFN(a)))`` with a ReLU FFN
 of width 4E, no final LN, a per-position ``Linear(E -> C)`` head. Haiku initialisation:
 truncated normal (std 1/sqrt(fan_in), +-2 sigma) for linears, zero biases, embedding std 0.02.
 
-LM decoder (GPT-2 style, pe_zoo.md / dape.md §3(d)): pre-LN blocks, GELU FFN, a final LN,
+LM decoder (GPT-2 style, docs/pe.md / docs/dape.md §3(d)): pre-LN blocks, GELU FFN, a final LN,
 causal attention, N(0, 0.02) initialisation.
 """
 
@@ -21,7 +21,8 @@ from torch import nn
 from lenbench.model.attention import Attention
 from lenbench.model.dropout import Dropout
 from lenbench.pe.base import PEContext, PositionalEncoding
-from lenbench.pe.registry import PESpec, pe_class
+from lenbench.pe.contract import check_hooks
+from lenbench.pe.registry import PESpec, pe_class, spec_name
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         pes = build_pes(cfg, pe)
+        check_hooks(pes[0], spec_name(pe), cfg.dim, cfg.heads)  # once per model build (lenbench.pe.contract)
         self.pe_input = pes[0]
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg, p) for p in pes)
@@ -123,7 +125,7 @@ class Transformer(nn.Module):
         With ``last``, the final block computes queries, feed-forward and head for those positions
         alone (its keys and values still cover every token), which equals slicing the full output:
         an encoder's other final-layer outputs are never read (CHE reads the last
-        ``output_length(N)`` positions, che.md §2.1). Causal models never need it.
+        ``output_length(N)`` positions, docs/che.md §2.1). Causal models never need it.
         """
         x = self.embed(ids)
         if self.cfg.embed_scale:
@@ -145,5 +147,5 @@ class Transformer(nn.Module):
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean token cross-entropy, logits ``[..., C]`` vs class ids ``[...]`` (che.md §2.4: unmasked)."""
+    """Mean token cross-entropy, logits ``[..., C]`` vs class ids ``[...]`` (docs/che.md §2.4: unmasked)."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))

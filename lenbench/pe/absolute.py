@@ -1,9 +1,9 @@
-"""Absolute positional encodings, added once to the token embeddings (pe_zoo.md §2-4).
+"""Absolute positional encodings, added once to the token embeddings (docs/pe.md §2-4).
 
 Their randomized variants (Ruoss et al. 2023) are at the end; the sampling policy is
 :class:`~lenbench.pe.base.RandomizedPositions`'s.
 
-The model multiplies token embeddings by sqrt(E) before the PE is added (che.md §2.3), then
+The model multiplies token embeddings by sqrt(E) before the PE is added (docs/che.md §2.3), then
 applies embedding dropout only when a PE embeds.
 """
 
@@ -21,7 +21,7 @@ from lenbench.pe.registry import PES
 
 @PES.register("nope")
 class NoPE(PositionalEncoding):
-    """No positional signal (pe_zoo.md §2). In the bidirectional CHE encoder the model is a bag of
+    """No positional signal (docs/pe.md §2). In the bidirectional CHE encoder the model is a bag of
     tokens and cannot solve order-dependent tasks: a legitimate outcome, not a bug. Causal: order
     comes only from the mask."""
 
@@ -33,7 +33,7 @@ class NoPE(PositionalEncoding):
 def sinusoid_table(pos: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
     """``PE[p] = [sin(p w_0..w_{E/2-1}), cos(p w_0..w_{E/2-1})]``, ``w_i = base^(-2i/E)``.
 
-    Halves concatenated, not interleaved (RPE ``sinusoid_position_encoding``; pe_zoo.md §3);
+    Halves concatenated, not interleaved (RPE ``sinusoid_position_encoding``; docs/pe.md §3);
     angles in fp32. Returns ``[N, dim]``.
     """
     if dim % 2:
@@ -46,7 +46,7 @@ def sinusoid_table(pos: torch.Tensor, dim: int, base: float = 10000.0) -> torch.
 @PES.register("sinusoidal")
 class Sinusoidal(PositionalEncoding):
     """Vaswani et al. 2017 sinusoids, ``x_p = E[tok_p] sqrt(d) + PE(p)`` with
-    ``PE(p) = [sin(p w_i), cos(p w_i)]``, ``w_i = 10000^(-2i/d)`` (pe_zoo.md §3; RPE layout).
+    ``PE(p) = [sin(p w_i), cos(p w_i)]``, ``w_i = 10000^(-2i/d)`` (docs/pe.md §3; RPE layout).
     Bidirectional and causal forms are identical."""
 
     name = "sinusoidal"
@@ -63,11 +63,11 @@ class Sinusoidal(PositionalEncoding):
 
 @PES.register("learned")
 class Learned(PositionalEncoding):
-    """Learned absolute table, ``x_p = E[tok_p] sqrt(d) + P[p]`` (pe_zoo.md §4), initialised by
+    """Learned absolute table, ``x_p = E[tok_p] sqrt(d) + P[p]`` (docs/pe.md §4), initialised by
     :func:`learned_table`: TruncatedNormal(std 1, +-2 sigma) in the CHE encoder (Haiku ``hk.Embed``'s
     default, which RPE's LEARNT uses), ``N(0, 0.02)`` in the causal LM (GPT-2).
 
-    Sized to the longest evaluation length (policy 1 of pe_zoo.md §4): rows past the training
+    Sized to the longest evaluation length (policy 1 of docs/pe.md §4): rows past the training
     length keep their initial values, the honest "learned absolute fails" baseline. A longer
     sequence is refused with a clear error instead of clamping.
     """
@@ -85,9 +85,9 @@ class Learned(PositionalEncoding):
 
 
 def learned_table(rows: int, dim: int, causal: bool) -> nn.Embedding:
-    """A ``rows x dim`` position table: causal (LM) ``N(0, 0.02)`` as GPT-2 (pe_zoo.md §4, §18);
+    """A ``rows x dim`` position table: causal (LM) ``N(0, 0.02)`` as GPT-2 (docs/pe.md §4, §18);
     bidirectional (CHE encoder) TruncatedNormal(std 1) cut at +-2 sigma, Haiku ``hk.Embed``'s default
-    initializer, which RPE's LEARNT and NOISY_LEARNT use (they pass no ``w_init``; che.md §2.3)."""
+    initializer, which RPE's LEARNT and NOISY_LEARNT use (they pass no ``w_init``; docs/che.md §2.3)."""
     table = nn.Embedding(rows, dim)
     if causal:
         nn.init.normal_(table.weight, std=0.02)

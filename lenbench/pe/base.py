@@ -9,7 +9,9 @@
 
 Every hook is a no-op by default; the attention module asks which ones a PE overrides
 (:meth:`PositionalEncoding.has_hook`) and picks its backend accordingly. Positions are explicit
-tensors: :meth:`positions` returns ``arange(n)`` unless the PE randomizes them.
+tensors: :meth:`positions` returns ``arange(n)`` unless the PE randomizes them. Each overridden
+hook's output is checked against this contract once per model build (:mod:`lenbench.pe.contract`):
+a head-independent ``[Nq, Nk]`` bias is refused on every backend, never broadcast.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class PositionalEncoding(nn.Module):
 
 def fp32_region(device: torch.device) -> torch.autocast:
     """Autocast off on ``device``: a position term (bias, FIRE's or DAPE's MLP) is formed in fp32
-    even when the caller runs under bf16/fp16 autocast (issue 16; dape.md §1.4)."""
+    even when the caller runs under bf16/fp16 autocast (issue 16; docs/dape.md §1.4)."""
     return torch.autocast(device.type, enabled=False)
 
 
@@ -136,7 +138,7 @@ def relative_distance(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Randomized positional encodings (Ruoss et al., ACL 2023; pe_zoo.md §9, §18; che.md §3.2).
+# Randomized positional encodings (Ruoss et al., ACL 2023; docs/pe.md §9, §18; docs/che.md §3.2).
 #
 # For a sequence of n tokens, draw n **distinct** integers uniformly from ``[0, L)`` without
 # replacement, sort them ascending, and use them instead of ``0..n-1`` (RPE
@@ -147,14 +149,14 @@ def relative_distance(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
 #
 # - ``max_position`` L: default 2048 for the bidirectional CHE encoder (RPE ``example.py`` and DAPE's
 #   CHE appendix) and ``4 * train_length`` for the causal LM (DAPE's "randomised length = 4x
-#   training length"); pe_zoo.md §18. The CHE profiles also set it to 2048 explicitly.
+#   training length"); docs/pe.md §18. The CHE profiles also set it to 2048 explicitly.
 # - when: one draw per :meth:`positions` call, i.e. once per forward for the input-level PEs and once
 #   per layer per forward for rotary/ALiBi (RPE draws NOISY_ROTARY and NOISY_ALIBI per layer), shared
 #   by the batch; from torch's global RNG, so the run's seed fixes it.
-# - evaluation: RPE also samples at test time (che.md §2.6), so ``eval_random=True`` by default;
+# - evaluation: RPE also samples at test time (docs/che.md §2.6), so ``eval_random=True`` by default;
 #   ``eval_random=False`` uses ``arange(n)`` in eval mode.
 # - ``n > L``: sampling without replacement is impossible. ``overflow="arange"`` (default) falls back
-#   to ``0..n-1``, the policy of pe_zoo.md §18 (the LM grid evaluates past 4 x 512); ``overflow="error"``
+#   to ``0..n-1``, the policy of docs/pe.md §18 (the LM grid evaluates past 4 x 512); ``overflow="error"``
 #   raises a :class:`LenbenchError`. ``randomized-learned`` has only L rows, so it always refuses n > L.
 
 
@@ -162,7 +164,7 @@ OVERFLOW = ("arange", "error")
 
 
 def default_max_position(ctx: PEContext) -> int:
-    """L = 2048 for the bidirectional CHE encoder, ``4 * train_length`` for the causal LM (pe_zoo.md §18)."""
+    """L = 2048 for the bidirectional CHE encoder, ``4 * train_length`` for the causal LM (docs/pe.md §18)."""
     return 4 * ctx.train_length if ctx.causal else 2048
 
 

@@ -1,4 +1,4 @@
-"""Static relative biases ``B_h(i, j)`` added to the scaled logits (pe_zoo.md §11-12): ALiBi, Kerple.
+"""Static relative biases ``B_h(i, j)`` added to the scaled logits (docs/pe.md §11-12): ALiBi, Kerple.
 
 T5, FIRE and randomized ALiBi follow ALiBi and Kerple below, each section with its sources.
 
@@ -31,7 +31,7 @@ from lenbench.pe.registry import PES
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
-    """ALiBi head slopes (Press et al.; ALB fairseq L742-752; pe_zoo.md §11, §17).
+    """ALiBi head slopes (Press et al.; ALB fairseq L742-752; docs/pe.md §11, §17).
 
     Power of two H: ``m_h = 2^(-8h/H)``, h = 1..H. Otherwise, with P = 2^floor(log2 H): the P
     power-of-two slopes, then the even-indexed entries of the 2P list, first H - P of them.
@@ -61,10 +61,10 @@ def alibi_distance(d: torch.Tensor, causal: bool) -> torch.Tensor:
 
 @PES.register("alibi")
 class ALiBi(PositionalEncoding):
-    """ALiBi (Press et al. 2022; pe_zoo.md §11).
+    """ALiBi (Press et al. 2022; docs/pe.md §11).
 
     Causal: ``B_h(i,j) = -m_h (i - j)`` for j <= i.
-    Bidirectional (RPE ``compute_alibi_encodings_biases``; che.md §3.1):
+    Bidirectional (RPE ``compute_alibi_encodings_biases``; docs/che.md §3.1):
     ``B_h(i,j) = m_h (-|i - j| + 0.5 [j < i])``, the +0.5 on past keys breaks left/right symmetry.
     Slopes from :func:`alibi_slopes`; nothing is learned.
     """
@@ -94,7 +94,7 @@ class ALiBi(PositionalEncoding):
 class _KerpleBase(PositionalEncoding):
     """Shared machinery of the Kerple kernels: per-head parameters, in-place clamp, sides."""
 
-    shared = False  # per layer, as DAPE builds it (dape.md §1.4); KER shares one module
+    shared = False  # per layer, as DAPE builds it (docs/dape.md §1.4); KER shares one module
     translation_invariant = True
 
     def __init__(self, ctx: PEContext, **options: Any) -> None:
@@ -111,7 +111,7 @@ class _KerpleBase(PositionalEncoding):
         raise NotImplementedError
 
     def clamp_(self) -> None:
-        """KER's constraint: in-place clamp of ``.data`` before every bias (pe_zoo.md §12)."""
+        """KER's constraint: in-place clamp of ``.data`` before every bias (docs/pe.md §12)."""
         raise NotImplementedError
 
     def kernel(self, dist: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
@@ -145,10 +145,10 @@ class _KerpleBase(PositionalEncoding):
 
 @PES.register("kerple")
 class KerpleLog(_KerpleBase):
-    """Kerple, logarithmic kernel (Chi et al. 2022; pe_zoo.md §12; KER ``ParallelKerpleLog``).
+    """Kerple, logarithmic kernel (Chi et al. 2022; docs/pe.md §12; KER ``ParallelKerpleLog``).
 
     Causal: ``B_h(i,j) = -r1_h log(1 + r2_h (i - j))`` for j <= i.
-    Bidirectional (ours, pe_zoo.md §12 proposal): separate ``(r1, r2)`` for past keys (distance
+    Bidirectional (ours, docs/pe.md §12 proposal): separate ``(r1, r2)`` for past keys (distance
     i - j) and future keys (distance j - i), like T5's split halves.
     Init ``r1 ~ 2 U(0,1)``, ``r2 ~ U(0,1)``; both clamped in place to >= 0.01 before every forward.
     One module per layer (DAPE's choice).
@@ -175,13 +175,13 @@ class KerpleLog(_KerpleBase):
 
 @PES.register("kerple-power")
 class KerplePower(_KerpleBase):
-    """Kerple, power kernel (Chi et al. 2022; pe_zoo.md §12; KER ``ParallelKerplePower``, ``kerple_power_ap_``).
+    """Kerple, power kernel (Chi et al. 2022; docs/pe.md §12; KER ``ParallelKerplePower``, ``kerple_power_ap_``).
 
     Causal: ``B_h(i,j) = -r1_h (i - j)^r2_h`` for j <= i.
     Bidirectional (ours, as :class:`KerpleLog`): separate ``(r1, r2)`` for past and future keys.
     KER names: ``bias_a`` = r1 (scale), init ``U(0,1)``, clamped >= 0.01; ``bias_p`` = r2
     (exponent), init ``2 U(0,1)``, clamped to [0.01, 2]; both in place before every forward.
-    ``0^r2`` has a finite (masked) gradient in PyTorch (pe_zoo.md §12). One module per layer.
+    ``0^r2`` has a finite (masked) gradient in PyTorch (docs/pe.md §12). One module per layer.
     """
 
     name = "kerple-power"
@@ -203,10 +203,10 @@ class KerplePower(_KerpleBase):
 
 
 # --------------------------------------------------------------------------------------------------
-# T5 relative position bias (Raffel et al. 2020; pe_zoo.md §10, §17, §18).
+# T5 relative position bias (Raffel et al. 2020; docs/pe.md §10, §17, §18).
 #
 # ``B_h(i, j) = T[bucket(i - j), h]`` with a learned table ``T`` of ``num_buckets x H``, added to the
-# scaled logits **without** the sqrt(d_h) factor of XT/NeoX, initialised ``N(0, 0.02)`` (pe_zoo.md §10
+# scaled logits **without** the sqrt(d_h) factor of XT/NeoX, initialised ``N(0, 0.02)`` (docs/pe.md §10
 # recommendation), one table shared by all layers (HF, XT, NeoX).
 #
 # Buckets of ``n = i - j`` (HF ``_relative_position_bucket``):
@@ -253,7 +253,7 @@ def t5_bucket(rel: torch.Tensor, lut: torch.Tensor, half: int = 0) -> torch.Tens
 
 @PES.register("t5")
 class T5Bias(PositionalEncoding):
-    """T5's bucketed learned bias (Raffel et al. 2020; HF ``_relative_position_bucket``; pe_zoo.md §10).
+    """T5's bucketed learned bias (Raffel et al. 2020; HF ``_relative_position_bucket``; docs/pe.md §10).
 
     ``B_h(i, j) = T[bucket(i - j), h]``, ``T`` learned ``[num_buckets, H]``, init ``N(0, 0.02)``, one
     table for all layers, added to the scaled logits without a sqrt(d_h) factor.
@@ -303,21 +303,21 @@ __all__ = ["T5Bias", "t5_bucket", "t5_magnitude_buckets"]
 
 
 # --------------------------------------------------------------------------------------------------
-# FIRE: Functional Interpolation for Relative position Encoding (Li et al., ICLR 2024; pe_zoo.md §13).
+# FIRE: Functional Interpolation for Relative position Encoding (Li et al., ICLR 2024; docs/pe.md §13).
 #
 # Causal (LM), with ``i`` the 0-based query position and ``j <= i``:
 # ``B(i, j) = f(psi(i - j) / (psi(max(i, L)) + eps))``, ``psi(x) = log(|c x| + 1)``, where
 # ``f: R -> R^H`` is ``Linear(1, 32) -> ReLU -> Linear(32, H)`` shared by the heads, ``c`` a learned
 # scalar (init 0.1), ``L = |L_mult * l0|`` with a learned multiplier ``L_mult`` (init 1) and a fixed
-# ``l0``, ``eps = 1e-6`` (DAPE ``FIRE`` L451 and ARITH ``FIRE``, identical defaults; pe_zoo.md §13).
+# ``l0``, ``eps = 1e-6`` (DAPE ``FIRE`` L451 and ARITH ``FIRE``, identical defaults; docs/pe.md §13).
 # Normalising by the query position ("progressive interpolation") keeps the MLP input in [0, 1] at any
 # length; for ``i <= L`` the normaliser is constant. Future entries use distance 0 (masked anyway).
 #
 # ``l0`` defaults to **512**, the class default of ARITH and DAPE's standalone ``DAPE.py``, as
-# pe_zoo.md §13 recommends. DAPE's NeoX runs used ``noise_seq_length // 2 = 64`` at training length 512
+# docs/pe.md §13 recommends. DAPE's NeoX runs used ``noise_seq_length // 2 = 64`` at training length 512
 # (``--pe fire:l0=64`` reproduces that). MLP: PyTorch default init; one FIRE per layer (DAPE).
 #
-# Bidirectional (CHE encoder): no source defines one (pe_zoo.md §13, §19). Ours, after the pe_zoo.md
+# Bidirectional (CHE encoder): no source defines one (docs/pe.md §13, §19). Ours, after the docs/pe.md
 # proposal of a signed input: ``x = sign(i - j) psi(|i - j|) / (psi(max(i, j, L)) + eps)``. For past keys
 # it is the causal form; a future key is normalised by its own (later) position, so ``|x| <= 1``
 # everywhere and left and right stay distinguishable.
@@ -356,18 +356,18 @@ def activation(z: torch.Tensor, negative_slope: float) -> torch.Tensor:
 
 @PES.register("fire")
 class FIRE(PositionalEncoding):
-    """FIRE bias (Li et al., ICLR 2024; DAPE ``FIRE`` L451, ARITH ``FIRE``; pe_zoo.md §13).
+    """FIRE bias (Li et al., ICLR 2024; DAPE ``FIRE`` L451, ARITH ``FIRE``; docs/pe.md §13).
 
     ``psi(x) = log(|c x| + 1)``, ``L = |L_mult * l0|``, ``f = Linear(1, 32) -> ReLU -> Linear(32, H)``.
     Causal (LM): ``B(i, j) = f(psi(i - j) / (psi(max(i, L)) + eps))`` for ``j <= i`` (future entries
     use distance 0 and are masked): for ``i <= L`` the normaliser is the constant ``psi(L)``, past it
     ``psi(i)`` (progressive interpolation, inputs stay in [0, 1] at any length).
-    Bidirectional (CHE encoder; ours, no source defines one, pe_zoo.md §13 proposal):
+    Bidirectional (CHE encoder; ours, no source defines one, docs/pe.md §13 proposal):
     ``B(i, j) = f(sign(i - j) psi(|i - j|) / (psi(max(i, j, L)) + eps))``, in [-1, 1], left and right
     distinguishable.
 
     Options: ``mlp_width=32``, ``init_c=0.1``, ``l0=512`` (the class default of ARITH and DAPE's
-    ``DAPE.py``, pe_zoo.md §13 recommendation; DAPE's NeoX LM runs used 64), ``eps=1e-6``. For CHE the
+    ``DAPE.py``, docs/pe.md §13 recommendation; DAPE's NeoX LM runs used 64), ``eps=1e-6``. For CHE the
     source default stays: with sequences of at most ~120 training tokens the normaliser is the constant
     ``psi(512)`` in training and at every CHE test length below 512 (``fire:l0=N`` scales it, as DAPE's
     NeoX code scales it to its noise length). ``c`` and
@@ -455,7 +455,7 @@ class FIRE(PositionalEncoding):
         return super().causal_bias(q_pos, k_pos, first)
 
     def score_mod(self) -> ScoreMod | None:
-        """The MLP unrolled over its hidden units (pe_zoo.md §16.1), parameters captured detached as
+        """The MLP unrolled over its hidden units (docs/pe.md §16.1), parameters captured detached as
         1-element or 1-D tensors (no 0-d captured scalars)."""
         c, threshold = self.c.detach().clone(), self.threshold().detach().clone()
         w1, b1 = self.fc1.weight.detach()[:, 0].clone(), self.fc1.bias.detach().clone()
@@ -474,7 +474,7 @@ class FIRE(PositionalEncoding):
 
 class LeakyFIRE(FIRE):
     """FIRE with LeakyReLU(0.01) in its MLP: the base bias inside DAPE-FIRE (DAPE ``FIRE_C`` L526-540;
-    dape.md §1.5). Not registered on its own."""
+    docs/dape.md §1.5). Not registered on its own."""
 
     name = "fire-leaky"
     negative_slope = 0.01
@@ -489,14 +489,14 @@ __all__ = ["FIRE", "LeakyFIRE", "activation", "fire_input", "fire_psi"]
 
 @PES.register("randomized-alibi")
 class RandomizedALiBi(RandomizedPositions, ALiBi):
-    """ALiBi on randomized positions or distances (Ruoss et al.; pe_zoo.md §9, §16). With a signed distance
+    """ALiBi on randomized positions or distances (Ruoss et al.; docs/pe.md §9, §16). With a signed distance
     ``r(i, j)`` it is ALiBi's formula (:func:`~lenbench.pe.bias.alibi_distance`):
     causal ``B_h = -m_h max(r, 0)``; bidirectional ``B_h = m_h (-|r| + 0.5 [r > 0])``.
 
-    - ``randomize="distances"`` (default; RPE ``NOISY_ALIBI`` exactly, che.md §3.2, with RPE's
+    - ``randomize="distances"`` (default; RPE ``NOISY_ALIBI`` exactly, docs/che.md §3.2, with RPE's
       ``randomize_both_sides=False``): draw sorted distinct ``s_1 < ... < s_{n-1}`` from ``[1, L)``,
       ``s_0 = 0``, and ``r = sign(i - j) s_{|i-j|}``.
-    - ``randomize="positions"`` (ours; DESIGN.md, pe_zoo.md §16): ``r = p_i - p_j`` with sorted
+    - ``randomize="positions"`` (ours; DESIGN.md, docs/pe.md §16): ``r = p_i - p_j`` with sorted
       positions ``p`` drawn from ``[0, L)``, as if the n tokens sat at those places of a longer text.
 
     Either way one draw per layer and forward. ``score_mod`` captures that draw, so it gives the

@@ -22,7 +22,7 @@ from lenbench.pe.base import (
 from lenbench.pe.registry import PES
 
 # --------------------------------------------------------------------------------------------------
-# CoPE: Contextual Position Encoding (Golovneva et al. 2024, arXiv 2405.18719; pe_zoo.md §14).
+# CoPE: Contextual Position Encoding (Golovneva et al. 2024, arXiv 2405.18719; docs/pe.md §14).
 #
 # Positions count gated tokens instead of tokens. With ``s_ij = q_i . k_j / sqrt(d_h)`` (COPE
 # ``context_position.py``, facebookresearch/RAM):
@@ -41,7 +41,7 @@ from lenbench.pe.registry import PES
 
 def interpolate(z_int: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``z(p) = w z[ceil p] + (1 - w) z[floor p]``, ``w = p - floor p``; ``z_int`` ``[..., npos]``,
-    ``p`` ``[..., Nk]`` already clamped to ``[0, npos - 1]`` (COPE; pe_zoo.md §14)."""
+    ``p`` ``[..., Nk]`` already clamped to ``[0, npos - 1]`` (COPE; docs/pe.md §14)."""
     floor = p.detach().floor()
     w = p - floor
     lo = z_int.gather(-1, floor.long())
@@ -51,10 +51,10 @@ def interpolate(z_int: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 @PES.register("cope")
 class CoPE(PositionalEncoding):
-    """Contextual position encoding (pe_zoo.md §14; see the module docstring for the formula).
+    """Contextual position encoding (docs/pe.md §14; see the module docstring for the formula).
 
     Causal (LM): positions count gates of keys ``j..i`` as in COPE; future gates are 0.
-    Bidirectional (CHE encoder; ours, no source defines one, pe_zoo.md §14 "causal only"): past
+    Bidirectional (CHE encoder; ours, no source defines one, docs/pe.md §14 "causal only"): past
     keys (``j <= i``) use ``p_ij = sum_{t=j..i} g_it`` and the table ``e``; future keys (``j > i``)
     count forwards, ``p_ij = sum_{t=i..j} g_it``, with a second zero-initialised table, so the two
     sides stay distinguishable.
@@ -113,7 +113,7 @@ __all__ = ["CoPE", "interpolate"]
 
 
 # --------------------------------------------------------------------------------------------------
-# Transformer-XL relative attention (Dai et al. 2019; pe_zoo.md §15).
+# Transformer-XL relative attention (Dai et al. 2019; docs/pe.md §15).
 #
 # ``logit_ij = [(q_i + u) . k_j + (q_i + v) . (W_R R_{i-j})] / sqrt(d_h)`` (TXL
 # ``RelPartialLearnableMultiHeadAttn``), i.e. given the scaled logits ``s = q k^T / sqrt(d_h)``:
@@ -128,7 +128,7 @@ __all__ = ["CoPE", "interpolate"]
 
 @PES.register("transformer-xl")
 class TransformerXL(PositionalEncoding):
-    """Transformer-XL relative PE with content (u) and position (v) biases (pe_zoo.md §15).
+    """Transformer-XL relative PE with content (u) and position (v) biases (docs/pe.md §15).
 
     Causal (LM): distances ``i - j >= 0`` (future entries are masked afterwards).
     Bidirectional (CHE encoder): signed distances ``i - j`` in ``[-(N-1), N-1]``, RPE's
@@ -137,7 +137,7 @@ class TransformerXL(PositionalEncoding):
 
     One module per layer with its own ``u``, ``v`` and ``W_R``, as DAPE's ``xl_bias`` baseline does
     (the TXL run of the DAPE paper). The official TXL shares one ``u, v`` pair across layers
-    (pe_zoo.md §15, §18); the model builds a PE either once for all layers or once per layer, so
+    (docs/pe.md §15, §18); the model builds a PE either once for all layers or once per layer, so
     sharing ``u, v`` alone is not offered. ``clamp_len > 0`` caps ``|i - j|`` (TXL ``clamp_len``;
     default off).
     Parameters per layer: ``2 H d_h + d_model * H d_h``.
@@ -192,12 +192,12 @@ __all__ = ["RandomizedRelative", "TransformerXL"]
 
 # --------------------------------------------------------------------------------------------------
 # Randomized relative encoding (Ruoss et al., ACL 2023; RPE ``NOISY_RELATIVE``,
-# ``compute_attention_with_noisy_relative_encodings``; che.md §3.2, pe_zoo.md §9).
+# ``compute_attention_with_noisy_relative_encodings``; docs/che.md §3.2, docs/pe.md §9).
 #
 # Transformer-XL attention (above) whose relative offsets are mapped to random signed positions:
 # per layer and forward draw ``T - 1`` distinct distances uniformly from ``[1, L)``, sort them,
 # ``r_1 < ... < r_{T-1}``, ``r_0 = 0``; offset ``d = j - i`` (key minus query, RPE's convention,
-# che.md §3.1) is encoded by the sinusoid at ``sign(d) r_{|d|}``:
+# docs/che.md §3.1) is encoded by the sinusoid at ``sign(d) r_{|d|}``:
 # ``logit_ij = s_ij + [u . k_j + (q_i + v) . W_R R(sign(d) r_{|d|})] / sqrt(d_h)``.
 # ``randomize_both_sides`` (RPE option, default False) draws the left side independently: RPE draws
 # ``T`` magnitudes there and uses the ``T - 1`` smallest, and so do we.

@@ -1,15 +1,15 @@
-"""DAPE: Data-Adaptive Positional Encoding (Zheng et al., NeurIPS 2024; dape.md §1).
+"""DAPE: Data-Adaptive Positional Encoding (Zheng et al., NeurIPS 2024; docs/dape.md §1).
 
-``S = QK^T / sqrt(d_head)`` (scaled, as the code does, dape.md §1.3) and ``B`` the base bias of
+``S = QK^T / sqrt(d_head)`` (scaled, as the code does, docs/dape.md §1.3) and ``B`` the base bias of
 every head. ``f`` is a two-layer MLP applied point-wise at every (i, j) across heads:
 ``Linear(2h -> D) -> LeakyReLU(0.01) -> Linear(D -> h)``, PyTorch default init, one per layer
-(dape.md §1.4). Variants (dape.md §1.2):
+(docs/dape.md §1.4). Variants (docs/dape.md §1.2):
 
 - ``concat_residual`` (default, Eq. 3): ``S + B + f([S; B])``
 - ``concat`` (Eq. 2): ``S + f([S; B])``
 - ``add_residual``: ``S + B + f(S + B)`` with ``f: h -> D -> h``
 
-f sees unmasked scores; the causal mask and softmax come after (dape.md §1.3). ``[S; B]``, f and
+f sees unmasked scores; the causal mask and softmax come after (docs/dape.md §1.3). ``[S; B]``, f and
 the sum are formed in fp32 also under autocast (issue 16): the returned logits are fp32.
 """
 
@@ -36,7 +36,7 @@ class DAPE(PositionalEncoding):
     Causal (LM) and bidirectional (CHE encoder) forms are the same formula: f is point-wise in
     (i, j), so each form is DAPE over the base's own causal or bidirectional ``B`` (e.g. Kerple's
     separate past/future parameters). In the causal form f also sees future entries of S and B;
-    their outputs are overwritten by the mask, so nothing leaks (dape.md §1.3).
+    their outputs are overwritten by the mask, so nothing leaks (docs/dape.md §1.3).
     Parameters per layer: ``(2h or h) D + D + D h + h`` plus the base's.
     """
 
@@ -107,7 +107,7 @@ class DAPE(PositionalEncoding):
 
 @PES.register("dape-kerple")
 class DAPEKerple(DAPE):
-    """DAPE over Kerple-log (dape.md §1.5): ``S + B_kerple + f([S; B_kerple])``; the Kerple
+    """DAPE over Kerple-log (docs/dape.md §1.5): ``S + B_kerple + f([S; B_kerple])``; the Kerple
     parameters are per layer and follow :class:`~lenbench.pe.bias.KerpleLog`'s two forms."""
 
     name = "dape-kerple"
@@ -125,7 +125,7 @@ class DAPEDefault(DAPEKerple):
 
 @PES.register("dape-alibi")
 class DAPEALiBi(DAPE):
-    """DAPE over ALiBi (dape.md §1.5): ``S + B_alibi + f([S; B_alibi])``, fixed slopes."""
+    """DAPE over ALiBi (docs/dape.md §1.5): ``S + B_alibi + f([S; B_alibi])``, fixed slopes."""
 
     name = "dape-alibi"
     description = "DAPE (Zheng et al. 2024) over ALiBi: S + B + MLP([S;B]) per layer"
@@ -135,7 +135,7 @@ class DAPEALiBi(DAPE):
 class _FIREBaseOption:
     """Mixin for the DAPE forms over FIRE: option ``l0`` (FIRE's fixed threshold part, default 512,
     :class:`~lenbench.pe.bias.FIRE`) reaches the base; DAPE's NeoX LM runs used ``l0=64``
-    (``noise_seq_length // 2``, dape.md §1.5)."""
+    (``noise_seq_length // 2``, docs/dape.md §1.5)."""
 
     def __init__(self, ctx: PEContext, l0: float = 512.0, **options: Any) -> None:
         self.l0 = float(l0)
@@ -147,7 +147,7 @@ class _FIREBaseOption:
 
 @PES.register("dape-fire")
 class DAPEFIRE(_FIREBaseOption, DAPE):
-    """DAPE over FIRE (dape.md §1.5): ``S + B_fire + f([S; B_fire])``. As in DAPE's ``FIRE_C``, the
+    """DAPE over FIRE (docs/dape.md §1.5): ``S + B_fire + f([S; B_fire])``. As in DAPE's ``FIRE_C``, the
     FIRE MLP inside uses LeakyReLU(0.01); FIRE's defaults and both forms otherwise; ``l0`` option."""
 
     name = "dape-fire"
@@ -156,10 +156,10 @@ class DAPEFIRE(_FIREBaseOption, DAPE):
 
 
 # --------------------------------------------------------------------------------------------------
-# DAPE V2, ``DAPE_{1xk}`` (Zheng et al., arXiv 2410.04798; dape.md §2).
+# DAPE V2, ``DAPE_{1xk}`` (Zheng et al., arXiv 2410.04798; docs/dape.md §2).
 #
 # V1's Concat_Residual form with the point-wise MLP replaced by two ``1 x k`` convolutions along
-# the key axis (dape.md §2.1, code ``Kerple_DAPEV2``/``Alibi_DAPEV2``/``FIRE_DAPEV2``):
+# the key axis (docs/dape.md §2.1, code ``Kerple_DAPEV2``/``Alibi_DAPEV2``/``FIRE_DAPEV2``):
 #
 # - ``Z = [S; B]`` ``[b, 2h, Nq, Nk]``, ``S = QK^T / sqrt(d_head)``, ``B`` the base bias;
 # - causal: ``Z_ij = 0`` where ``k_pos[j] > q_pos[i]`` (zeros, by absolute position) so no future key
@@ -176,7 +176,7 @@ class DAPEFIRE(_FIREBaseOption, DAPE):
 # alike, a prefix gives the same logits as the full sequence, and query blocks that skip future keys
 # are exact.
 #
-# Odd ``k`` only (even ``k`` breaks the shapes in the released code, dape.md §2.2). The kernel is
+# Odd ``k`` only (even ``k`` breaks the shapes in the released code, docs/dape.md §2.2). The kernel is
 # one query tall, so query rows never mix and query blocks are exact.
 
 
@@ -184,8 +184,8 @@ class DAPEV2(PositionalEncoding):
     """DAPE V2 over a base bias PE: ``S + B + Conv(LeakyReLU(Conv(zero_future([S; B]))))``.
 
     Causal (LM): future entries are zeroed when ``zero_future`` (default True; False reproduces the
-    leaky "cheating" model of dape.md §2.1 and is not causal). Bidirectional (CHE encoder; ours,
-    dape.md §6 item 4): nothing is zeroed and the convolutions see the whole key row, over the
+    leaky "cheating" model of docs/dape.md §2.1 and is not causal). Bidirectional (CHE encoder; ours,
+    docs/dape.md §6 item 4): nothing is zeroed and the convolutions see the whole key row, over the
     base's bidirectional bias.
     Parameters per layer: ``2h D k + D + D h k + h`` plus the base's.
     """
@@ -244,7 +244,7 @@ class DAPEV2(PositionalEncoding):
 
 @PES.register("dape-v2-kerple")
 class DAPEV2Kerple(DAPEV2):
-    """DAPE V2 over Kerple-log (dape.md §2.1, ``Kerple_DAPEV2``); Kerple parameters per layer,
+    """DAPE V2 over Kerple-log (docs/dape.md §2.1, ``Kerple_DAPEV2``); Kerple parameters per layer,
     in :class:`~lenbench.pe.bias.KerpleLog`'s causal and bidirectional forms."""
 
     name = "dape-v2-kerple"
@@ -254,7 +254,7 @@ class DAPEV2Kerple(DAPEV2):
 
 @PES.register("dape-v2-alibi")
 class DAPEV2ALiBi(DAPEV2):
-    """DAPE V2 over ALiBi (dape.md §2.1, ``Alibi_DAPEV2``), fixed slopes."""
+    """DAPE V2 over ALiBi (docs/dape.md §2.1, ``Alibi_DAPEV2``), fixed slopes."""
 
     name = "dape-v2-alibi"
     description = "DAPE V2 (1xk conv over keys, k=3) over ALiBi, future entries zeroed"
@@ -263,7 +263,7 @@ class DAPEV2ALiBi(DAPEV2):
 
 @PES.register("dape-v2-fire")
 class DAPEV2FIRE(_FIREBaseOption, DAPEV2):
-    """DAPE V2 over FIRE (dape.md §2.1, ``FIRE_DAPEV2``); as in that code the FIRE MLP inside uses
+    """DAPE V2 over FIRE (docs/dape.md §2.1, ``FIRE_DAPEV2``); as in that code the FIRE MLP inside uses
     LeakyReLU(0.01) (:class:`~lenbench.pe.bias.LeakyFIRE`, FIRE's defaults and both forms otherwise);
     ``l0`` option (the V2 configs' ``noise_seq_length: 512`` gives DAPE's ``l0 = 256``)."""
 

@@ -1,6 +1,6 @@
 /* Fused DAPE v1 attention on CPU, forward and backward, O(B H N) memory (lenbench, issue 19).
  *
- * DAPE v1 (Zheng et al., NeurIPS 2024; reference/dape.md section 1), per batch row b, query i, key j:
+ * DAPE v1 (Zheng et al., NeurIPS 2024; docs/dape.md section 1), per batch row b, query i, key j:
  *   s_h  = scale q_hi . k_hj                      (all heads h < H; scale = 1 / sqrt(d))
  *   x    = [s; B] (concat_residual, concat: C = 2H channels) or s + B (add_residual: C = H)
  *   z_u  = b1_u + sum_c W1_uc x_c,   a_u = LeakyReLU(z_u),   f_h = b2_h + sum_u W2_hu a_u
@@ -423,6 +423,15 @@ static void rank_update(vf *g, const vf *A, const vf *X, int64_t np, int64_t D, 
             for (int64_t p = 0; p < np; p++) g[u0 * C + c] += A[p * D + u0] * X[p * C + c];
 }
 
+/* 1 when the sizes cannot describe inputs this kernel reads: queries first .. first + Nq - 1 must be
+ * keys, Kp a whole number of key blocks covering Nk (the Python wrapper checks the tensors first). */
+static int bad_arguments(const Args *a) {
+    if (a->B < 1 || a->H < 1 || a->Nq < 1 || a->Nk < 1 || a->d < 1 || a->D < 1) return 1;
+    if (a->variant < CONCAT_RESIDUAL || a->variant > ADD_RESIDUAL) return 1;
+    if (a->first < 0 || a->first + a->Nq > a->Nk) return 1;
+    return a->Kp < a->Nk || a->Kp % KB;
+}
+
 static inline int64_t key_end(const Args *a, int64_t r1) {
     return a->causal && a->first + r1 < a->Nk ? a->first + r1 : a->Nk;
 }
@@ -436,12 +445,13 @@ int dape_threads(int64_t requested) {
 #endif
 }
 
-/* out [B, H, Nq, d], lse [B, H, Nq]. Returns 0, or -1 when out of memory. */
+/* out [B, H, Nq, d], lse [B, H, Nq]. Returns 0, -1 when out of memory, or -2 for impossible sizes. */
 int dape_forward(const float *q, const float *kT, const float *v, const float *bias, const float *w1,
                  const float *b1, const float *w2t, const float *b2, float *out, float *lse, const int64_t *dims,
                  float scale, float slope, int64_t threads) {
     Args a = {q, kT, NULL, NULL, v, bias, w1, b1, w2t, b2, 0};
     unpack(&a, dims, scale, slope);
+    if (bad_arguments(&a)) return -2;
     const int64_t H = a.H, d = a.d, D = a.D, C = a.C, tiles = (a.Nq + TQ - 1) / TQ;
     int failed = 0;
     float *zb = bias_units(&a, &failed);
@@ -528,6 +538,7 @@ int dape_backward(const float *q, const float *kT, const float *k, const float *
                   float slope, int64_t threads) {
     Args a = {q, kT, k, vT, NULL, bias, w1, b1, w2t, b2, 0};
     unpack(&a, dims, scale, slope);
+    if (bad_arguments(&a)) return -2;
     const int64_t H = a.H, d = a.d, D = a.D, C = a.C, tiles = (a.Nq + TQ - 1) / TQ;
     const int64_t kv_ts = strides[0], dbias_ts = strides[1];
     /* a shared (full) dbias needs each query row in one item: batch rows inside; else one item per (tile, b) */

@@ -1,7 +1,7 @@
 """Fused DAPE v1 attention: logits, the MLP across heads and an online softmax per tile, O(B H N) memory.
 
 Computes, exactly, the attention that the ``explicit`` backend computes for :class:`~lenbench.pe.dape.DAPE`
-(reference/dape.md section 1): ``softmax(S + B + f([S; B])) V`` (or the ``concat`` and
+(docs/dape.md section 1): ``softmax(S + B + f([S; B])) V`` (or the ``concat`` and
 ``add_residual`` forms), ``S = q k^T / sqrt(d)``, ``f = W2 LeakyReLU_{0.01}(W1 x + b1) + b2`` over
 all heads of each (query, key) pair, causal mask after f. The forward keeps the output and one
 log-sum-exp per row and head; the backward recomputes every tile (formulas in ``dape_fused.c``), so no
@@ -79,6 +79,31 @@ def _dims(q: torch.Tensor, k: torch.Tensor, hidden: int, meta: dict[str, Any], l
     return (ctypes.c_int64 * len(values))(*values)
 
 
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, w1: torch.Tensor,
+                 b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Every shape the C kernel reads (:func:`lenbench.native.require`), checked before the call: q
+    ``[B, H, Nq, d]``, k and v ``[B, H, Nk, d]``, queries ``first .. first + Nq - 1`` within the keys, bias
+    ``[H, 2 Nk - 1]`` (Toeplitz) or ``[H, Nq, Nk]``, ``w1 [D, 2H or H]``, ``b1 [D]``, ``w2 [H, D]``, ``b2 [H]``."""
+    kernel = "fused DAPE"
+    native.require(kernel, "q", q, (None, None, None, None), layout="contiguous")
+    b, h, nq, d = q.shape
+    native.require(kernel, "k", k, (b, h, None, d), layout="contiguous")
+    native.require(kernel, "v", v, tuple(k.shape), layout="contiguous")
+    nk, hidden = k.shape[2], w1.shape[0] if w1.dim() == 2 else -1
+    if min(b, h, nq, nk, d) < 1 or not 0 <= meta["first"] <= nk - nq:
+        raise LenbenchError(f"{kernel} kernel: {nq} queries from token {meta['first']} over {nk} keys, batch {b}, "
+                            f"{h} heads of dim {d}")
+    columns = h if meta["variant"] == "add_residual" else 2 * h
+    if meta["toeplitz"]:
+        native.require(kernel, "bias", bias, (h, 2 * nk - 1), layout="contiguous", meaning="heads, 2N-1 distances")
+    else:
+        native.require(kernel, "bias", bias, (h, nq, nk), layout="contiguous", meaning="heads, queries, keys")
+    native.require(kernel, "fc1 weight", w1, (None, columns), layout="contiguous")
+    native.require(kernel, "fc1 bias", b1, (hidden,), layout="contiguous")
+    native.require(kernel, "fc2 weight", w2, (h, hidden), layout="any")
+    native.require(kernel, "fc2 bias", b2, (h,), layout="contiguous")
+
+
 class FusedDAPEFunction(torch.autograd.Function):
     """q ``[B, H, Nq, d]``; k, v ``[B, H, Nk, d]``; bias (row or full); w1 ``[D, C]``, b1, w2 ``[H, D]``, b2."""
 
@@ -89,6 +114,7 @@ class FusedDAPEFunction(torch.autograd.Function):
             raise RuntimeError("the fused DAPE kernel is not available (dape_fused.available() is False)")
         q, k, v = (t.detach().contiguous() for t in (q, k, v))
         bias, w1, b1, b2 = (t.detach().contiguous() for t in (bias, w1, b1, b2))
+        check_inputs(q, k, v, bias, w1, b1, w2, b2, meta)
         w2t = w2.detach().t().contiguous()
         b, h, nq, d = q.shape
         layout = bias_layout(bias, meta["toeplitz"], nq, k.shape[-2], meta["first"])
@@ -96,10 +122,9 @@ class FusedDAPEFunction(torch.autograd.Function):
         out = torch.empty_like(q)
         lse = torch.empty(b, h, nq)
         kt = _key_blocks(k)  # held here: the kernel reads it through a raw pointer
-        if lib.dape_forward(_ptr(q), _ptr(kt), _ptr(v), _ptr(bias, layout[0]), _ptr(w1), _ptr(b1),
-                            _ptr(w2t), _ptr(b2), _ptr(out), _ptr(lse), dims, meta["scale"], meta["slope"],
-                            torch.get_num_threads()):
-            raise MemoryError("fused DAPE kernel: out of memory")
+        native.check_status("fused DAPE", lib.dape_forward(
+            _ptr(q), _ptr(kt), _ptr(v), _ptr(bias, layout[0]), _ptr(w1), _ptr(b1), _ptr(w2t), _ptr(b2), _ptr(out),
+            _ptr(lse), dims, meta["scale"], meta["slope"], torch.get_num_threads()))
         ctx.save_for_backward(q, k, v, bias, w1, b1, w2t, b2, out, lse)
         ctx.meta, ctx.layout = meta, layout
         return out
@@ -112,6 +137,7 @@ class FusedDAPEFunction(torch.autograd.Function):
         b, h, nq, d = q.shape
         nk, hidden, c = k.shape[-2], w1.shape[0], w1.shape[1]
         grad = grad.contiguous()
+        native.require("fused DAPE", "output gradient", grad, tuple(out.shape), layout="contiguous")
         delta = (grad * out).sum(-1).contiguous()
         threads = int(lib.dape_threads(torch.get_num_threads()))
         dq = torch.zeros_like(q)
@@ -122,12 +148,11 @@ class FusedDAPEFunction(torch.autograd.Function):
         dbias = torch.zeros((threads, *bias.shape) if per_thread_bias else bias.shape)
         strides = (ctypes.c_int64 * 2)(b * h * nk * d, bias.numel() if per_thread_bias else 0)
         kt, vt = _key_blocks(k), _key_blocks(v)  # held here: the kernel reads them through raw pointers
-        if lib.dape_backward(_ptr(q), _ptr(kt), _ptr(k), _ptr(vt), _ptr(bias, layout[0]),
-                             _ptr(w1), _ptr(b1), _ptr(w2t), _ptr(b2), _ptr(grad), _ptr(lse), _ptr(delta), _ptr(dq),
-                             _ptr(dk), _ptr(dv), _ptr(dw1), _ptr(db1), _ptr(dw2t), _ptr(db2),
-                             _ptr(dbias, layout[0]), strides, _dims(q, k, hidden, meta, layout), meta["scale"],
-                             meta["slope"], threads):
-            raise MemoryError("fused DAPE kernel: out of memory")
+        native.check_status("fused DAPE", lib.dape_backward(
+            _ptr(q), _ptr(kt), _ptr(k), _ptr(vt), _ptr(bias, layout[0]), _ptr(w1), _ptr(b1), _ptr(w2t), _ptr(b2),
+            _ptr(grad), _ptr(lse), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv), _ptr(dw1), _ptr(db1), _ptr(dw2t),
+            _ptr(db2), _ptr(dbias, layout[0]), strides, _dims(q, k, hidden, meta, layout), meta["scale"],
+            meta["slope"], threads))
         dbias = dbias.sum(0) if per_thread_bias else dbias
         return (dq, dk.sum(0), dv.sum(0), dbias, dw1.sum(0), db1.sum(0), dw2t.sum(0).t(), db2.sum(0), None)
 

@@ -5,7 +5,7 @@
  *   p = qp[a] (causal; a future key, d < 0, has x = 0) or max(qp[a], kp[t]) (bidirectional),
  *
  * with num[n] = psi(n) = log(|c n| + 1) and den[p] = psi(max(p, L)) + eps tabulated by the caller
- * over integer distances and positions (Li et al., ICLR 2024; pe_zoo.md section 13; the formulas
+ * over integer distances and positions (Li et al., ICLR 2024; docs/pe.md section 13; the formulas
  * are FIRE's in lenbench/pe/bias.py). Why: FIRE's hidden layer is shared by the heads, so it is
  * evaluated once per pair here, 16 keys per vector, with one accumulator vector per head; PyTorch
  * would write the [pairs, width] hidden activations to memory and read them back.
@@ -15,7 +15,8 @@
  *
  * Layouts: qp [nq], kp [nk] (non-negative int64), w1, b1 [width], w2t [width, hp] (the second
  * layer transposed, heads zero-padded to hp, a multiple of HEADS_PER_PASS), b2 [hp]; out [heads, nq,
- * nk] contiguous. Returns 0, or -1 when hp is not a multiple of HEADS_PER_PASS.
+ * nk] contiguous. Returns 0, or -1 when hp is not a multiple of HEADS_PER_PASS or a size is impossible
+ * (checked before any memory is read).
  */
 #include <math.h>
 #include <stdint.h>
@@ -61,7 +62,7 @@ static inline vf inputs(int64_t qa, const int64_t *kp, int64_t t0, int64_t count
 int fire_bias(const int64_t *qp, int64_t nq, const int64_t *kp, int64_t nk, const float *num, const float *den,
               const float *w1, const float *b1, const float *w2t, const float *b2, int64_t width, int64_t heads,
               int64_t hp, float slope, int64_t causal, int64_t future_from, float *out, int64_t threads) {
-    if (hp % HEADS_PER_PASS || heads > hp) return -1;
+    if (hp % HEADS_PER_PASS || heads > hp || heads < 1 || width < 1 || nq < 0 || nk < 0) return -1;
     const int64_t chunks = (nk + LANES - 1) / LANES;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)

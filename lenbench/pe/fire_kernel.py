@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lenbench import native
+from lenbench.errors import LenbenchError
 
 SOURCE = Path(__file__).with_name("fire_bias.c")
 SWITCH = "LENBENCH_FIRE_KERNEL"
@@ -77,6 +78,15 @@ def fire_bias(
     if lib is None:
         raise RuntimeError("the FIRE kernel is not available (fire_kernel.available() is False)")
     qp, kp = q_pos.to(torch.int64).contiguous(), k_pos.to(torch.int64).contiguous()
+    native.require("FIRE bias", "query positions", qp, (None,), torch.int64, "contiguous")
+    native.require("FIRE bias", "key positions", kp, (None,), torch.int64, "contiguous")
+    for name, table in zip(("numerator table", "denominator table"), tables, strict=True):
+        native.require("FIRE bias", name, table.detach().float(), (None,), layout="any")
+    if fc1.in_features != 1 or fc2.in_features != fc1.out_features:
+        raise LenbenchError(f"FIRE bias kernel: layers {fc1.in_features}->{fc1.out_features} and "
+                            f"{fc2.in_features}->{fc2.out_features}, expected 1->width and width->heads")
+    if qp.numel() == 0 or kp.numel() == 0 or min(int(qp.min()), int(kp.min())) < 0:
+        raise LenbenchError("FIRE bias kernel: positions must be non-empty and non-negative")
     top = max(int(qp.max()), int(kp.max()))
     if min(t.shape[0] for t in tables) <= top:
         raise RuntimeError(f"FIRE's tables end before position {top}")
@@ -96,5 +106,5 @@ def fire_bias(
                      ptr(b2), width, heads, hp, float(negative_slope), int(causal),
                      -1 if future_from is None else int(future_from), ptr(out),
                      torch.get_num_threads()):
-        raise RuntimeError("the FIRE kernel rejected its head padding")
+        raise LenbenchError("the FIRE kernel refused its sizes (head padding, width or positions)")
     return out

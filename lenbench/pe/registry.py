@@ -4,14 +4,27 @@ A spec is ``name[:key=value,key=value]``; a list is comma-separated, and a ``key
 without a colon belongs to the PE before it, so ``dape-kerple:variant=concat,hidden=64,alibi``
 is two PEs. ``path/to/file.py:ClassName`` loads a user's PE class from a file; installed
 packages register through the ``lenbench.pe`` entry-point group.
+
+A PE's **identity** (:func:`pe_identity`, stored in every cell's config beside the spec) is what
+decides its behaviour: its class, every constructor option resolved (the defaults included, so a
+changed default is another cell), and, for a plugin, its code: the sha256 of the file of a
+``file.py:Class`` plugin, or the distribution's name, version and file hashes of an entry point.
+Editing a plugin therefore never reuses results computed with the old code. The hash covers the
+plugin's own file (or distribution), not modules it imports from elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import inspect
+import math
 import sys
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from lenbench.errors import LenbenchError
@@ -38,8 +51,12 @@ class PESpec:
 
     @property
     def label(self) -> str:
-        """Short display name: the registry name, or the class name of a file plugin."""
-        return self.name.rsplit(":", 1)[-1] if _is_path_spec(self.name) else str(self)
+        """Display name with options (a table's column, part of a cell's folder name): the spec as
+        written for a registered PE; for a ``file.py:Class`` plugin its declared ``name`` instead of
+        the path (:func:`plugin_name`), so ``mype.py:LogBias:scale=2`` reads ``log-bias:scale=2``."""
+        if not _is_path_spec(self.name):
+            return str(self)
+        return str(PESpec(plugin_name(pe_class(self)), self.options))
 
 
 def _coerce(value: str) -> Any:
@@ -77,7 +94,34 @@ def parse_pe_spec(text: str) -> PESpec:
         if not eq or not key:
             raise LenbenchError(f"PE option {item!r} in {text!r} must be key=value")
         options[key.strip().replace("-", "_")] = _coerce(value.strip())
-    return PESpec(name.strip().lower() if not _is_path_spec(name) else name.strip(), options)
+    return PESpec(canonical_pe_name(name.strip().lower()) if not _is_path_spec(name) else name.strip(), options)
+
+
+def canonical_pe_name(name: str) -> str:
+    """The registered name an alias stands for (``dape`` -> ``dape-kerple``); other names unchanged.
+
+    An alias is a registered class that only renames its one registered parent (it sets nothing
+    but ``name`` and ``description``), so both spellings build the same PE and are one cell and
+    one table column.
+    """
+    if name not in PES:
+        return name
+    cls: Any = PES.get(name)
+    own = {k for k in vars(cls) if not k.startswith("__")}
+    if len(cls.__bases__) != 1 or not own <= {"name", "description"}:
+        return name
+    parent = next((n for n, c in PES.items() if c is cls.__bases__[0]), None)
+    return name if parent is None else canonical_pe_name(parent)
+
+
+def canonical_pe_label(label: str) -> str:
+    """A stored PE label or spec with an alias name canonicalised (``dape:hidden=32`` ->
+    ``dape-kerple:hidden=32``); labels that do not parse as a spec stay as they are."""
+    head, sep, rest = label.partition(":")
+    if _is_path_spec(label) or not head:
+        return label
+    name = canonical_pe_name(head.strip().lower())
+    return name + sep + rest if name != head else label
 
 
 def parse_pe_list(text: str) -> list[PESpec]:
@@ -94,14 +138,32 @@ def parse_pe_list(text: str) -> list[PESpec]:
     return [parse_pe_spec(g) for g in groups]
 
 
-def _load_from_file(spec_name: str) -> type[PositionalEncoding]:
-    from lenbench.pe.base import PositionalEncoding
+_FILE_MODULES: dict[tuple[str, str], ModuleType] = {}  # (resolved path, sha256 of the file) -> module
 
-    path_text, _, class_name = spec_name.partition(":")
-    path = Path(path_text)
+
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file's bytes; a one-line error when it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise LenbenchError(f"cannot read PE plugin file {path}: {exc.strerror or exc}") from exc
+
+
+def _plugin_path(spec_name: str) -> Path:
+    path = Path(spec_name.partition(":")[0])
     if not path.is_file():
         raise LenbenchError(f"PE plugin file not found: {path}")
-    module_name = f"lenbench_user_pe_{abs(hash(str(path.resolve())))}"
+    return path
+
+
+def _file_module(path: Path) -> ModuleType:
+    """The plugin file's module, executed once per process and file content (an edited file loads anew)."""
+    resolved, digest = str(path.resolve()), file_sha256(path)
+    module = _FILE_MODULES.get((resolved, digest))
+    if module is not None:
+        return module
+    where = hashlib.sha256(resolved.encode()).hexdigest()[:12]
+    module_name = f"lenbench_user_pe_{where}_{digest[:12]}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
         raise LenbenchError(f"cannot load PE plugin file {path}")
@@ -110,10 +172,21 @@ def _load_from_file(spec_name: str) -> type[PositionalEncoding]:
     try:
         module_spec.loader.exec_module(module)
     except SyntaxError as exc:
+        del sys.modules[module_name]
         raise LenbenchError(f"PE plugin {path} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
     except Exception as exc:
+        del sys.modules[module_name]
         raise LenbenchError(f"PE plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
-    cls = getattr(module, class_name, None)
+    _FILE_MODULES[(resolved, digest)] = module
+    return module
+
+
+def _load_from_file(spec_name: str) -> type[PositionalEncoding]:
+    from lenbench.pe.base import PositionalEncoding
+
+    class_name = spec_name.partition(":")[2]
+    path = _plugin_path(spec_name)
+    cls = getattr(_file_module(path), class_name, None)
     if cls is None:
         raise LenbenchError(f"PE plugin {path} defines no {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, PositionalEncoding)):
@@ -143,11 +216,19 @@ def validate_spec(spec: PESpec) -> None:
 
     probe = PEContext(dim=32, heads=4, causal=False, train_length=8, max_length=16)
     try:
-        cls(probe, **spec.options)
+        pe = cls(probe, **spec.options)
     except LenbenchError:
         raise
     except (TypeError, ValueError) as exc:
         raise LenbenchError(f"PE {spec.name!r}: bad option value ({exc})") from exc
+    from lenbench.pe.contract import check_hooks
+
+    check_hooks(pe, spec_name(spec), probe.dim, probe.heads)  # before any cell starts
+
+
+def spec_name(spec: PESpec) -> str:
+    """How errors name a PE: ``'label'``, plus the spec where it differs (a plugin's file)."""
+    return repr(spec.label) if spec.label == str(spec) else f"{spec.label!r} ({spec})"
 
 
 def accepted_options(cls: type[PositionalEncoding]) -> set[str]:
@@ -171,11 +252,134 @@ def resolve_pes(value: str | list[Any], defaults: dict[str, Any] | None = None) 
     """
     text = value if isinstance(value, str) else ",".join(str(v) for v in value)
     specs = [parse_pe_spec(n) for n in PES.names()] if text.strip() == "all" else parse_pe_list(text)
-    out = []
+    out: list[PESpec] = []
     for spec in specs:
         accepted = accepted_options(pe_class(spec))
         extra = {k: v for k, v in (defaults or {}).items() if k in accepted and k not in spec.options}
         full = PESpec(spec.name, {**extra, **spec.options})
         validate_spec(full)
-        out.append(full)
+        if str(full) not in {str(s) for s in out}:  # an alias and its name (``all``, ``dape,dape-kerple``) are one PE
+            out.append(full)
     return out
+
+
+def plugin_name(cls: type[PositionalEncoding]) -> str:
+    """A plugin class's display name: its declared ``name`` (the class name when it declares none);
+    ``name@ClassName`` when a registered PE already has that name."""
+    declared = cls.__dict__.get("name")
+    name = declared if isinstance(declared, str) and declared else cls.__name__
+    return f"{name}@{cls.__name__}" if name in PES and PES.get(name) is not cls else name
+
+
+SKIPPED_PARAMETERS = ("self", "ctx")
+
+
+def _plain(value: Any) -> Any:
+    """A default as YAML/JSON-safe data that reads back equal (tuples -> lists, other objects -> repr)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if not math.isnan(value) else "nan"
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return repr(value)
+
+
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """Every keyword default of a class's constructors, base classes first, so a subclass's wins."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object or klass.__module__.startswith("torch."):
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            kinds = (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+            if name not in SKIPPED_PARAMETERS and param.kind not in kinds and param.default is not param.empty:
+                defaults[name] = _plain(param.default)
+    return defaults
+
+
+def resolved_options(spec: PESpec) -> dict[str, Any]:
+    """The options a PE is built with: every constructor default, overridden by the spec's options."""
+    return {**constructor_defaults(pe_class(spec)), **{k: _plain(v) for k, v in spec.options.items()}}
+
+
+def _source_files(dist: metadata.Distribution) -> list[Path]:
+    return sorted(Path(str(dist.locate_file(f))) for f in dist.files or [] if f.suffix in (".py", ".c", ".cu"))
+
+
+@cache
+def distribution_code(name: str, version: str) -> str:
+    """sha256 over an installed distribution's source files (names and bytes), cached per version."""
+    dist = metadata.distribution(name)
+    digest = hashlib.sha256()
+    for path in _source_files(dist):
+        digest.update(path.name.encode() + b"\0")
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _entry_point_dist(name: str) -> metadata.Distribution | None:
+    for ep in metadata.entry_points(group=PES.entry_point_group or ""):
+        if ep.name == name:
+            return ep.dist
+    return None
+
+
+def plugin_code(spec: PESpec) -> dict[str, Any] | None:
+    """What identifies a plugin PE's code (None for lenbench's own PEs, whose code the manifest's
+    source hash covers): a file plugin's sha256; for an installed plugin its distribution's name,
+    version and file hashes, plus the sha256 of the class's own source file (an editable install
+    lists no source files)."""
+    if _is_path_spec(spec.name):
+        path = _plugin_path(spec.name)
+        return {"file": path.name, "sha256": file_sha256(path)}
+    cls = pe_class(spec)
+    if cls.__module__ == "lenbench" or cls.__module__.startswith("lenbench."):
+        return None
+    code: dict[str, Any] = {"module": cls.__module__}
+    dist = _entry_point_dist(spec.name)
+    if dist is not None:
+        name = dist.metadata["Name"]
+        code.update(distribution=name, version=dist.version, files_sha256=distribution_code(name, dist.version))
+    source = inspect.getsourcefile(cls)
+    if source is not None and Path(source).is_file():
+        code["sha256"] = file_sha256(Path(source))
+    return code
+
+
+def pe_identity(spec: PESpec) -> dict[str, Any]:
+    """What decides a PE's behaviour, stored in each cell's config (module docstring): display label,
+    class, every option resolved, a wrapped base class's defaults (DAPE), and a plugin's code."""
+    cls = pe_class(spec)
+    where = _plugin_path(spec.name).name if _is_path_spec(spec.name) else cls.__module__
+    identity: dict[str, Any] = {
+        "label": spec.label,
+        "class": f"{where}:{cls.__qualname__}",
+        "options": resolved_options(spec),
+    }
+    base = getattr(cls, "base_class", None)
+    if isinstance(base, type):
+        identity["base"] = {"class": f"{base.__module__}:{base.__qualname__}", "defaults": constructor_defaults(base)}
+    code = plugin_code(spec)
+    if code is not None:
+        identity["code"] = code
+    return identity
+
+
+def pe_entries(spec: PESpec) -> dict[str, Any]:
+    """A cell config's PE entries, the one way every suite writes them: ``pe`` (the spec, which
+    builds the PE) and ``pe_identity`` (:func:`pe_identity`, which makes a changed default or an
+    edited plugin another cell)."""
+    return {"pe": str(spec), "pe_identity": pe_identity(spec)}
+
+
+def pe_label(config: dict[str, Any]) -> Any:
+    """A cell's PE as tables show it: the identity's label (a plugin's declared name plus options),
+    else the spec (cells written before identities were stored)."""
+    identity = config.get("pe_identity")
+    label = identity.get("label") if isinstance(identity, dict) else None
+    return str(label) if label else config.get("pe")

@@ -1,4 +1,4 @@
-"""Rotary position embeddings (pe_zoo.md §5).
+"""Rotary position embeddings (docs/pe.md §5).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from lenbench.pe.registry import PES
 
 
 def rope_inv_freq(rot_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """``theta_k = base^(-2k/d_r)`` for k = 0..d_r/2-1 (RoFormer; pe_zoo.md §5)."""
+    """``theta_k = base^(-2k/d_r)`` for k = 0..d_r/2-1 (RoFormer; docs/pe.md §5)."""
     return base ** (-torch.arange(0, rot_dim // 2, dtype=torch.float32) * 2.0 / rot_dim)
 
 
@@ -36,7 +36,7 @@ def apply_rotary(x: torch.Tensor, angles: torch.Tensor, scale: float = 1.0) -> t
 @PES.register("rope")
 class RoPE(PositionalEncoding):
     """RoPE (Su et al.): pair k of q and k at position p is rotated by ``p * theta_k``,
-    ``theta_k = base^(-2k/d_r)``, so ``q_m . k_n`` depends only on m - n (pe_zoo.md §5).
+    ``theta_k = base^(-2k/d_r)``, so ``q_m . k_n`` depends only on m - n (docs/pe.md §5).
 
     Half-split pairing, full head dimension (``rotary_pct=1``), base 1e4, angles in fp32. The
     bidirectional and causal forms are the same rotation.
@@ -66,10 +66,10 @@ class RoPE(PositionalEncoding):
 
 
 # --------------------------------------------------------------------------------------------------
-# RoPE context extension applied zero-shot: PI, NTK-aware, YaRN (pe_zoo.md §6-7).
+# RoPE context extension applied zero-shot: PI, NTK-aware, YaRN (docs/pe.md §6-7).
 #
 # All three change RoPE's inverse frequencies by a factor ``s`` that is **dynamic**:
-# ``s = max(1, n / L)`` for a sequence of n tokens and ``L = ctx.train_length`` (pe_zoo.md §6, §18;
+# ``s = max(1, n / L)`` for a sequence of n tokens and ``L = ctx.train_length`` (docs/pe.md §6, §18;
 # YARN ``LlamaDynamicYaRNScaledRotaryEmbedding``). For ``n <= L`` (s = 1) they *are* RoPE, bit for
 # bit: the scaled path is skipped. Angles in fp32; half-split pairs, base and ``rotary_pct`` as
 # :class:`~lenbench.pe.rotary.RoPE`. Bidirectional and causal forms are the same rotation.
@@ -97,7 +97,7 @@ class ScaledRoPE(RoPE):
 @PES.register("rope-pi")
 class RoPEPI(ScaledRoPE):
     """Position interpolation (Chen et al. 2023, arXiv 2306.15595; HF ``linear``): positions
-    ``p -> p / s``, i.e. ``theta_k / s``. Zero-shot it compresses local resolution (pe_zoo.md §6)."""
+    ``p -> p / s``, i.e. ``theta_k / s``. Zero-shot it compresses local resolution (docs/pe.md §6)."""
 
     name = "rope-pi"
     description = "RoPE with position interpolation p/s, s = max(1, n/L_train) (Chen et al. 2023)"
@@ -109,7 +109,7 @@ class RoPEPI(ScaledRoPE):
 @PES.register("rope-ntk")
 class RoPENTK(ScaledRoPE):
     """NTK-aware scaling (bloc97; HF ``_compute_ntk_parameters``, YARN ``LlamaNTKScaledRotaryEmbedding``):
-    ``base' = base * s^(d_r / (d_r - 2))``, then ``theta_k = base'^(-2k/d_r)`` (pe_zoo.md §6).
+    ``base' = base * s^(d_r / (d_r - 2))``, then ``theta_k = base'^(-2k/d_r)`` (docs/pe.md §6).
     Needs ``d_r > 2``."""
 
     name = "rope-ntk"
@@ -134,7 +134,7 @@ def yarn_inv_freq(
     beta_slow: float = 1.0,
     truncate: bool = True,
 ) -> torch.Tensor:
-    """YaRN's blended frequencies (YARN ``yarn()``, HF ``_compute_yarn_parameters``; pe_zoo.md §7).
+    """YaRN's blended frequencies (YARN ``yarn()``, HF ``_compute_yarn_parameters``; docs/pe.md §7).
 
     ``k(r) = d_r ln(L / (2 pi r)) / (2 ln base)``; ``k_low = floor(k(beta_fast))``, ``k_high =
     ceil(k(beta_slow))`` (no rounding when ``truncate`` is False), clamped to ``[0, d_r - 1]``.
@@ -164,7 +164,7 @@ def yarn_mscale(s: float) -> float:
 
 @PES.register("yarn")
 class YaRN(ScaledRoPE):
-    """YaRN (Peng et al. 2023, arXiv 2309.00071), dynamic zero-shot form (pe_zoo.md §7, §18).
+    """YaRN (Peng et al. 2023, arXiv 2309.00071), dynamic zero-shot form (docs/pe.md §7, §18).
 
     ``s = max(1, n / L_train)``; frequencies from :func:`yarn_inv_freq` with ``beta_fast = 32``,
     ``beta_slow = 1``, ``truncate``; cos and sin are **both** multiplied by ``m = 0.1 ln s + 1``

@@ -66,20 +66,26 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
 
 
 def duplicate_warnings(frame: pd.DataFrame) -> list[str]:
-    """Cells of the same (task|dataset|size, PE, seed, ...) with different configs are pooled: say so."""
-    keys = ["suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len"]
-    cells = frame[frame["suite"] != "timing"][keys + ["cell"]]
-    per = cells.drop_duplicates().groupby(keys, dropna=False)["cell"].nunique()
-    out = []
-    for key, n in per[per > 1].items():
-        named = [f"{k}={v}" for k, v in zip(keys, key, strict=True) if not _blank(v)]
-        out.append(f"{n} result folders for {', '.join(named)} (different configs); their values are pooled")
-    return out + timing_duplicate_warnings(frame)
+    """A PE timed at the same (size, length, mode, policy, slice) by several timing groups: say which
+    one the tables show (:func:`lenbench.report.tables.timing_duplicate_warnings`).
+
+    CHE and ppl never pool: :mod:`lenbench.report.collect` splits their protocols into separate
+    tables and marks extra folders of one table cell and seed ``superseded``, with its own warnings."""
+    return timing_duplicate_warnings(frame)
+
+
+def suite_tables(
+    frame: pd.DataFrame, reference: str | None = None
+) -> dict[str, tuple[list[Table], pd.DataFrame]]:
+    """Every suite's tables and tidy summary from a long table (``report`` and the close of ``run``);
+    ``reference``: the timing Ratio's denominator (None: DAPE-Kerple when timed)."""
+    return {"che": che_tables(frame), "ppl": ppl_tables(frame), "timing": timing_report_tables(frame, reference)}
 
 
 def provenance(frame: pd.DataFrame) -> str:
     """Where and when the cells were measured, from their manifests: device(s), CPU cores, torch
-    version(s), the dates the cells started and the git commit(s) that ran them."""
+    version(s), the dates the cells started, the lenbench version(s) and source hash(es) and the git
+    commit(s) that ran them."""
 
     def values(col: str) -> list[str]:
         if col not in frame:
@@ -97,7 +103,41 @@ def provenance(frame: pd.DataFrame) -> str:
     dates = sorted({d[:10] for d in values("started")})
     when = (dates[0] if len(dates) == 1 else f"{dates[0]} .. {dates[-1]}") if dates else "date ?"
     return (f"measured on {where}; torch {', '.join(values('torch')) or '?'}; cells started {when}; "
-            f"git {', '.join(values('git')) or '?'}")
+            f"lenbench {code_text(frame)}; git {', '.join(values('git')) or '?'}")
+
+
+def code_versions(frame: pd.DataFrame) -> dict[str, int]:
+    """``version (source <12 hex>)`` of the lenbench that ran each cell -> number of cells (``?`` when
+    the manifest predates source hashes)."""
+    if "cell" not in frame:
+        return {}
+    cells = frame.drop_duplicates("cell")
+    out: dict[str, int] = {}
+    for _, row in cells.iterrows():
+        version = row.get("lenbench")
+        source = row.get("source_sha256")
+        text = f"{'?' if _blank(version) else version} (source {'?' if _blank(source) else str(source)[:12]})"
+        out[text] = out.get(text, 0) + 1
+    return out
+
+
+def code_text(frame: pd.DataFrame) -> str:
+    versions = code_versions(frame)
+    if len(versions) <= 1:
+        return next(iter(versions), "?")
+    return ", ".join(f"{v}: {n} cells" for v, n in sorted(versions.items()))
+
+
+def code_warnings(frame: pd.DataFrame) -> list[str]:
+    """One warning per suite whose cells ran under different lenbench code (version or source hash)."""
+    out = []
+    for suite, cells in frame.groupby("suite", dropna=True, sort=True):
+        versions = code_versions(cells)
+        if len(versions) > 1:
+            listed = "; ".join(f"{v}: {n} cells" for v, n in sorted(versions.items()))
+            out.append(f"{suite} tables mix cells computed by {len(versions)} different lenbench sources ({listed}); "
+                       "their numbers may not be comparable")
+    return out
 
 
 def _blank(v: object) -> bool:
@@ -130,14 +170,10 @@ def build_report(
     out = Path(out)
     tables_dir, plots_dir = out / "tables", out / "plots"
     _makedirs(out, tables_dir)
-    warnings = collection.warnings + duplicate_warnings(frame)
+    warnings = collection.warnings + duplicate_warnings(frame) + code_warnings(frame)
     files = save_long(frame, out)
 
-    built: dict[str, tuple[list[Table], pd.DataFrame]] = {
-        "che": che_tables(frame),
-        "ppl": ppl_tables(frame),
-        "timing": timing_report_tables(frame, reference),
-    }
+    built = suite_tables(frame, reference)
     sig_table, sig_frame = significance(frame, compare)
     figures: dict[str, list[tuple[str, list[Path]]]] = {}
     if plots:

@@ -3,26 +3,43 @@
 One row per stored metric record (``suite, task, dataset, size, mode, pe, seed, train_len,
 eval_len, metric, value, status, ...``); the records' extra fields (``n_sequences``, ``iqr``,
 ``estimated_full_ms``, ``backend`` ...) become columns, and the cell's manifest adds ``git``,
-``lenbench``, ``torch``, ``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
+``lenbench`` (its version), ``source_sha256`` (:func:`lenbench.results.source_hash`), ``torch``,
+``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
 cell is one row with ``status = failed``, its reason, and ``value`` NaN (never 0). ``status`` is
 ``done``, ``failed`` or ``oom`` (a timing cell that did not fit in memory). Cells still running
 or never finished are counted, not shown. Every ppl row has a ``protocol`` (the evaluation protocol
 of :mod:`lenbench.suites.ppl_protocols`); records written before protocols were named get
 ``documents``, the only protocol then.
 
+Protocol columns (:mod:`lenbench.report.protocol`, docs/statistics.md §7): every CHE and ppl row
+has its cell's ``fingerprint`` (config minus seed, rate, PE, task and operational keys; ppl: with
+the evaluation-window signature) and ``fingerprint_diff`` (the keys where it differs from the other
+fingerprints of its table: all CHE cells; ppl cells of one dataset, training length and protocol;
+empty when they agree). Tables never pool rows of different fingerprints. Two folders of one
+table cell and seed (they differ only in operational keys, or are reruns) are not two seeds: the
+newest is used and the others get ``superseded = True`` (and a warning). ``pe`` is the canonical
+label (``dape`` -> ``dape-kerple``); a label whose cells carry different ``pe_identity`` values
+(e.g. an edited plugin) gets ``#<hash>`` per identity, with a warning. Every CHE row has its
+cell's ``fit`` flag, and ppl rows their cell's ``lr``.
+
 Uncertainty columns (:func:`add_uncertainty`): every CHE and ppl record also carries the statistics
-of its table cell over seeds, as the rendered tables show them: ``seeds_n``, ``seeds_mean``,
-``seeds_std`` (ddof 1), ``ci95_low``/``ci95_high`` (t-based 95% CI of the mean, n >= 2) and
-``bold_half_width`` (the half-width bold marking used: the CI's, or the record's ``se`` for one
-seed). Timing records carry their ``iqr``.
+of its table cell over seeds under the one population rule (docs/statistics.md §1: the runs that
+fit; ppl: every finished run): ``seeds_n`` (runs in the population), ``runs_n`` (finished runs),
+``seeds_mean``, ``seeds_std`` (ddof 1), ``ci95_low``/``ci95_high`` (t-based 95% CI of the mean
+over seeds, n >= 2; bold marking does not use it, it comes from paired tests), and
+``all_runs_mean``/``all_runs_std`` over every finished run, fitted or not. A CHE record's ``se`` is
+the test-sampling SE of one trained model (model fixed), not a between-seed uncertainty.
+Timing records carry their ``iqr``.
 Folders that are not cells (no config, manifest, lock or marker: e.g. a report written into the
 results root, ``results/report/plots``) are ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +47,9 @@ from typing import Any
 import pandas as pd
 
 from lenbench.errors import LenbenchError
+from lenbench.pe.registry import canonical_pe_label, pe_label
+from lenbench.report.population import in_population
+from lenbench.report.protocol import differences, fingerprint, flatten, protocol_of, varying_keys
 from lenbench.results import CellDir, ResultStore
 from lenbench.suites.ppl_protocols import LEGACY_PROTOCOL
 
@@ -37,7 +57,7 @@ COLUMNS = [
     "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
     "status", "reason", "cell", "train_min_len",
 ]  # fmt: skip
-MANIFEST_KEYS = ("git", "lenbench", "torch", "device", "cuda_device", "cpu_count", "started")
+MANIFEST_KEYS = ("git", "lenbench", "source_sha256", "torch", "device", "cuda_device", "cpu_count", "started")
 INT_COLUMNS = ("seed", "train_len", "eval_len", "train_min_len")
 
 
@@ -54,14 +74,14 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
     """The identifying fields of a cell from its resolved config (used for failed cells)."""
     suite = config.get("suite")
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    keys: dict[str, Any] = {"suite": suite, "pe": config.get("pe"), "seed": config.get("seed")}
+    keys: dict[str, Any] = {"suite": suite, "pe": pe_label(config), "seed": config.get("seed")}
     if suite == "che":
         keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"),
                     lr=train.get("lr"))
     elif suite == "ppl":
         evaluation = config.get("eval") if isinstance(config.get("eval"), dict) else {}
         keys.update(dataset=config.get("dataset"), train_len=train.get("length"),
-                    protocol=evaluation.get("protocol", LEGACY_PROTOCOL))
+                    protocol=evaluation.get("protocol", LEGACY_PROTOCOL), lr=train.get("lr"))
     elif suite == "timing":  # a group: its PEs in group_pes (JSON text), pe None
         keys.update(
             group_pes=json.dumps(config.get("pes") or ([config["pe"]] if config.get("pe") else [])),
@@ -138,10 +158,17 @@ def collect(results: Path | str, suite: str | None = None) -> Collection:
         raise LenbenchError(f"results folder {root} does not exist")
     if suite is not None and not (root / suite).is_dir():
         raise LenbenchError(f"no {suite!r} results under {root} (expected {root / suite}/)")
+    where = f"{root}/{suite}" if suite else str(root)
+    return collect_cells(ResultStore(root).cells(suite), where)
+
+
+def collect_cells(cells: Iterable[CellDir], where: str = "the given cells") -> Collection:
+    """The long table of the given cell folders (``lenbench run`` closes with the tables of its cells)."""
     warnings: list[str] = []
     rows: list[dict[str, Any]] = []
+    configs: dict[str, dict[str, Any]] = {}
     incomplete = 0
-    for cell in ResultStore(root).cells(suite):
+    for cell in cells:
         if not is_cell_folder(cell):
             continue
         got = cell_rows(cell, warnings)
@@ -149,25 +176,9 @@ def collect(results: Path | str, suite: str | None = None) -> Collection:
             incomplete += 1
         else:
             rows.extend(got)
+            configs[cell.cell_id] = cell.read_config() or {}
     if not rows:
-        where = f"{root}/{suite}" if suite else str(root)
         raise LenbenchError(f"no finished or failed cells under {where} (run `lenbench run` first)")
-    frame = long_frame(rows)
-    if incomplete:
-        warnings.append(f"{incomplete} cell(s) neither finished nor failed (running or interrupted); not shown")
-    return Collection(frame, warnings, incomplete)
-
-
-def collect_cells(cells: list[CellDir]) -> pd.DataFrame:
-    """The long table of just these cell folders (e.g. the cells one command ran), finished and
-    failed ones; the same columns as :func:`collect`."""
-    warnings: list[str] = []
-    rows = [row for cell in cells for row in (cell_rows(cell, warnings) or [])]
-    return long_frame(rows) if rows else pd.DataFrame(columns=COLUMNS)
-
-
-def long_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Cell rows -> the long table: fixed leading columns, typed keys, protocols, uncertainty."""
     frame = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in frame:
@@ -180,41 +191,142 @@ def long_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         frame["protocol"] = None
     legacy = (frame["suite"] == "ppl") & frame["protocol"].isna()
     frame["protocol"] = frame["protocol"].astype(object).where(~legacy, LEGACY_PROTOCOL)
-    return add_uncertainty(frame)
+    frame["pe"] = frame["pe"].map(_canonical_labels(frame["pe"]))
+    frame = add_protocols(frame, configs, warnings)
+    frame = add_uncertainty(frame)
+    if incomplete:
+        warnings.append(f"{incomplete} cell(s) neither finished nor failed (running or interrupted); not shown")
+    return Collection(frame, warnings, incomplete)
 
 
-CELL_KEYS = ["suite", "task", "dataset", "protocol", "pe", "lr", "train_len", "eval_len", "metric"]  # one table cell
+def _canonical_labels(labels: pd.Series) -> dict[Any, Any]:
+    return {v: canonical_pe_label(v) if isinstance(v, str) else v for v in labels.dropna().unique()}
+
+
+POOLED_SUITES = ("che", "ppl")  # suites whose cells are pooled over seeds in a table cell
+TABLE_GROUP = {"che": ["suite"], "ppl": ["suite", "dataset", "train_len", "protocol"]}  # one set of tables
+CELL_IDENTITY = {"che": ["task", "pe", "lr", "seed"], "ppl": ["pe", "lr", "seed"]}  # with TABLE_GROUP, fingerprint
+
+
+def add_protocols(frame: pd.DataFrame, configs: dict[str, dict[str, Any]], warnings: list[str]) -> pd.DataFrame:
+    """Add ``fingerprint``, ``fingerprint_diff``, ``fit`` and ``superseded``, and split PE labels
+    whose cells carry different PE identities (module docstring); warnings say what was done."""
+    out = frame.copy()
+    protocols = {cid: protocol_of(cfg) for cid, cfg in configs.items()}
+    prints = {cid: fingerprint(p) for cid, p in protocols.items()}
+    pooled = out["suite"].isin(POOLED_SUITES)
+    out["fingerprint"] = out["cell"].map(prints).where(pooled, None)
+    out["fingerprint_diff"] = None
+    out["superseded"] = False
+    if "fit" not in out:
+        out["fit"] = None
+    if not pooled.any():
+        return out
+    fits = out[pooled & out["fit"].notna()].groupby("cell")["fit"].first()
+    out.loc[pooled, "fit"] = out.loc[pooled, "cell"].map(fits)
+    _split_identities(out, configs, warnings)
+    for suite in POOLED_SUITES:
+        rows = out[out["suite"] == suite]
+        for key, group in rows.groupby(TABLE_GROUP[suite], dropna=False, sort=True):
+            found = {fp: protocols[cid] for cid, fp in zip(group["cell"], group["fingerprint"], strict=True)}
+            if len(found) > 1:
+                diff = differences(found)
+                out.loc[group.index, "fingerprint_diff"] = group["fingerprint"].map(diff)
+                where = " ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))[1:]) or suite
+                keys = ", ".join(varying_keys(found.values()))
+                warnings.append(f"{suite} {where}: cells of {len(found)} protocols ({keys} differ); shown in "
+                                "separate tables, never pooled")
+        _supersede(out, suite, configs, warnings)
+    return out
+
+
+def _identity_hash(config: dict[str, Any]) -> str | None:
+    identity = config.get("pe_identity")
+    if not isinstance(identity, dict):
+        return None
+    kept = {k: v for k, v in identity.items() if k != "label"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def _split_identities(out: pd.DataFrame, configs: dict[str, dict[str, Any]], warnings: list[str]) -> None:
+    """One label, several stored PE identities (an edited plugin, a changed default): ``label#hash`` each."""
+    idents = {cid: _identity_hash(cfg) for cid, cfg in configs.items()}
+    rows = out[out["suite"].isin(POOLED_SUITES)]
+    for (suite, label), group in rows.groupby(["suite", "pe"], sort=True):
+        found = {idents.get(c) for c in group["cell"]} - {None}
+        if len(found) < 2:
+            continue
+        keyed = {c: configs[c] for c in group["cell"].unique() if idents.get(c)}
+        keys = varying_keys(flatten({"pe_identity": cfg.get("pe_identity", {})}) for cfg in keyed.values())
+        for cid in keyed:
+            out.loc[group.index[group["cell"] == cid], "pe"] = f"{label}#{idents[cid]}"
+        warnings.append(f"{suite} PE {label!r}: cells of {len(found)} PE identities (differ in {', '.join(keys)}); "
+                        f"shown as separate columns {label}#<hash>")
+
+
+def _supersede(out: pd.DataFrame, suite: str, configs: dict[str, dict[str, Any]], warnings: list[str]) -> None:
+    """Several folders of one table cell and seed: the newest (manifest ``started``) counts, once."""
+    rows = out[(out["suite"] == suite)]
+    keys = [*TABLE_GROUP[suite], "fingerprint", *CELL_IDENTITY[suite]]
+    cells = rows.drop_duplicates("cell")
+    for key, group in cells.groupby(keys, dropna=False, sort=True):
+        if len(group) < 2:
+            continue
+        started = group["started"] if "started" in group else pd.Series("", index=group.index)
+        order = group.assign(_s=started.fillna("").astype(str)).sort_values(["_s", "cell"])
+        newest = order["cell"].iloc[-1]
+        old = [c for c in order["cell"] if c != newest]
+        out.loc[out["cell"].isin(old), "superseded"] = True
+        differ = varying_keys(flatten(configs[c]) for c in order["cell"])
+        named = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True)
+                          if k in ("task", "dataset", "pe", "lr", "seed") and not _blank(v))
+        warnings.append(f"{len(group)} result folders for {suite} {named} under one protocol"
+                        f" (differ in {', '.join(differ) or 'nothing'}): the newest ({newest}) is used, not pooled")
+
+
+def _blank(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+CELL_KEYS = ["suite", "fingerprint", "task", "dataset", "protocol", "pe", "lr", "train_len", "eval_len",
+             "metric"]  # one table cell
+UNCERTAINTY = ("seeds_n", "runs_n", "seeds_mean", "seeds_std", "ci95_low", "ci95_high", "all_runs_mean",
+               "all_runs_std")
 
 
 def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:
     """Add each CHE/ppl record's table-cell statistics over seeds (module docstring); others get NaN.
 
-    ``ci95 = mean -+ t_{0.975, n-1} * std / sqrt(n)``; one seed: no CI, ``bold_half_width = se``
-    when the record has one.
+    Over the population (the runs that fit): ``seeds_n``, ``seeds_mean``, ``seeds_std`` and
+    ``ci95 = mean -+ t_{0.975, n-1} * std / sqrt(n)`` (n >= 2); over every finished run:
+    ``runs_n``, ``all_runs_mean``, ``all_runs_std``.
     """
     from lenbench.report.stats import t_quantile
 
     out = frame.copy()
-    for col in ("seeds_n", "seeds_mean", "seeds_std", "ci95_low", "ci95_high", "bold_half_width"):
+    for col in UNCERTAINTY:
         out[col] = math.nan
-    done = out[out["suite"].isin(["che", "ppl"]) & (out["status"] == "done") & out["value"].notna()]
+    done = out[out["suite"].isin(POOLED_SUITES) & (out["status"] == "done") & out["value"].notna()
+               & ~out["superseded"].astype(bool)]
     if done.empty:
         return out
     keys = [k for k in CELL_KEYS if k in done.columns]
     for _, group in done.groupby(keys, dropna=False, sort=False):
-        values = group["value"].astype(float)
-        n = len(values)
         idx = group.index
+        every = group["value"].astype(float)
+        values = every[[in_population(f) for f in group["fit"]]]
+        out.loc[idx, ["runs_n", "all_runs_mean"]] = [len(every), float(every.mean())]
+        if len(every) >= 2:
+            out.loc[idx, "all_runs_std"] = float(every.std(ddof=1))
+        n = len(values)
         out.loc[idx, "seeds_n"] = n
-        out.loc[idx, "seeds_mean"] = float(values.mean())
+        if n:
+            out.loc[idx, "seeds_mean"] = float(values.mean())
         if n >= 2:
             std = float(values.std(ddof=1))
             half = t_quantile(0.05, n - 1) * std / math.sqrt(n)
             out.loc[idx, "seeds_std"] = std
             out.loc[idx, ["ci95_low", "ci95_high"]] = [float(values.mean()) - half, float(values.mean()) + half]
-            out.loc[idx, "bold_half_width"] = half
-        elif "se" in group and pd.notna(group["se"].iloc[0]):
-            out.loc[idx, "bold_half_width"] = float(group["se"].iloc[0])
     return out
 
 

@@ -4,9 +4,14 @@ Every figure draws a PE with :func:`pe_style`, so a PE has the same colour in ev
 every report: fixed colours for the registered PEs, a stable hash for others; options (e.g.
 ``dape:hidden=64``) keep the colour of their PE and change the line style.
 
-- CHE: accuracy vs test length per task (mean over seeds, band = min..max over seeds), the
-  training range shaded, chance as a dashed line; and a grid overview of every task.
-- ppl: perplexity vs evaluation length per dataset and training length, log-log.
+- CHE, per protocol fingerprint: accuracy vs length per task, each PE at its chosen learning rate
+  under the tables' population rule (docs/statistics.md): the mean over the runs that fit with their
+  min..max band; runs that did not fit drawn faint and thin, out of the mean and band (a PE none of
+  whose runs fit: faint only, labelled DNF); the training range shaded, chance dashed and the
+  majority baseline (a constant answer per output position, per length) dash-dotted; and a grid
+  overview of every task.
+- ppl: perplexity vs evaluation length per dataset, training length, protocol and fingerprint,
+  log-log, each PE at its chosen rate (every finished run counts).
 - timing: ms vs length per model size (one panel each), log-log, per mode.
 """
 
@@ -29,14 +34,15 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from lenbench.errors import LenbenchError  # noqa: E402
+from lenbench.report.population import NOT_CHOSEN, in_population  # noqa: E402
 from lenbench.report.stats import pe_name  # noqa: E402
 from lenbench.report.tables import (  # noqa: E402
-    best_lr,
-    che_frames,
-    che_stats,
+    CheView,
+    PplView,
+    che_views,
     pe_order,
     ppl_frames,
-    ppl_groups,
+    ppl_views,
     task_info,
     task_order,
     timing_data,
@@ -121,17 +127,25 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def _curve(ax: Any, rows: pd.DataFrame, label: str, scale: float = 1.0, unfit: bool = False) -> None:
-    """Mean over seeds per x, with the min..max band over seeds; ``unfit``: dotted, "did not fit"."""
-    g = rows.groupby("eval_len")["value"]
-    x = np.array(sorted(rows["eval_len"].dropna().unique()), dtype=float)
+def _curve(ax: Any, rows: pd.DataFrame, label: str, scale: float = 1.0) -> None:
+    """The population rule drawn: mean over the runs that fit per x, with their min..max band over
+    seeds; runs that did not fit (``fit`` False) faint and thin, out of the mean and band. A PE with
+    no fitted run: faint runs only, labelled "(DNF)"."""
+    style = pe_style(label)
+    fit = rows["fit"] if "fit" in rows else pd.Series([None] * len(rows), index=rows.index, dtype=object)
+    counted = rows[[in_population(f) for f in fit]]
+    for k, (_, run) in enumerate(rows[~rows.index.isin(counted.index)].groupby("cell", sort=True)):
+        run = run.sort_values("eval_len")
+        ax.plot(run["eval_len"].astype(float), run["value"] * scale, color=style["color"], linestyle=":",
+                linewidth=0.7, alpha=0.35, label=f"{label} (DNF)" if counted.empty and k == 0 else None)
+    if counted.empty:
+        return
+    g = counted.groupby("eval_len")["value"]
+    x = np.array(sorted(counted["eval_len"].dropna().unique()), dtype=float)
     mean, lo, hi = (g.mean().reindex(x).to_numpy() * scale, g.min().reindex(x).to_numpy() * scale,
                     g.max().reindex(x).to_numpy() * scale)  # fmt: skip
-    style = pe_style(label)
-    if unfit:
-        style = {**style, "linestyle": ":", "alpha": 0.7}
-    ax.plot(x, mean, label=f"{label} (did not fit)" if unfit else label, **style)
-    if rows["seed"].nunique() > 1:
+    ax.plot(x, mean, label=label, **style)
+    if counted["seed"].nunique() > 1:
         ax.fill_between(x, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
 
 
@@ -185,32 +199,42 @@ def _minor_label(ax: Any, v: float) -> str:
 # --------------------------------------------------------------------------- CHE
 
 
-def _che_panel(ax: Any, frame: pd.DataFrame, task: str, legend: bool) -> None:
-    """Accuracy vs length over the training lengths and the test lengths, one curve per PE (at its
-    chosen learning rate when several were run); a PE none of whose runs fit its training lengths is
-    drawn dotted and labelled "did not fit"."""
-    che = frame[(frame["suite"] == "che") & (frame["task"] == task)]
-    acc = che[che["metric"].isin(["accuracy", "train_accuracy"]) & (che["status"] == "done")]
-    scores, failed = che_frames(frame)
-    failed = failed[failed["task"] == task]
-    stats = che_stats(scores[scores["task"] == task], failed)
-    lo, hi = che["train_min_len"].dropna(), che["train_len"].dropna()
+def _chosen_rows(rows: pd.DataFrame, lr: Any) -> pd.DataFrame:
+    """The rows of one learning rate (all rows when the cells stored none)."""
+    if lr is None or lr == NOT_CHOSEN or "lr" not in rows:
+        return rows if lr != NOT_CHOSEN else rows.iloc[0:0]
+    return rows[pd.to_numeric(rows["lr"], errors="coerce") == float(lr)]
+
+
+def _majority_line(ax: Any, acc: pd.DataFrame) -> None:
+    """The majority baseline per length (mean over cells of each record's ``majority``), in %."""
+    if "majority" not in acc:
+        return
+    per = acc[acc["majority"].notna()].groupby("eval_len")["majority"].mean()
+    if len(per):
+        ax.plot(per.index.astype(float), 100.0 * per.to_numpy(dtype=float), color="0.25", linestyle="-.",
+                linewidth=0.8, label="majority")
+
+
+def _che_panel(ax: Any, view: CheView, task: str, legend: bool) -> None:
+    """Accuracy vs length over the training and test lengths, one curve per PE at its chosen rate
+    (:func:`_curve`), with chance and the majority baseline."""
+    rows = view.rows[view.rows["task"] == task]
+    acc = rows[rows["metric"].isin(["accuracy", "train_accuracy"]) & (rows["status"] == "done")]
+    failed = rows[rows["status"] == "failed"]
+    lo, hi = rows["train_min_len"].dropna(), rows["train_len"].dropna()
     if len(hi):
         ax.axvspan(int(lo.min()) if len(lo) else 0, int(hi.max()), color="0.85", alpha=0.6, lw=0,
                    label="training range")
     info = task_info(task)
     if info.chance is not None:
         ax.axhline(100 * info.chance, color="0.4", linestyle="--", linewidth=0.8, label="chance")
+    _majority_line(ax, acc)
     all_failed = []
     for pe in pe_order([*acc["pe"].unique(), *failed["pe"].unique()]):
-        rows = acc[acc["pe"] == pe]
-        lr = best_lr(stats, task, pe)
-        if "lr" in rows and lr is not None and not (isinstance(lr, float) and np.isnan(lr)):
-            rows = rows[rows["lr"] == lr]
-        chosen = stats.get((task, pe, lr))
-        if len(rows):
-            unfit = chosen is not None and chosen.all_unfit
-            _curve(ax, rows, pe, scale=100.0, unfit=unfit)
+        chosen = _chosen_rows(acc[acc["pe"] == pe], view.chosen.get((task, pe)))
+        if len(chosen):
+            _curve(ax, chosen, pe, scale=100.0)
         elif legend:
             _failed_handle(ax, pe)
         else:
@@ -222,11 +246,27 @@ def _che_panel(ax: Any, frame: pd.DataFrame, task: str, legend: bool) -> None:
     ax.set_title(task.replace("_", " "))
 
 
-def che_task_figure(frame: pd.DataFrame, task: str) -> Figure:
-    """Accuracy (%) vs test length for one CHE task; training range shaded, chance dashed."""
+def _one_view(views: list[Any], fingerprint: str | None, what: str) -> Any:
+    """The view of ``fingerprint`` (None: the only one; several: a one-line error naming them)."""
+    if fingerprint is not None:
+        found = [v for v in views if v.fingerprint == fingerprint]
+        if not found:
+            raise LenbenchError(f"{what}: no cells of protocol fingerprint {fingerprint}")
+        return found[0]
+    if len(views) > 1:
+        names = ", ".join(str(v.fingerprint) for v in views)
+        raise LenbenchError(f"{what} has results of several protocol fingerprints ({names}); name one")
+    if not views:
+        raise LenbenchError(f"{what}: no results")
+    return views[0]
+
+
+def che_task_figure(frame: pd.DataFrame, task: str, fingerprint: str | None = None) -> Figure:
+    """Accuracy (%) vs length for one CHE task; training range shaded, chance dashed, majority dash-dotted."""
+    view = _one_view(che_views(frame), fingerprint, f"CHE {task}")
     with paper_style():
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.5))
-        _che_panel(ax, frame, task, legend=True)
+        _che_panel(ax, view, task, legend=True)
         ax.set_xlabel("length N (training range shaded)")
         ax.set_ylabel("accuracy (%)")
         fig.tight_layout()
@@ -234,14 +274,15 @@ def che_task_figure(frame: pd.DataFrame, task: str) -> Figure:
     return fig
 
 
-def che_grid_figure(frame: pd.DataFrame, tasks: list[str], cols: int = 5) -> Figure:
+def che_grid_figure(frame: pd.DataFrame, tasks: list[str], cols: int = 5, fingerprint: str | None = None) -> Figure:
     """Every CHE task in a grid, one shared legend below."""
+    view = _one_view(che_views(frame), fingerprint, "CHE")
     rows = -(-len(tasks) // cols)
     cols = min(cols, len(tasks))
     with paper_style():
         fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 1.55 * rows + 0.6), sharey=True, squeeze=False)
         for ax, task in zip(axes.flat, tasks, strict=False):
-            _che_panel(ax, frame, task, legend=False)
+            _che_panel(ax, view, task, legend=False)
         for ax in list(axes.flat)[len(tasks):]:
             ax.set_visible(False)
         for ax in axes[:, 0]:
@@ -256,34 +297,36 @@ def che_grid_figure(frame: pd.DataFrame, tasks: list[str], cols: int = 5) -> Fig
 # --------------------------------------------------------------------------- ppl
 
 
-def ppl_figure(frame: pd.DataFrame, dataset: str, train_len: int, protocol: str | None = None) -> Figure:
-    """Perplexity (last 256 tokens) vs evaluation length, log-log; lengths up to training shaded.
+def ppl_figure(frame: pd.DataFrame, dataset: str, train_len: int, protocol: str | None = None,
+               fingerprint: str | None = None) -> Figure:
+    """Perplexity (last 256 tokens) vs evaluation length, log-log; the training length marked.
 
-    ``protocol``: only the cells evaluated with it (None: the group's only protocol, named in the title)."""
-    done, failed = ppl_frames(frame)
-    d = done[(done["dataset"] == dataset) & (done["train_len"] == train_len)]
-    f = failed[(failed["dataset"] == dataset) & (failed["train_len"] == train_len)]
+    ``protocol``/``fingerprint``: which cells (None: the group's only one, named in the title)."""
+    views = [v for v in ppl_views(frame) if (v.dataset, v.train_len) == (dataset, train_len)]
     if protocol is None:
-        protocols = sorted({*d["protocol"], *f["protocol"]})
+        protocols = sorted({v.protocol for v in views})
         if len(protocols) > 1:
             raise LenbenchError(f"{dataset} T={train_len} has results of several protocols {protocols}; name one")
-        protocol = protocols[0] if protocols else None
-    if protocol is not None:
-        d, f = d[d["protocol"] == protocol], f[f["protocol"] == protocol]
+    else:
+        views = [v for v in views if v.protocol == protocol]
+    view: PplView = _one_view(views, fingerprint, f"{dataset} T={train_len}")
+    done, failed = ppl_frames(frame)
+    d = done[(done["dataset"] == dataset) & (done["train_len"] == train_len) & (done["protocol"] == view.protocol)]
+    if view.fingerprint is not None:
+        d = d[d["fingerprint"] == view.fingerprint]
     with paper_style():
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.5))
-        lengths = sorted(int(n) for n in d["eval_len"].dropna().unique())
         ax.axvline(train_len, color="0.4", linestyle=":", linewidth=1.0, label="training length")
-        for pe in pe_order([*d["pe"].unique(), *f["pe"].unique()]):
-            rows = d[d["pe"] == pe]
+        for pe in view.pes:
+            rows = _chosen_rows(d[d["pe"] == pe], view.chosen.get(pe))
             if len(rows):
                 _curve(ax, rows, pe)
             else:
                 _failed_handle(ax, pe)
-        log_axes(ax, lengths)
+        log_axes(ax, view.lengths)
         ax.set_xlabel("evaluation length L (tokens)")
         ax.set_ylabel("perplexity (last 256 tokens)")
-        ax.set_title(f"{dataset}, trained at {train_len}" + (f" ({protocol} protocol)" if protocol else ""))
+        ax.set_title(f"{dataset}, trained at {train_len} ({view.protocol} protocol)")
         fig.tight_layout()
         legend_below(fig)
     return fig
@@ -325,19 +368,27 @@ def timing_figures(frame: pd.DataFrame) -> dict[str, Figure]:
 def report_figures(frame: pd.DataFrame, plots_dir: Path) -> dict[str, list[tuple[str, list[Path]]]]:
     """Draw and save every figure the results support -> {suite: [(caption, [png, svg])]}."""
     saved: dict[str, list[tuple[str, list[Path]]]] = {"che": [], "ppl": [], "timing": []}
-    acc = frame[(frame["suite"] == "che") & (frame["metric"] == "accuracy")]
-    _, che_failed = che_frames(frame)
-    tasks = task_order([*acc["task"].dropna().unique(), *che_failed["task"].dropna().unique()])
-    if tasks:
-        saved["che"].append(("CHE overview: accuracy vs test length, every task",
-                             save_figure(che_grid_figure(frame, tasks), plots_dir / "che_overview")))
+    views = che_views(frame)
+    for view in views:
+        suffix = f"_{view.fingerprint}" if len(views) > 1 else ""
+        where = f" (protocol {view.fingerprint}: {view.differs})" if view.differs else ""
+        tasks = task_order(view.rows["task"].dropna().unique())
+        if not tasks:
+            continue
+        fp = view.fingerprint
+        grid = che_grid_figure(frame, tasks, fingerprint=fp)
+        saved["che"].append((f"CHE overview: accuracy vs length, every task{where}",
+                             save_figure(grid, plots_dir / f"che_overview{suffix}")))
         for task in tasks:
-            saved["che"].append((f"CHE {task}: accuracy vs test length",
-                                 save_figure(che_task_figure(frame, task), plots_dir / f"che_{slug(task)}")))
-    done, failed = ppl_frames(frame)
-    for dataset, train_len, protocol, key in ppl_groups(done, failed):
-        caption = f"{dataset}, trained at {train_len}: perplexity vs evaluation length ({protocol} protocol)"
-        saved["ppl"].append((caption, save_figure(ppl_figure(frame, dataset, train_len, protocol), plots_dir / key)))
+            fig = che_task_figure(frame, task, fp)
+            saved["che"].append((f"CHE {task}: accuracy vs length{where}",
+                                 save_figure(fig, plots_dir / f"che_{slug(task)}{suffix}")))
+    for view in ppl_views(frame):
+        where = f", protocol {view.fingerprint}: {view.differs}" if view.differs else ""
+        caption = (f"{view.dataset}, trained at {view.train_len}: perplexity vs evaluation length "
+                   f"({view.protocol} protocol{where})")
+        fig = ppl_figure(frame, view.dataset, view.train_len, view.protocol, view.fingerprint)
+        saved["ppl"].append((caption, save_figure(fig, plots_dir / view.key)))
     for mode, fig in timing_figures(frame).items():
         saved["timing"].append((f"timing ({mode.replace('_', ', backend ')}): ms vs sequence length per model size",
                                 save_figure(fig, plots_dir / f"timing_{mode}")))

@@ -50,7 +50,7 @@ def csv_text(table: Table) -> str:
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "—": "---", "−": "$-$", "Δ": r"$\Delta$", "√": r"$\surd$", "·": r"$\cdot$",
+    "±": r"$\pm$", "—": "---", "−": "$-$", "Δ": r"$\Delta$", "√": r"$\surd$", "·": r"$\cdot$", "†": r"$^\dagger$",
 }  # fmt: skip
 _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIAL))
 

@@ -1,31 +1,48 @@
 """The long table -> report tables (format-neutral; :mod:`lenbench.report.render` writes them out).
 
-- CHE: tasks grouped by Chomsky level (with chance accuracy) x PEs; the score (mean accuracy over
-  test lengths, %) as mean ± sample std over seeds, and in a second table the max over seeds.
-- ppl: per dataset, training length and evaluation protocol, PEs x evaluation lengths of
-  ppl_last256 (DAPE's layout); the title names the protocol and a note says what it scores.
+CHE and ppl tables follow the rules of :mod:`lenbench.report.population` (docs/statistics.md): one
+population (the runs that fit), the learning rate chosen on in-distribution data, bold from
+paired Holm-corrected tests, and one set of tables per protocol fingerprint (never pooled).
+
+- CHE, per fingerprint: tasks grouped by Chomsky level (with chance and majority) x PEs:
+  ``che_mean`` (the primary statistic: mean ± seed std over the runs that fit, ``k/n fit``),
+  ``che_all_runs`` (mean over every run, fitted or not; no bold), ``che_max`` (the papers' statistic:
+  the unfiltered max over seeds and learning rates) and ``che_train`` (in-distribution accuracy,
+  every run: the fit diagnostic).
+- ppl: per dataset, training length, evaluation protocol and fingerprint, PEs x evaluation lengths
+  of ppl_last256 (DAPE's layout), with the unigram baseline as a last row.
 - timing: DAPE Table 1 per mode and model size (smallest first), PEs x lengths in ms (``KL ms`` for a
   K-layer CPU slice, with its full-model ``est. ms``) and the paired ``Ratio PE/<reference>`` with its
   bootstrap 95% interval, ``≈ 1`` where it cannot be told from identical work (built by
   :func:`lenbench.suites.timing_tables.timing_tables` from the stored records); the noise floor of
   the identical-work control under each table; then peak memory per size.
-- significance: the paired tests of :mod:`lenbench.report.stats`.
+- significance: the paired tests of :mod:`lenbench.report.stats`, each PE at its chosen rate.
 
 A cell never run shows ``—``; a cell whose every seed failed shows ``FAILED``; some failed seeds
-add ``(k FAILED)`` to the statistics of the others. Missing values are never shown as 0.
+add ``k FAILED`` to the statistics of the others; a cell none of whose runs fit shows ``DNF``; a
+value below the majority baseline (CHE) or worse than the unigram model (ppl) is marked ``†``.
+Missing values are never shown as 0.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from lenbench.report.population import (
+    MIN_PAIRS,
+    NOT_CHOSEN,
+    Bold,
+    SeedStats,
+    bold_by_tests,
+    choose_lr,
+    pooled,
+)
 from lenbench.report.stats import (
     ALPHA,
     PairedTest,
@@ -34,7 +51,6 @@ from lenbench.report.stats import (
     paired_test,
     pe_name,
     resolve_label,
-    t_quantile,
 )
 from lenbench.results import slug
 from lenbench.suites.ppl_protocols import LEGACY_PROTOCOL, PROTOCOL_TEXT
@@ -42,14 +58,17 @@ from lenbench.tasks.che import TASKS
 
 MISSING = "—"
 FAILED = "FAILED"
-DNF = "DNF"  # did not fit: the cell's in-distribution score stayed below its fit threshold
+DNF = "DNF"  # did not fit: no run of the cell reached its fit threshold on the training lengths
+BELOW = "†"  # below the majority baseline (CHE) / worse than the unigram model (ppl)
+NO_RATE = "rate not chosen"  # several rates, no in-distribution score to choose among them
 LEVELS = {"regular": "Regular (R)", "dcf": "Deterministic context-free (DCF)", "cs": "Context-sensitive (CS)"}
 LEVEL_SHORT = {"regular": "R", "dcf": "DCF", "cs": "CS"}
+DOCS = "method and sources: docs/statistics.md"
 
 
 @dataclass
 class TCell:
-    """One table cell: display text, and whether it is the best of its row (or column)."""
+    """One table cell: display text, and whether it is bold (best, or not separable from it)."""
 
     text: str
     bold: bool = False
@@ -79,57 +98,6 @@ class Table:
         return [row for s in self.sections for row in s.rows]
 
 
-@dataclass(frozen=True)
-class SeedStats:
-    """The finished seeds' values of one table cell and how many seeds failed.
-
-    CHE cells also carry each seed's standard error of its score (``ses``) and whether it fitted
-    its training lengths (``fits``; None where the cell predates the flag).
-    """
-
-    values: tuple[float, ...]
-    failed: int = 0
-    ses: tuple[float | None, ...] = ()
-    fits: tuple[bool | None, ...] = ()
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.values))
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation over seeds (ddof 1); None for a single seed."""
-        return float(np.std(self.values, ddof=1)) if self.n > 1 else None
-
-    @property
-    def max(self) -> float:
-        return float(np.max(self.values))
-
-    @property
-    def min(self) -> float:
-        return float(np.min(self.values))
-
-    @property
-    def se(self) -> float | None:
-        """The standard error of a single seed's value (None for several seeds or when unknown)."""
-        if self.n != 1 or not self.ses or self.ses[0] is None or not math.isfinite(self.ses[0]):
-            return None
-        return float(self.ses[0])
-
-    @property
-    def unfit(self) -> int:
-        """Seeds flagged "did not fit" (their in-distribution score stayed below the threshold)."""
-        return sum(1 for f in self.fits if f is False)
-
-    @property
-    def all_unfit(self) -> bool:
-        return self.n > 0 and self.unfit == self.n
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -151,15 +119,43 @@ def _nan(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
-def seed_stats(done: pd.DataFrame, failed: pd.DataFrame, keys: list[str], scale: float = 1.0) -> dict[tuple, SeedStats]:
-    """``{key tuple: SeedStats}`` from done rows (``value`` per seed) and failed-cell rows."""
+def _plain(v: Any) -> Any:
+    """A group-by key part as a plain, comparable Python value (NaN -> None, numpy -> int/float)."""
+    if _nan(v):
+        return None
+    if isinstance(v, bool | str):
+        return v
+    if hasattr(v, "item"):
+        v = v.item()
+    return float(v) if isinstance(v, float) else v
+
+
+def _column(rows: pd.DataFrame, name: str) -> pd.Series:
+    return rows[name] if name in rows else pd.Series([None] * len(rows), index=rows.index, dtype=object)
+
+
+def pooled_rows(frame: pd.DataFrame, suite: str) -> pd.DataFrame:
+    """A suite's rows that tables use: superseded duplicates (:mod:`lenbench.report.collect`) left out."""
+    rows = frame[frame["suite"] == suite]
+    return rows[~_column(rows, "superseded").fillna(False).astype(bool)]
+
+
+def cell_stats(done: pd.DataFrame, failed: pd.DataFrame, keys: list[str], scale: float = 1.0) -> dict[tuple, SeedStats]:
+    """``{key tuple: SeedStats}``: each finished run's value (x ``scale``), test-sampling SE, fit flag
+    and seed, sorted by seed; failed-cell rows add to ``failed``."""
     out: dict[tuple, SeedStats] = {}
+    done = done[done["value"].notna()]
     for key, group in done.groupby(keys, sort=False, dropna=False):
-        vals = tuple(float(v) * scale for v in group.sort_values("seed")["value"] if not _nan(v))
-        out[key if isinstance(key, tuple) else (key,)] = SeedStats(vals)
+        group = group.sort_values("seed")
+        k = tuple(_plain(v) for v in (key if isinstance(key, tuple) else (key,)))
+        ses = tuple(None if _nan(v) else scale * float(v) for v in _column(group, "se"))
+        fits = tuple(None if _nan(v) else bool(v) for v in _column(group, "fit"))
+        out[k] = SeedStats(tuple(scale * float(v) for v in group["value"]), 0, ses, fits,
+                           tuple(int(s) for s in group["seed"]))
     for key, group in failed.groupby(keys, sort=False, dropna=False):
-        k = key if isinstance(key, tuple) else (key,)
-        out[k] = SeedStats(out[k].values if k in out else (), len(group))
+        k = tuple(_plain(v) for v in (key if isinstance(key, tuple) else (key,)))
+        have = out.get(k, SeedStats(()))
+        out[k] = SeedStats(have.values, have.failed + len(group), have.ses, have.fits, have.seeds)
     return out
 
 
@@ -170,83 +166,106 @@ def fmt_num(v: float, digits: int) -> str:
     return f"{v:.2e}" if abs(v) >= 1e6 else f"{v:.{digits}f}"
 
 
-def stat_text(stats: SeedStats | None, how: str, digits: int) -> str:
-    """``mean ± std`` (``how='mean'``) or ``max``; ``—`` for no cell, ``FAILED`` when no seed finished."""
+def _lr_text(lr: Any) -> str:
+    return "" if _nan(lr) or lr == NOT_CHOSEN else f"{float(lr):g}"
+
+
+def shown_value(stats: SeedStats | None, how: str) -> float | None:
+    """The number a cell shows: ``mean`` over the population, ``all`` runs' mean, or their ``max``."""
+    if stats is None or stats.n == 0:
+        return None
+    if how == "mean":
+        pop = stats.population()
+        return pop.mean if pop.n else None
+    return stats.max if how == "max" else stats.mean
+
+
+def runs_text(stats: SeedStats | None, how: str, digits: int) -> str:
+    """A cell's text (``how`` as :func:`shown_value`).
+
+    ``mean``/``all``: ``mean ± seed std`` (ddof 1), or for one run ``value [SE x]`` with x its
+    test-sampling SE (model fixed); ``DNF`` when no run fits (``mean``). ``max``: the value, ``DNF
+    run`` when that run did not fit. Then ``(k/n fit, m FAILED)`` as applicable; ``—`` for no cell,
+    ``FAILED`` when no run finished.
+    """
     if stats is None:
         return MISSING
     if stats.n == 0:
         return FAILED if stats.failed else MISSING
+    tags = [f"{stats.k}/{stats.n} fit"] if stats.flagged else []
     if how == "max":
         text = fmt_num(stats.max, digits)
+        if max_did_not_fit(stats):
+            tags.insert(0, f"{DNF} run")
     else:
-        text = fmt_num(stats.mean, digits)
-        spread = stats.std if stats.std is not None else stats.se
-        if spread is not None:
-            text += f" ± {fmt_num(spread, digits)}"
-    if stats.unfit:
-        text += f" ({DNF})" if stats.all_unfit else f" ({stats.unfit} {DNF})"
-    return text + (f" ({stats.failed} {FAILED})" if stats.failed else "")
+        use = stats.population() if how == "mean" else stats
+        if use.n == 0:
+            text = DNF
+        else:
+            text = fmt_num(use.mean, digits)
+            if use.std is not None:
+                text += f" ± {fmt_num(use.std, digits)}"
+            elif use.se is not None:
+                text += f" [SE {fmt_num(use.se, digits)}]"
+    if stats.failed:
+        tags.append(f"{stats.failed} {FAILED}")
+    return text + (f" ({', '.join(tags)})" if tags else "")
 
 
-def half_width(stats: SeedStats | None, how: str = "mean") -> float | None:
-    """Uncertainty half-width of a shown value, for bold marking.
-
-    Several seeds, ``how='mean'``: the 95% confidence interval of the mean,
-    ``t_{0.975, n-1} * std / sqrt(n)`` (Student t). One seed: the cell's standard error when its
-    statistics carry one (``se``), else None. The max over seeds has no interval: None.
-    """
-    if stats is None or stats.n == 0 or how != "mean":
-        return None
-    if stats.n >= 2 and stats.std is not None:
-        return t_quantile(0.05, stats.n - 1) * stats.std / math.sqrt(stats.n)
-    se = getattr(stats, "se", None)
-    return float(se) if se is not None and math.isfinite(float(se)) else None
+def max_did_not_fit(stats: SeedStats | None) -> bool:
+    """Whether the run with the highest value did not fit (its max is shown, never bold)."""
+    return stats is not None and stats.n > 0 and len(stats.fits) == stats.n and stats.fits[stats.argmax()] is False
 
 
-def best_flags(values: Sequence[float | None], widths: Sequence[float | None], higher: bool) -> list[bool]:
-    """Which values are bold: the best and every value whose interval ``[v - w, v + w]`` overlaps the
-    best's (``w`` None: the value itself, so exact ties). None when fewer than two finite values,
-    or when every value is bold (nothing stands out: the row ties)."""
-    finite = [i for i, v in enumerate(values) if v is not None and math.isfinite(v)]
-    if len(finite) < 2:
-        return [False] * len(values)
-    sign = 1.0 if higher else -1.0
-    best = max(finite, key=lambda i: sign * float(values[i]))  # type: ignore[arg-type]
-    w_best = widths[best] or 0.0
-    reach = sign * float(values[best]) - w_best  # the best interval's worse end
-    flags = [i in finite and sign * float(values[i]) + (widths[i] or 0.0) >= reach for i in range(len(values))]
-    return [False] * len(values) if all(flags[i] for i in finite) else flags
+def below(value: float | None, baseline: float | None, higher: bool) -> bool:
+    """Whether ``value`` is worse than the baseline (CHE: below majority; ppl: above unigram)."""
+    if value is None or baseline is None or not math.isfinite(baseline):
+        return False
+    return value < baseline if higher else value > baseline
 
 
-BOLD_NOTE = ("bold: the best value and every value whose 95% interval (several seeds: t-based CI of the "
-             "mean; one seed: ± 1 SE) overlaps the best's; no interval: equal at display precision; "
-             "no bold where every value ties")
-
-
-def mark_best(
-    cells: list[TCell],
-    stats: list[SeedStats | None],
-    how: str,
-    digits: int,
-    higher: bool,
-    widths: Sequence[float | None] | None = None,
-) -> None:
-    """Bold the best value among ``cells`` and every value within its uncertainty (:func:`best_flags`).
-
-    Values are compared at display precision (``digits``); ``widths`` are the half-widths of their
-    intervals (default: :func:`half_width` of each cell's statistics; None entries: exact).
-    """
-    shown = [
-        round(s.max if how == "max" else s.mean, digits) if s is not None and s.n else None for s in stats
-    ]
-    hw = list(widths) if widths is not None else [half_width(s, how) for s in stats]
-    for cell, flag in zip(cells, best_flags(shown, hw, higher), strict=True):
+def mark_best(cells: list[TCell], stats: Sequence[SeedStats | None], higher: bool, digits: int) -> Bold:
+    """Bold ``cells`` by :func:`lenbench.report.population.bold_by_tests`; returns the decision."""
+    decision = bold_by_tests(stats, higher, digits)
+    for cell, flag in zip(cells, decision.flags, strict=True):
         cell.bold = flag
+    return decision
 
 
-def _seed_note(stats: dict[tuple, SeedStats]) -> str:
-    ns = sorted({s.n for s in stats.values() if s.n})
-    return "seeds per cell: " + ("/".join(str(n) for n in ns) if ns else "none")
+def mark_max(cells: list[TCell], values: Sequence[float | None], higher: bool, digits: int) -> None:
+    """The max table's bold: the best value and its ties at display precision (a max has no test)."""
+    shown = [None if v is None else round(v, digits) for v in values]
+    live = [v for v in shown if v is not None]
+    if len(live) < 2:
+        return
+    top = max(live) if higher else min(live)
+    for cell, v in zip(cells, shown, strict=True):
+        cell.bold = v == top
+
+
+def bold_note(where: str, few: bool) -> str:
+    """The bold rule, said under every table it applies to (``few``: the n < 3 rule decided cells)."""
+    return (f"bold ({where}): the best value and every value that a two-sided paired t-test against it, over the "
+            f"seeds both share (each PE at its chosen rate), Holm-corrected over the comparisons with the best, "
+            f"does not find worse at p < {ALPHA:g}; fewer than {MIN_PAIRS} paired seeds: best only"
+            + (f" (n < {MIN_PAIRS}: best only, applied here)" if few else "")
+            + "; ties at display precision are bold; DNF is never bold")
+
+
+def _seed_note(stats: Iterable[SeedStats | None]) -> str:
+    ns = sorted({s.n for s in stats if s is not None and s.n})
+    return "finished runs (seeds) per cell: " + ("/".join(str(n) for n in ns) if ns else "none")
+
+
+def _fingerprint_note(fingerprint: str | None, differs: str) -> str:
+    where = f"protocol fingerprint {fingerprint}" if fingerprint else "protocol fingerprint ?"
+    extra = f"; differs from the other protocols of these results in {differs}" if differs else ""
+    return (f"{where} (config minus seed, learning rate, PE, task and operational keys; ppl: plus the "
+            f"evaluation-window signature): only cells of one fingerprint are pooled{extra}")
+
+
+def _title_suffix(fingerprint: str | None, differs: str) -> str:
+    return f" [protocol {fingerprint}: {differs}]" if differs else ""
 
 
 # --------------------------------------------------------------------------- CHE
@@ -274,166 +293,226 @@ def task_order(tasks: Sequence[str]) -> list[str]:
 
 
 def che_frames(frame: pd.DataFrame, metric: str = "score") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(done rows of ``metric``, failed-cell rows) of the CHE suite."""
-    che = frame[frame["suite"] == "che"]
+    """(done rows of ``metric``, failed-cell rows) of the CHE suite, superseded folders left out."""
+    che = pooled_rows(frame, "che")
     return che[(che["status"] == "done") & (che["metric"] == metric)], che[che["status"] == "failed"]
 
 
-def _column(rows: pd.DataFrame, name: str) -> pd.Series:
-    return rows[name] if name in rows else pd.Series([None] * len(rows), index=rows.index, dtype=object)
-
-
 def che_stats(done: pd.DataFrame, failed: pd.DataFrame) -> dict[tuple, SeedStats]:
-    """``{(task, pe, lr): SeedStats}`` of CHE cells in %: values, per-seed SEs and fit flags."""
+    """``{(task, pe, lr): SeedStats}`` of CHE cells in %: values, test-sampling SEs, fit flags, seeds."""
     done = done.assign(lr=pd.to_numeric(_column(done, "lr"), errors="coerce"))
     failed = failed.assign(lr=pd.to_numeric(_column(failed, "lr"), errors="coerce"))
-    out: dict[tuple, SeedStats] = {}
-    def norm(key: tuple) -> tuple:  # NaN (no rate stored) -> None, so keys from both frames compare equal
-        return (key[0], key[1], None if _nan(key[2]) else float(key[2]))
-
-    for key, group in done.groupby(["task", "pe", "lr"], sort=False, dropna=False):
-        key = norm(key)
-        group = group[group["value"].notna()].sort_values("seed")
-        ses = tuple(None if _nan(v) else 100.0 * float(v) for v in _column(group, "se"))
-        fits = tuple(None if _nan(v) else bool(v) for v in _column(group, "fit"))
-        out[key] = SeedStats(tuple(100.0 * float(v) for v in group["value"]), 0, ses, fits)
-    for key, group in failed.groupby(["task", "pe", "lr"], sort=False, dropna=False):
-        key = norm(key)
-        have = out.get(key, SeedStats(()))
-        out[key] = SeedStats(have.values, len(group), have.ses, have.fits)
-    return out
+    return cell_stats(done, failed, ["task", "pe", "lr"], 100.0)
 
 
-def _lr_text(lr: Any) -> str:
-    return "" if _nan(lr) else f"{float(lr):g}"
+def _mean_by(rows: pd.DataFrame, key: str, scale: float = 1.0, value: str = "value") -> dict[Any, float]:
+    """Mean of ``value`` per ``key`` over the rows where it is known (one number per cell row)."""
+    if value not in rows:
+        return {}
+    rows = rows[rows[value].notna()]
+    return {_plain(k): scale * float(g[value].astype(float).mean()) for k, g in rows.groupby(key, sort=True)}
 
 
-def best_lr(stats: dict[tuple, SeedStats], task: str, pe: str) -> Any:
-    """The learning rate of (task, PE) with the highest mean score over its runs that fit (more fitted
-    runs break ties; a rate none of whose runs fit ranks last)."""
-    options = [(lr, s) for (t, p, lr), s in stats.items() if t == task and p == pe]
-    if not options:
-        return None
+@dataclass
+class CheView:
+    """The CHE cells of one protocol fingerprint, with each (task, PE)'s chosen learning rate."""
 
-    def rank(item: tuple[Any, SeedStats]) -> tuple[bool, float, int]:
-        s = item[1]
-        fitted = [v for i, v in enumerate(s.values) if i >= len(s.fits) or s.fits[i] is not False]
-        return (bool(fitted), float(np.mean(fitted)) if fitted else -math.inf, len(fitted))
+    fingerprint: str | None
+    differs: str  # "key=value, ..." where this protocol differs from the others; "" when alone
+    rows: pd.DataFrame  # every CHE row of this fingerprint
+    stats: dict[tuple, SeedStats]  # (task, pe, lr) -> test scores (%)
+    train: dict[tuple, SeedStats]  # (task, pe, lr) -> in-distribution scores (%)
+    chosen: dict[tuple[str, str], Any]  # (task, pe) -> lr, or NOT_CHOSEN
+    tasks: list[str]
+    pes: list[str]
+    majority: dict[str, float]  # task -> majority baseline at the test lengths (%)
+    train_majority: dict[str, float]  # task -> at the training lengths (%)
 
-    return max(options, key=rank)[0]
+    @property
+    def several_lrs(self) -> bool:
+        return len({_lr_text(k[2]) for k in self.stats}) > 1
 
+    def cell(self, task: str, pe: str, train: bool = False) -> SeedStats | None:
+        """The runs of (task, PE) at its chosen rate (test scores, or in-distribution ones)."""
+        lr = self.chosen.get((task, pe))
+        return None if lr == NOT_CHOSEN else (self.train if train else self.stats).get((task, pe, lr))
 
-def pooled_stats(stats: dict[tuple, SeedStats], task: str, pe: str) -> SeedStats | None:
-    """Every run of (task, PE) over seeds and learning rates together (for the max over both)."""
-    runs = [s for (t, p, _), s in stats.items() if t == task and p == pe]
-    if not runs:
-        return None
-    return SeedStats(tuple(v for s in runs for v in s.values), sum(s.failed for s in runs),
-                     tuple(v for s in runs for v in s.ses), tuple(v for s in runs for v in s.fits))
-
-
-def fitted_max(stats: SeedStats | None) -> SeedStats | None:
-    """The runs that fitted their training lengths (unknown counts as fitted), for the max table."""
-    if stats is None or not stats.fits:
-        return stats
-    keep = [i for i, f in enumerate(stats.fits) if f is not False]
-    if not keep:
-        return stats  # every run did not fit: shown as DNF
-    return SeedStats(tuple(stats.values[i] for i in keep), stats.failed, tuple(stats.ses[i] for i in keep),
-                     tuple(stats.fits[i] for i in keep))
+    def every_rate(self, task: str, pe: str) -> SeedStats | None:
+        """Every run of (task, PE) over seeds and learning rates (the max over runs)."""
+        return pooled([s for (t, p, _), s in self.stats.items() if t == task and p == pe])
 
 
-def _majority(frame: pd.DataFrame) -> dict[str, float]:
-    """Mean majority-baseline score (%) per task over its cells (measured on each cell's test samples)."""
-    done, _ = che_frames(frame, "majority_score")
-    return {str(t): 100.0 * float(g["value"].mean()) for t, g in done.groupby("task") if g["value"].notna().any()}
+def fingerprints(rows: pd.DataFrame) -> list[tuple[str | None, str]]:
+    """(fingerprint, what differs) of the given rows, sorted; one ``(None, "")`` when unknown."""
+    if "fingerprint" not in rows or rows["fingerprint"].isna().all():
+        return [(None, "")]
+    diffs = _column(rows, "fingerprint_diff")
+    found = {str(fp): ("" if _nan(d) else str(d)) for fp, d in zip(rows["fingerprint"], diffs, strict=True)
+             if not _nan(fp)}
+    return sorted(found.items())
+
+
+def _of(rows: pd.DataFrame, fingerprint: str | None) -> pd.DataFrame:
+    return rows if fingerprint is None else rows[rows["fingerprint"] == fingerprint]
+
+
+def che_views(frame: pd.DataFrame) -> list[CheView]:
+    """One :class:`CheView` per CHE protocol fingerprint."""
+    che = pooled_rows(frame, "che")
+    if che.empty:
+        return []
+    views = []
+    for fp, differs in fingerprints(che):
+        rows = _of(che, fp)
+        done, failed = che_frames(rows)
+        if done.empty and failed.empty:
+            continue
+        stats = che_stats(done, failed)
+        train_done, _ = che_frames(rows, "train_score")
+        train = che_stats(train_done, failed.iloc[0:0])
+        tasks = task_order([k[0] for k in stats])
+        pes = pe_order([k[1] for k in stats])
+        chosen = {}
+        for task in tasks:
+            for pe in pes:
+                options = {lr: (s, train.get((task, pe, lr)))
+                           for (t, p, lr), s in stats.items() if (t, p) == (task, pe)}
+                if options:
+                    chosen[(task, pe)] = choose_lr(options, higher=True, digits=1)
+        majority = _mean_by(che_frames(rows, "majority_score")[0], "task", 100.0)
+        train_majority = _mean_by(che_frames(rows, "train_majority_score")[0], "task", 100.0)
+        views.append(CheView(fp, differs, rows, stats, train, chosen, tasks, pes, majority, train_majority))
+    return views
+
+
+def _che_protocol(view: CheView) -> tuple[str, str]:
+    """(training lengths text, "trained on ...; tested on ..." line) of a view."""
+    acc = view.rows[(view.rows["metric"] == "accuracy") & (view.rows["status"] == "done")]
+    lengths = sorted(int(n) for n in acc["eval_len"].dropna().unique())
+    train_max = sorted(int(n) for n in view.rows["train_len"].dropna().unique())
+    train_min = sorted(int(n) for n in view.rows["train_min_len"].dropna().unique())
+    training = f"{'/'.join(map(str, train_min))}..{'/'.join(map(str, train_max))}"
+    tested = f"tested on {len(lengths)} lengths {lengths[0]}..{lengths[-1]}" if lengths else "no test lengths"
+    return training, f"trained on lengths {training}; {tested}"
 
 
 def che_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
-    """The CHE tables: mean over seeds (± std, or ± SE for one seed), the max over seeds and learning
-    rates (the papers' statistic), and in-distribution accuracy; plus their tidy summary."""
-    done, failed = che_frames(frame)
-    if done.empty and failed.empty:
-        return [], pd.DataFrame()
-    stats = che_stats(done, failed)
-    train_done, _ = che_frames(frame, "train_score")
-    train_stats = che_stats(train_done, failed.iloc[0:0])
-    tasks = task_order([k[0] for k in stats])
-    pes = pe_order([k[1] for k in stats])
-    several_lrs = len({_lr_text(k[2]) for k in stats}) > 1
-    majority = _majority(frame)
-    acc = frame[(frame["suite"] == "che") & (frame["metric"] == "accuracy") & (frame["status"] == "done")]
-    lengths = sorted(int(n) for n in acc["eval_len"].dropna().unique())
-    che = frame[frame["suite"] == "che"]
-    train_max = sorted(int(n) for n in che["train_len"].dropna().unique())
-    train_min = sorted(int(n) for n in che["train_min_len"].dropna().unique())
-    training = f"{'/'.join(map(str, train_min))}..{'/'.join(map(str, train_max))}"
-    protocol = f"trained on lengths {training}; " + (
-        f"tested on {len(lengths)} lengths {lengths[0]}..{lengths[-1]}" if lengths else "no test lengths"
-    )
-    thresholds = sorted({float(v) for v in _column(done, "fit_threshold") if not _nan(v)})
-    fit_note = (
-        f"{DNF}: did not fit: accuracy on the training lengths {training} stayed below "
-        + "/".join(f"{100 * t:.0f}%" for t in thresholds)
-        + "; its score is not extrapolation, and it is never bold"
-        if thresholds else f"{DNF}: did not fit its training lengths"
-    )
-    chosen = {(task, pe): best_lr(stats, task, pe) for task in tasks for pe in pes}
-    specs = [
-        ("mean", "che_mean", "CHE score (%): mean accuracy over test lengths, mean ± std over seeds (± SE for one)",
-         lambda t, p: stats.get((t, p, chosen[(t, p)])), "mean"),
-        ("max", "che_max", "CHE score (%): max over seeds and learning rates of the runs that fit (the papers' "
-         "statistic)", lambda t, p: fitted_max(pooled_stats(stats, t, p)), "max"),
-        ("train", "che_train", f"CHE in-distribution accuracy (%): training lengths {training}, mean ± std over "
-         "seeds (± SE for one)", lambda t, p: train_stats.get((t, p, chosen[(t, p)])), "mean"),
+    """The CHE tables of every protocol fingerprint (module docstring) and their tidy summary."""
+    tables: list[Table] = []
+    summary: list[dict[str, Any]] = []
+    views = che_views(frame)
+    for view in views:
+        suffix = f"_{view.fingerprint}" if len(views) > 1 else ""
+        got, rows = _che_view_tables(view, suffix)
+        tables += got
+        summary += rows
+    return tables, pd.DataFrame(summary)
+
+
+def _che_view_tables(view: CheView, suffix: str) -> tuple[list[Table], list[dict[str, Any]]]:
+    training, protocol = _che_protocol(view)
+    thresholds = sorted({float(v) for v in _column(view.rows, "fit_threshold") if not _nan(v)})
+    fit_rule = (f"in-distribution accuracy on the training lengths {training} >= "
+                + "/".join(f"{100 * t:.0f}%" for t in thresholds)) if thresholds else "its fit flag"
+    several = view.several_lrs
+    baseline_note = ("chance: 1/C (uniform guess); majority: a constant class per output position, fitted on an "
+                     f"independent draw and scored on the same samples; {BELOW}: below the majority baseline "
+                     "(a constant answer scores more)")
+    lr_note = ("@lr: the rate chosen per task and PE on in-distribution data (the share of runs that fit, then their "
+               "mean in-distribution accuracy at display precision, then the smaller rate), never on the test "
+               f"lengths; {NO_RATE}: several rates, no in-distribution score")
+    common_tail = [
+        _fingerprint_note(view.fingerprint, view.differs),
+        _seed_note(view.stats.values()),
+        f"{MISSING}: not run; {FAILED}: every seed failed; k {FAILED}: k seeds failed, statistics over the rest",
+        DOCS,
     ]
     tables = []
-    for kind, key, title, lookup, how in specs:
+    for kind in ("mean", "all", "max", "train"):
         by_level: dict[str | None, list[list[TCell]]] = {}
-        for task in tasks:
+        few = False
+        for task in view.tasks:
             info = task_info(task)
-            row_stats = [lookup(task, pe) for pe in pes]
-            cells = [TCell(stat_text(s, how, 1) + (f" @{_lr_text(chosen[(task, pe)])}"
-                                                   if several_lrs and kind != "max" and s is not None and s.n else ""))
-                     for s, pe in zip(row_stats, pes, strict=True)]
-            eligible = [None if s is None or s.all_unfit else s for s in row_stats] if kind != "train" else row_stats
-            mark_best(cells, eligible, how, 1, higher=True)
+            if kind == "max":
+                row = [view.every_rate(task, pe) for pe in view.pes]
+            else:
+                row = [view.cell(task, pe, train=kind == "train") for pe in view.pes]
+            how = {"mean": "mean", "all": "all", "max": "max", "train": "all"}[kind]
+            base = view.train_majority.get(task) if kind == "train" else view.majority.get(task)
+            cells = []
+            for s, pe in zip(row, view.pes, strict=True):
+                lr = view.chosen.get((task, pe))
+                if lr == NOT_CHOSEN and kind != "max":
+                    cells.append(TCell(NO_RATE))
+                    continue
+                text = runs_text(s, how, 1)
+                if several and kind != "max" and s is not None and s.n:
+                    text += f" @{_lr_text(lr)}"
+                if below(shown_value(s, how), base, higher=True):
+                    text += f" {BELOW}"
+                cells.append(TCell(text))
+            if kind == "mean":
+                few |= mark_best(cells, row, higher=True, digits=1).few_pairs
+            elif kind == "max":
+                mark_max(cells, [None if max_did_not_fit(s) else shown_value(s, "max") for s in row], True, 1)
             chance = MISSING if info.chance is None else f"{100 * info.chance:.0f}%"
-            base = f"{majority[task]:.1f}%" if task in majority else MISSING
-            by_level.setdefault(info.level, []).append([TCell(task), TCell(chance), TCell(base), *cells])
+            base_text = MISSING if base is None else f"{base:.1f}%"
+            by_level.setdefault(info.level, []).append([TCell(task), TCell(chance), TCell(base_text), *cells])
         sections = [Section(LEVELS.get(lv, "other tasks") if lv is not None else "other tasks", rows)
                     for lv, rows in sorted(by_level.items(), key=lambda kv: _level_rank(kv[0]))]
-        notes = [
-            protocol,
-            {"mean": "mean ± sample std (ddof 1) over seeds; one seed: mean ± the standard error of its score "
-                     "(per-length binomial/ratio SE over the test samples, lengths pooled)",
-             "max": "max over seeds and learning rates (CHE: the max over 10 seeds, che.md §2.6), taken over the "
-                    "runs that fit; DNF: no run fit",
-             "train": "in-distribution: fresh samples at the training lengths, scored like the test lengths"}[kind],
-            _seed_note({k: v for k, v in stats.items()}),
-            f"{BOLD_NOTE} (per row; " + ("every cell, as this table measures the fit" if kind == "train"
-                                         else "runs that did not fit excluded") + "); chance: 1/C (uniform guess); "
-            "majority: a constant class per output position, fitted on an independent draw and scored on the test "
-            "samples",
-            fit_note.replace(", and it is never bold", "") if kind == "train" else fit_note,
-            f"{MISSING}: not run; {FAILED}: every seed failed; (k {FAILED}): k seeds failed, statistics over the rest",
-        ]
-        if several_lrs and kind != "max":
-            notes.append("@lr: the learning rate with the highest mean score over the seeds that fit")
-        tables.append(Table(key, title, ["task", "chance", "majority", *pes], sections, notes, left=3))
-    summary = pd.DataFrame([
-        {
-            "task": task, "level": task_info(task).level, "chance": task_info(task).chance,
-            "majority": majority.get(task), "pe": pe, "lr": None if _nan(lr) else float(lr), "n": s.n,
-            "failed": s.failed, "did_not_fit": s.unfit,
-            "mean": s.mean if s.n else None, "std": s.std, "se": s.se,
-            "max": s.max if s.n else None, "min": s.min if s.n else None,
-            "train_mean": train_stats[(task, pe, lr)].mean if train_stats.get((task, pe, lr)) and
-            train_stats[(task, pe, lr)].n else None,
-            "chosen_lr": _lr_text(chosen.get((task, pe))) == _lr_text(lr),
+        fit_tags = (f"k/n fit: k of the n finished runs fit ({fit_rule})")
+        notes = {
+            "mean": [protocol,
+                     "primary statistic: mean ± sample std (ddof 1) over the seeds of the runs that fit; "
+                     f"{fit_tags}; {DNF}: no run fit (no score, never bold); [SE x]: a single fitted run and x "
+                     "its test-sampling SE (model fixed): the sampling error of its test samples, not "
+                     "seed-to-seed variation, never an interval between PEs",
+                     bold_note("per row", few), *([lr_note] if several else [])],
+            "all": [protocol,
+                    "mean ± sample std over every finished run at the chosen rate, fitted or not (a run that did "
+                    "not fit is not extrapolation): context for the primary table, not a comparison; no bold; "
+                    + fit_tags,
+                    *([lr_note] if several else [])],
+            "max": [protocol,
+                    "the papers' statistic: the max over every finished run, all seeds and learning rates, without "
+                    "a fit filter, as the CHE paper reports its table (the maximum over 10 seeds; docs/che.md §2.6); "
+                    f"{DNF} run: the max is a run that did not fit (never bold); {fit_tags} (over every rate); bold: "
+                    "the highest and its ties at display precision (a max has no test)"],
+            "train": [protocol,
+                      "in-distribution accuracy: fresh samples at the training lengths, scored like the test lengths; "
+                      f"mean ± sample std over every finished run at the chosen rate; {fit_tags}; no bold (a "
+                      f"diagnostic of the fit); majority here: at the training lengths",
+                      *([lr_note] if several else [])],
+        }[kind]
+        notes += [baseline_note, *common_tail]
+        suffix_title = _title_suffix(view.fingerprint, view.differs)
+        titles = {
+            "mean": "CHE score (%): mean accuracy over test lengths, mean ± seed std over the runs that fit (k/n fit)",
+            "all": "CHE score (%): mean ± seed std over all runs, fitted or not",
+            "max": "CHE score (%): max over all runs (seeds x learning rates), unfiltered: the papers' statistic",
+            "train": f"CHE in-distribution accuracy (%): training lengths {training}, mean ± seed std over all runs",
         }
-        for (task, pe, lr), s in stats.items()
-    ])  # fmt: skip
+        keys = {"mean": "che_mean", "all": "che_all_runs", "max": "che_max", "train": "che_train"}
+        tables.append(Table(keys[kind] + suffix, titles[kind] + suffix_title, ["task", "chance", "majority", *view.pes],
+                            sections, notes, left=3))
+    summary = []
+    for (task, pe, lr), s in view.stats.items():
+        pop = s.population()
+        every = view.every_rate(task, pe)
+        fitted_every = every.population() if every is not None else None
+        train = view.train.get((task, pe, lr))
+        summary.append({
+            "fingerprint": view.fingerprint, "task": task, "level": task_info(task).level,
+            "chance": task_info(task).chance, "majority": view.majority.get(task), "pe": pe, "lr": lr,
+            "chosen_lr": view.chosen.get((task, pe)) == lr, "n": s.n, "fit": s.k if s.flagged else None,
+            "failed": s.failed, "mean": pop.mean if pop.n else None, "std": pop.std,
+            "test_sampling_se_model_fixed": pop.se,
+            "all_runs_mean": s.mean if s.n else None, "all_runs_std": s.std,
+            "max_all_runs_all_rates": every.max if every is not None and every.n else None,
+            "max_fitted_runs_all_rates": fitted_every.max if fitted_every is not None and fitted_every.n else None,
+            "train_mean_all_runs": train.mean if train is not None and train.n else None,
+            "below_majority": below(pop.mean if pop.n else None, view.majority.get(task), higher=True),
+        })
     return tables, summary
 
 
@@ -446,15 +525,51 @@ def _level_rank(level: str | None) -> int:
 
 
 def ppl_frames(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[pd.DataFrame, pd.DataFrame]:
-    ppl = frame[frame["suite"] == "ppl"]
+    """(done rows of ``metric``, failed-cell rows) of the ppl suite, superseded folders left out."""
+    ppl = pooled_rows(frame, "ppl")
     protocol = ppl["protocol"] if "protocol" in ppl else pd.Series(None, index=ppl.index, dtype=object)
     ppl = ppl.assign(protocol=protocol.astype(object).where(protocol.notna(), LEGACY_PROTOCOL))  # as ``collect``
+    ppl = ppl.assign(lr=pd.to_numeric(_column(ppl, "lr"), errors="coerce"))
     return ppl[(ppl["status"] == "done") & (ppl["metric"] == metric)], ppl[ppl["status"] == "failed"]
 
 
 def protocol_note(protocol: str) -> str:
     """What a ppl table's evaluation protocol scored (unknown names are shown as they are)."""
     return PROTOCOL_TEXT.get(protocol, f"{protocol} protocol")
+
+
+@dataclass
+class PplView:
+    """The ppl cells of one table: dataset, training length, protocol and fingerprint."""
+
+    dataset: str
+    train_len: int
+    protocol: str
+    fingerprint: str | None
+    differs: str
+    key: str
+    stats: dict[tuple, SeedStats]  # (pe, lr, eval_len) -> runs
+    failed: dict[tuple, int]  # (pe, lr) -> failed seeds
+    chosen: dict[str, Any]  # pe -> lr, or NOT_CHOSEN
+    lengths: list[int]
+    pes: list[str]
+    unigram: dict[int, float]  # eval_len -> the unigram model's perplexity on the same targets
+
+    @property
+    def several_lrs(self) -> bool:
+        return len({_lr_text(k[1]) for k in self.stats} | {_lr_text(k[1]) for k in self.failed}) > 1
+
+    def cell(self, pe: str, length: int) -> SeedStats | None:
+        """The runs of a PE at one length at its chosen rate (failed seeds of that rate included)."""
+        lr = self.chosen.get(pe)
+        if lr == NOT_CHOSEN:
+            return None
+        s = self.stats.get((pe, lr, length))
+        n_failed = self.failed.get((pe, lr), 0)
+        if s is None and not n_failed:
+            return None
+        s = s or SeedStats(())
+        return SeedStats(s.values, n_failed, s.ses, s.fits, s.seeds)
 
 
 def ppl_groups(done: pd.DataFrame, failed: pd.DataFrame) -> list[tuple[str, int, str, str]]:
@@ -469,58 +584,100 @@ def ppl_groups(done: pd.DataFrame, failed: pd.DataFrame) -> list[tuple[str, int,
     return [(d, t, p, f"ppl_{slug(d)}_T{t}" + (f"_{p}" if count[(d, t)] > 1 else "")) for d, t, p in groups]
 
 
-def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[Table], pd.DataFrame]:
-    """Per (dataset, training length): PEs x evaluation lengths, mean ± std over seeds; best bold."""
+def ppl_views(frame: pd.DataFrame, metric: str = "ppl_last256") -> list[PplView]:
+    """One :class:`PplView` per (dataset, training length, protocol, fingerprint), sorted."""
     done, failed = ppl_frames(frame, metric)
     if done.empty and failed.empty:
-        return [], pd.DataFrame()
-    tables, summary = [], []
+        return []
+    views = []
     for dataset, train_len, protocol, key in ppl_groups(done, failed):
         d = done[(done["dataset"] == dataset) & (done["train_len"] == train_len) & (done["protocol"] == protocol)]
         f = failed[(failed["dataset"] == dataset) & (failed["train_len"] == train_len)
                    & (failed["protocol"] == protocol)]
-        lengths = sorted(int(n) for n in d["eval_len"].dropna().unique())
-        per = seed_stats(d, d.iloc[0:0], ["pe", "eval_len"])
-        failed_seeds = f.groupby("pe").size().to_dict()
-        pes = pe_order([*d["pe"].unique(), *f["pe"].unique()])
-        rows = []
-        for pe in pes:
-            cells = []
-            for n in lengths:
-                s = per.get((pe, n))
-                n_failed = int(failed_seeds.get(pe, 0))
-                s = SeedStats(s.values if s else (), n_failed) if (s or n_failed) else None
-                cells.append(s)
-                if s is not None:
-                    summary.append({
-                        "dataset": dataset, "train_len": train_len, "protocol": protocol, "pe": pe, "eval_len": n,
-                        "metric": metric,
-                        "n": s.n, "failed": s.failed, "mean": s.mean if s.n else None, "std": s.std,
-                        "max": s.max if s.n else None, "min": s.min if s.n else None,
-                    })  # fmt: skip
-            rows.append((pe, cells))
-        if not lengths:  # every cell of this group failed: no evaluation length to show
-            body = [[TCell(pe), TCell(FAILED)] for pe in pes]
-            title = f"{dataset}, trained at {train_len}: perplexity (last 256 tokens), {protocol} protocol"
-            tables.append(Table(key, title, ["PE", "all lengths"], [Section(None, body)],
-                                [f"{FAILED}: every seed failed", protocol_note(protocol)]))
+        prints = fingerprints(pd.concat([d, f]))
+        for fp, differs in prints:
+            dd, ff = _of(d, fp), _of(f, fp)
+            stats = cell_stats(dd, dd.iloc[0:0], ["pe", "lr", "eval_len"])
+            n_failed = {tuple(_plain(v) for v in k): len(g) for k, g in ff.groupby(["pe", "lr"], dropna=False)}
+            lengths = sorted(int(n) for n in dd["eval_len"].dropna().unique())
+            pes = pe_order([*dd["pe"].unique(), *ff["pe"].unique()])
+            chosen = {}
+            for pe in pes:
+                lrs = {k[1] for k in stats if k[0] == pe} | {k[1] for k in n_failed if k[0] == pe}
+                options = {}
+                for lr in lrs:
+                    runs = [s for (p, r, _), s in stats.items() if (p, r) == (pe, lr)]
+                    options[lr] = (runs[0] if runs else None, stats.get((pe, lr, train_len)))
+                chosen[pe] = choose_lr(options, higher=False, digits=2)
+            unigram = _mean_by(dd, "eval_len", value="unigram_ppl")
+            views.append(PplView(dataset, train_len, protocol, fp, differs,
+                                 key + (f"_{fp}" if len(prints) > 1 else ""), stats, n_failed, chosen, lengths, pes,
+                                 {int(k): v for k, v in unigram.items()}))
+    return views
+
+
+def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[Table], pd.DataFrame]:
+    """Per (dataset, training length, protocol, fingerprint): PEs x evaluation lengths, mean ± seed std,
+    each PE at its chosen rate, bold from paired tests per column, the unigram baseline last."""
+    tables, summary = [], []
+    for view in ppl_views(frame, metric):
+        title = (f"{view.dataset}, trained at {view.train_len}: perplexity (last 256 tokens) by evaluation length, "
+                 f"{view.protocol} protocol" + _title_suffix(view.fingerprint, view.differs))
+        if not view.lengths:  # every cell of this group failed: no evaluation length to show
+            body = [[TCell(pe), TCell(FAILED)] for pe in view.pes]
+            tables.append(Table(view.key, title, ["PE", "all lengths"], [Section(None, body)],
+                                [f"{FAILED}: every seed failed", protocol_note(view.protocol)]))
             continue
-        body = [[TCell(pe), *[TCell(stat_text(s, "mean", 2)) for s in cells]] for pe, cells in rows]
-        for j in range(len(lengths)):
+        several = view.several_lrs
+        grid = {pe: [view.cell(pe, n) for n in view.lengths] for pe in view.pes}
+        body = []
+        for pe in view.pes:
+            row = [TCell(pe)]
+            for n, s in zip(view.lengths, grid[pe], strict=True):
+                if view.chosen.get(pe) == NOT_CHOSEN:
+                    row.append(TCell(NO_RATE))
+                    continue
+                text = runs_text(s, "mean", 2)
+                if several and s is not None and s.n:
+                    text += f" @{_lr_text(view.chosen[pe])}"
+                if below(shown_value(s, "mean"), view.unigram.get(n), higher=False):
+                    text += f" {BELOW}"
+                row.append(TCell(text))
+            body.append(row)
+        few = False
+        for j in range(len(view.lengths)):
             column = [row[1 + j] for row in body]
-            mark_best(column, [cells[j] for _, cells in rows], "mean", 2, higher=False)
-        header = ["PE", *[f"{n}" + (" (train)" if n == train_len else "") for n in lengths]]
+            few |= mark_best(column, [grid[pe][j] for pe in view.pes], higher=False, digits=2).few_pairs
+        sections = [Section(None, body)]
+        if view.unigram:
+            sections.append(Section("baseline", [[TCell("unigram")] + [
+                TCell(fmt_num(view.unigram[n], 2) if n in view.unigram else MISSING) for n in view.lengths]]))
+        header = ["PE", *[f"{n}" + (" (train)" if n == view.train_len else "") for n in view.lengths]]
         notes = [
-            f"perplexity over the last min(256, L) tokens ({metric}) at evaluation length L; trained at {train_len}",
-            protocol_note(protocol),
-            "mean ± sample std (ddof 1) over seeds",
-            f"{BOLD_NOTE} (lowest per column)",
-            _seed_note(per),
-            f"{MISSING}: not evaluated; {FAILED}: every seed failed; (k {FAILED}): k seeds failed",
+            f"perplexity over the last min(256, L) tokens ({metric}) at evaluation length L; (train): the "
+            "training length",
+            protocol_note(view.protocol),
+            "mean ± sample std (ddof 1) over seeds; every finished run counts (ppl has no fit flag); one run: its "
+            "value alone (no test-sampling SE is stored for perplexity)",
+            bold_note("lowest per column", few),
+            *(["@lr: the rate chosen per PE on in-distribution data (the lowest mean perplexity at the training "
+               f"length, then the smaller rate), never on the longer lengths; {NO_RATE}: the training length was "
+               "not evaluated"] if several else []),
+            f"unigram: the training split's unigram model scored on the same targets; {BELOW}: worse than it",
+            _fingerprint_note(view.fingerprint, view.differs),
+            _seed_note(s for per in grid.values() for s in per),
+            f"{MISSING}: not evaluated; {FAILED}: every seed failed; k {FAILED}: k seeds failed",
+            DOCS,
         ]
-        title = (f"{dataset}, trained at {train_len}: perplexity (last 256 tokens) by evaluation length, "
-                 f"{protocol} protocol")
-        tables.append(Table(key, title, header, [Section(None, body)], notes))
+        tables.append(Table(view.key, title, header, sections, notes))
+        for (pe, lr, n), s in view.stats.items():
+            summary.append({
+                "fingerprint": view.fingerprint, "dataset": view.dataset, "train_len": view.train_len,
+                "protocol": view.protocol, "pe": pe, "lr": lr, "chosen_lr": view.chosen.get(pe) == lr, "eval_len": n,
+                "metric": metric, "n": s.n, "failed": view.failed.get((pe, lr), 0), "mean": s.mean if s.n else None,
+                "std": s.std, "max": s.max if s.n else None, "min": s.min if s.n else None,
+                "unigram": view.unigram.get(n),
+            })  # fmt: skip
     return tables, pd.DataFrame(summary)
 
 
@@ -859,37 +1016,52 @@ def _fmt_ms(value: float | None) -> str:
 # --------------------------------------------------------------------------- significance
 
 
-def _paired_values(rows: pd.DataFrame, pe: str) -> dict[int, float]:
-    sel = rows[(rows["pe"] == pe) & rows["value"].notna()]
-    return {int(s): float(v) for s, v in zip(sel["seed"], sel["value"], strict=True)}
+@dataclass(frozen=True)
+class _Scope:
+    """One row family of the significance table: its PEs' runs at their chosen rates."""
+
+    suite: str
+    label: str
+    cells: dict[str, tuple[SeedStats | None, Any]]  # pe -> (runs at the chosen rate, that rate)
+    higher: bool
+    baseline: float | None  # CHE majority (%), ppl unigram; a mean worse than it is marked
 
 
-def _scopes(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, bool, float]]:
-    """(suite, scope label, done rows of that scope, higher is better, display scale)."""
+def _scopes(frame: pd.DataFrame) -> list[_Scope]:
+    """Every CHE (fingerprint, task) and ppl (table, evaluation length) with its PEs' chosen runs."""
     out = []
-    done, _ = che_frames(frame)
-    for task in task_order(done["task"].dropna().unique()):
-        out.append(("che", str(task), done[done["task"] == task], True, 100.0))
-    done, _ = ppl_frames(frame)
-    several = done["protocol"].nunique() > 1
-    for (dataset, train_len, protocol, n), rows in done.groupby(["dataset", "train_len", "protocol", "eval_len"],
-                                                                 sort=True):
-        where = f" ({protocol})" if several else ""
-        out.append(("ppl", f"{dataset} T={train_len} L={n}{where}", rows, False, 1.0))
+    views = che_views(frame)
+    for view in views:
+        where = f" [{view.fingerprint}]" if len(views) > 1 else ""
+        for task in view.tasks:
+            cells = {pe: (view.cell(task, pe), view.chosen.get((task, pe))) for pe in view.pes}
+            out.append(_Scope("che", f"{task}{where}", cells, True, view.majority.get(task)))
+    ppl = ppl_views(frame)
+    several = len({v.protocol for v in ppl}) > 1
+    prints = len({v.fingerprint for v in ppl}) > 1
+    for view in ppl:
+        where = (f" ({view.protocol})" if several else "") + (f" [{view.fingerprint}]" if prints else "")
+        for n in view.lengths:
+            cells = {pe: (view.cell(pe, n), view.chosen.get(pe)) for pe in view.pes}
+            out.append(_Scope("ppl", f"{view.dataset} T={view.train_len} L={n}{where}", cells, False,
+                              view.unigram.get(n)))
     return out
 
 
 def significance(frame: pd.DataFrame, compare: tuple[str, str] | None = None) -> tuple[Table | None, pd.DataFrame]:
-    """Paired tests over seeds for every (DAPE-X, X) pair and ``compare``, per task or eval length."""
+    """Paired tests over seeds for every (DAPE-X, X) pair and ``compare``, per CHE task or ppl length.
+
+    Each PE is taken at its chosen learning rate (named in ``lr A``/``lr B``), over its population
+    (CHE: the runs that fit), paired on the seeds both share; Holm over every tested row."""
     from lenbench.errors import LenbenchError
 
     results = []
     compare_found = False
+    scopes = _scopes(frame)
     for suite in ("che", "ppl"):
-        sub = frame[(frame["suite"] == suite) & (frame["status"] == "done")]
-        labels = pe_order(sub["pe"].dropna().unique())
+        labels = pe_order([pe for s in scopes if s.suite == suite for pe in s.cells])
         pairs = dape_pairs(labels)
-        if compare is not None:
+        if compare is not None and labels:
             try:
                 pair = (resolve_label(compare[0], labels), resolve_label(compare[1], labels))
             except LenbenchError:
@@ -898,14 +1070,15 @@ def significance(frame: pd.DataFrame, compare: tuple[str, str] | None = None) ->
                 compare_found = True
                 if pair not in pairs:
                     pairs.append(pair)
-        for s, scope, rows, higher, scale in (x for x in _scopes(frame) if x[0] == suite):
+        for scope in (s for s in scopes if s.suite == suite):
             for a, b in pairs:
-                va, vb = _paired_values(rows, a), _paired_values(rows, b)
-                if not va or not vb:
+                (sa, lr_a), (sb, lr_b) = scope.cells.get(a, (None, None)), scope.cells.get(b, (None, None))
+                if sa is None or sb is None or not sa.n or not sb.n:
                     continue
+                va, vb = sa.population().by_seed(), sb.population().by_seed()
                 seeds = sorted(set(va) & set(vb))
-                test = paired_test([va[k] * scale for k in seeds], [vb[k] * scale for k in seeds])
-                results.append((s, scope, a, b, higher, test, seeds))
+                test = paired_test([va[k] for k in seeds], [vb[k] for k in seeds])
+                results.append((scope, a, b, lr_a, lr_b, test, seeds))
     if compare is not None and not compare_found:
         labels = sorted(frame["pe"].dropna().unique())
         raise LenbenchError(
@@ -915,29 +1088,38 @@ def significance(frame: pd.DataFrame, compare: tuple[str, str] | None = None) ->
     if not results:
         return None, pd.DataFrame()
     body, tidy = [], []
-    adjusted = holm([test.p_t for *_, test, _ in results])
-    for (suite, scope, a, b, higher, test, seeds), p_holm in zip(results, adjusted, strict=True):
-        cells = significance_cells(test, higher, a, b, p_holm)
-        body.append([TCell(suite), TCell(scope), TCell(f"{a} vs {b}"), *cells])
+    adjusted = holm([r[5].p_t for r in results])
+    for (scope, a, b, lr_a, lr_b, test, seeds), p_holm in zip(results, adjusted, strict=True):
+        cells = significance_cells(test, scope.higher, a, b, p_holm)
+        for i, mean in ((1, test.mean_a), (2, test.mean_b)):
+            if test.n and below(mean, scope.baseline, scope.higher):
+                cells[i] = TCell(f"{cells[i].text} {BELOW}")
+        body.append([TCell(scope.suite), TCell(scope.label), TCell(f"{a} vs {b}"), TCell(_lr_text(lr_a) or MISSING),
+                     TCell(_lr_text(lr_b) or MISSING), *cells])
         tidy.append({
-            "suite": suite, "scope": scope, "a": a, "b": b, "seeds": ",".join(map(str, seeds)), "n": test.n,
-            "mean_a": test.mean_a, "mean_b": test.mean_b, "diff": test.diff, "sd_diff": test.sd, "d_z": test.d_z,
-            "t": test.t, "df": test.df, "p_t": test.p_t, "p_holm": p_holm, "p_sign_flip": test.p_sign_flip,
-            "favours": cells[-1].text, "note": test.note,
+            "suite": scope.suite, "scope": scope.label, "a": a, "b": b, "lr_a": lr_a, "lr_b": lr_b,
+            "seeds": ",".join(map(str, seeds)), "n": test.n, "mean_a": test.mean_a, "mean_b": test.mean_b,
+            "diff": test.diff, "sd_diff": test.sd, "d_z": test.d_z, "t": test.t, "df": test.df, "p_t": test.p_t,
+            "p_holm": p_holm, "p_sign_flip": test.p_sign_flip, "favours": cells[-1].text, "note": test.note,
         })  # fmt: skip
-    header = ["suite", "task / eval", "A vs B", "n", "mean A", "mean B", "Δ (A−B)", "d_z", "t (df)",
+    header = ["suite", "task / eval", "A vs B", "lr A", "lr B", "n", "mean A", "mean B", "Δ (A−B)", "d_z", "t (df)",
               "p (t-test)", "p (Holm)", "p (sign-flip)", "favours"]
     m = sum(p is not None for p in adjusted)
     notes = [
-        "paired by seed; CHE: score in %, higher is better; ppl: ppl_last256, lower is better",
+        "each PE at its chosen learning rate (lr A, lr B: chosen on in-distribution data, as in the tables); paired "
+        "by seed over the seeds where both runs are in the population (CHE: both fit); n: paired seeds; mean A, "
+        "mean B: over those seeds",
+        "CHE: score in %, higher is better; ppl: ppl_last256, lower is better",
         "t-test: two-sided paired t-test (Student t, n−1 df); sign-flip: exact two-sided permutation test "
         "(smallest possible p = 2/2^n); d_z = mean(Δ)/sd(Δ)",
         f"multiple comparisons: Holm's step-down correction of the t-test p over this table's {m} tested rows "
         f"(p (Holm)); favours names a PE only when p (Holm) < {ALPHA:g}, else n.s. (not significant)",
         "no test: n < 2 paired seeds, or a constant Δ (sd 0: the t-test is undefined)",
+        f"{BELOW}: below the majority baseline (CHE) or worse than the unigram model (ppl)",
+        DOCS,
     ]
     return Table("significance", "Paired significance over seeds", header, [Section(None, body)], notes,
-                 left=3), pd.DataFrame(tidy)
+                 left=5), pd.DataFrame(tidy)
 
 
 def _fmt_p(p: float | None) -> str:

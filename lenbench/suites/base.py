@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +18,19 @@ class Cell:
     config: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Work:
+    """One kind of call a cell makes ``repeats`` times, for the time estimate of ``run --dry-run``
+    (:mod:`lenbench.execute.estimate`): a training step or an evaluation forward over ``batch``
+    sequences of the suite's length ``size``, of relative ``cost`` (forward cost x batch)."""
+
+    kind: str  # "train" or "eval"
+    size: int
+    batch: int
+    cost: float
+    repeats: float
+
+
 class Reporter(Protocol):
     """Progress callbacks a suite calls while running one cell (rich in the CLI, silent in tests)."""
 
@@ -24,7 +38,8 @@ class Reporter(Protocol):
 
     def train_step(self, step: int, metrics: dict[str, float]) -> None: ...
 
-    def eval_start(self, label: str, total: int) -> None: ...
+    def eval_start(self, label: str, total: int, weights: Sequence[float] | None = None) -> None:
+        """``total`` items to evaluate, ``weights`` their relative costs (for the ETA; None: equal)."""
 
     def eval_step(self, done: int, what: str, value: float) -> None: ...
 
@@ -44,7 +59,7 @@ class SilentReporter:
     def train_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
-    def eval_start(self, label: str, total: int) -> None:
+    def eval_start(self, label: str, total: int, weights: Sequence[float] | None = None) -> None:
         pass
 
     def eval_step(self, done: int, what: str, value: float) -> None:
@@ -55,7 +70,9 @@ class SilentReporter:
 
 
 class Suite(Protocol):
-    """A suite module: expand its YAML into cells and run one cell into its folder."""
+    """A suite module: expand its YAML into cells and run one cell into its folder. Optionally
+    ``workload(cell) -> list[Work]`` and ``probe(cell) -> Callable[[Work], None]`` (one call of that
+    work on a model of the cell's shape) let ``run --dry-run`` measure what the grid will cost."""
 
     name: str
 

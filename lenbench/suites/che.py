@@ -1,11 +1,11 @@
 """The CHE suite: train an encoder per (task, PE, seed) at lengths 1..40, test at every length.
 
-Protocol (che.md §2; DESIGN.md): one length per batch drawn uniformly from the training range,
+Protocol (docs/che.md §2; DESIGN.md): one length per batch drawn uniformly from the training range,
 unmasked cross-entropy, Adam with global-norm clipping; each test length gets ``samples`` fresh
 samples in sub-batches, per-sub-batch accuracy pooled over masked tokens, per-length accuracy the
 mean over sub-batches, and the cell's score the mean over test lengths. Dropout stays **on** at
 evaluation, as in the reference (RPE/CHE ``range_evaluation.py`` applies the model with an rng and
-Haiku's dropout has no eval switch, che.md §2.6); ``eval.dropout: false`` turns it off.
+Haiku's dropout has no eval switch, docs/che.md §2.6); ``eval.dropout: false`` turns it off.
 
 What a reader needs beside the score (issue 16; :mod:`lenbench.suites.che_stats`):
 
@@ -36,9 +36,10 @@ from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.devices import autocast_for, check_precision, compute_device
 from lenbench.errors import LenbenchError
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
-from lenbench.pe.registry import parse_pe_spec, resolve_pes
+from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
+from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_json
-from lenbench.suites.base import Cell, Reporter
+from lenbench.suites.base import Cell, Reporter, Work
 from lenbench.suites.che_stats import (
     Counts,
     majority_classes,
@@ -81,7 +82,7 @@ class CheEval:
     lengths: str | list[int] = "41-500"
     samples: int = 512
     batch_size: int = 64
-    dropout: bool = True  # the reference evaluates with dropout on (che.md §2.6)
+    dropout: bool = True  # the reference evaluates with dropout on (docs/che.md §2.6)
     train_lengths: str | list[int] | None = None  # in-distribution accuracy; None: every training length
     train_samples: int = 64
     fit_threshold: float = 0.9  # in-distribution score below this: "did not fit"
@@ -207,7 +208,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
                     config = {
                         "suite": name,
                         "task": task,
-                        "pe": str(spec),
+                        **pe_entries(spec),
                         "seed": seed,
                         "model": asdict(prof.model),
                         "train": {**asdict(prof.train), "lr": lr},
@@ -219,7 +220,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
 
 
 def pack(task: CheTask, inputs: torch.Tensor, out_len: int) -> torch.Tensor:
-    """Append ``out_len`` empty tokens (id ``input_size``) to the inputs (che.md §2.1)."""
+    """Append ``out_len`` empty tokens (id ``input_size``) to the inputs (docs/che.md §2.1)."""
     empty = torch.full((inputs.shape[0], out_len), task.input_size, dtype=torch.long, device=inputs.device)
     return torch.cat([inputs, empty], dim=1)
 
@@ -235,7 +236,7 @@ def predict(model: Transformer, task: CheTask, inputs: torch.Tensor, length: int
 
 
 def masked_accuracy(task: CheTask, logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Sum(mask * [argmax = target]) / Sum(mask), pooled over the batch (che.md §2.6)."""
+    """Sum(mask * [argmax = target]) / Sum(mask), pooled over the batch (docs/che.md §2.6)."""
     mask = task.accuracy_mask(targets)
     correct = (logits.argmax(-1) == targets) & mask
     return float(correct.sum()) / max(1, int(mask.sum()))
@@ -286,7 +287,7 @@ def evaluate_length(
     model: Transformer, task: CheTask, rng: np.random.Generator, length: int, samples: int, batch_size: int,
     autocast: Callable[[], Any] = contextlib.nullcontext, majority_rng: np.random.Generator | None = None,
 ) -> LengthResult:
-    """``samples`` fresh samples of one length in sub-batches (che.md §2.6), with SE and majority.
+    """``samples`` fresh samples of one length in sub-batches (docs/che.md §2.6), with SE and majority.
 
     The majority classes are fitted on an independent draw of ``samples`` (from ``majority_rng``).
     """
@@ -329,7 +330,10 @@ def evaluate(
             done = {}
     model.train(ev["dropout"])
     device = next(model.parameters()).device
-    reporter.eval_start(f"{label} ({which} lengths)", len(lengths))
+    m = cfg["model"]
+    tokens = [n + task.output_length(n) for n in lengths]
+    costs = [forward_cost(t, m["dim"], m["layers"], task.output_size) for t in tokens]
+    reporter.eval_start(f"{label} ({which} lengths)", len(lengths), costs)
     with torch.no_grad():
         for i, length in enumerate(lengths):
             if length not in done:
@@ -410,8 +414,8 @@ def cell_records(
     score, se, majority = summarize(tests)
     train_score, train_se, train_majority = summarize(in_dist)
     fit = bool(train_score >= cfg["eval"]["fit_threshold"])
-    common = {"suite": name, "task": cfg["task"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": t["max_length"],
-              "lr": t["lr"]}
+    common = {"suite": name, "task": cfg["task"], "pe": pe_label(cfg), "seed": cfg["seed"],
+              "train_len": t["max_length"], "lr": t["lr"]}
     records = []
     for metric, results in (("accuracy", tests), ("train_accuracy", in_dist)):
         for n, r in results.items():
@@ -428,3 +432,58 @@ def cell_records(
     summary = {"score": score, "score_se": se, "train_score": train_score, "fit": fit, "majority_score": majority}
     return records, summary
 
+
+
+def workload(cell: Cell) -> list[Work]:
+    """The cell's work for ``run --dry-run`` (:mod:`lenbench.execute.estimate`): ``steps`` training
+    steps spread evenly over the training lengths (drawn uniformly), and the evaluation batches at
+    every training and test length; each item's cost is its batch x forward cost of ``N + output_length(N)``."""
+    cfg = cell.config
+    task = TASKS.get(cfg["task"])()
+    t, ev, m = cfg["train"], cfg["eval"], cfg["model"]
+
+    def item(kind: str, n: int, batch: int, repeats: float) -> Work:
+        cost = batch * forward_cost(n + task.output_length(n), m["dim"], m["layers"], task.output_size)
+        return Work(kind, n, batch, cost, repeats)
+
+    lengths = range(t["min_length"], t["max_length"] + 1)
+    works = [item("train", n, t["batch_size"], t["steps"] / len(lengths)) for n in lengths]
+    for eval_lengths, samples in ((ev["train_lengths"], ev["train_samples"]), (ev["lengths"], ev["samples"])):
+        full, rest = divmod(samples, ev["batch_size"])
+        for n in eval_lengths:
+            works.append(item("eval", n, ev["batch_size"], full))
+            if rest:
+                works.append(item("eval", n, rest, 1))
+    return works
+
+
+def probe(cell: Cell) -> Callable[[Work], None]:
+    """One training step (forward, backward, clipping, Adam) or one evaluation batch of a :class:`Work`
+    item, on a model of the cell's shape and device, with task samples from a fixed generator."""
+    cfg = cell.config
+    task = TASKS.get(cfg["task"])()
+    t = cfg["train"]
+    device = compute_device()
+    autocast = autocast_for(t["precision"], device)
+    model = build_model(cfg, task).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(t["lr"]))
+    rng = np.random.default_rng(0)
+
+    def run(work: Work) -> None:
+        inputs, targets = (x.to(device) for x in task.sample(rng, work.batch, work.size))
+        if work.kind == "train":
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                logits = predict(model, task, inputs, work.size)
+            cross_entropy(logits, targets).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            optimizer.step()
+        else:
+            model.train(cfg["eval"]["dropout"])
+            with torch.no_grad(), autocast():
+                predict(model, task, inputs, work.size)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run

@@ -1,6 +1,6 @@
 """Per-length CHE accuracy with its standard error, the cell score's SE, and the majority baseline.
 
-Accuracy at one length (che.md §2.6, RPE ``range_evaluation.py``): the mean over sub-batches of
+Accuracy at one length (docs/che.md §2.6, RPE ``range_evaluation.py``): the mean over sub-batches of
 the pooled masked accuracy ``sum(c) / sum(m)``, where sample ``s`` has ``c_s`` correct of ``m_s``
 masked target tokens. Its standard error treats the samples as i.i.d. draws (they are: fresh
 samples per length) and uses the ratio estimator's delta-method variance, with ``a`` the

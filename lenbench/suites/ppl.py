@@ -1,6 +1,6 @@
 """The perplexity-extrapolation suite: train a causal LM at one length, report perplexity at many.
 
-Protocol (dape.md §4.2, §3(d); DESIGN.md): a pre-LN GPT decoder (``model/`` blocks, causal
+Protocol (docs/dape.md §4.2, §3(d); DESIGN.md): a pre-LN GPT decoder (``model/`` blocks, causal
 attention, GELU, final LN, N(0, 0.02) init) trained with AdamW (betas 0.9/0.95, weight decay 0.1
 on weights only), warmup then cosine decay to 0.1 x lr, gradient clipping 1.0, on windows of
 ``train_length + 1`` tokens drawn uniformly from the contiguous token stream of the training split
@@ -24,7 +24,7 @@ with the unigram perplexity of exactly those tokens beside each (a content basel
 over L under fixed_targets).
 
 Logits and labels are sliced alike (position t predicts token t + 1), fixing the released DAPE
-eval step (dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
+eval step (docs/dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
 evaluated with FlexAttention from 1024 tokens and query-blocked SDPA below (``model.attention``),
 ``scores`` PEs with query-blocked explicit attention: memory O(block * L), never O(H * L^2), so
 L = 8192 fits a 24 GB machine for every PE. The batch per length is ``tokens_per_batch // L``
@@ -60,15 +60,16 @@ from lenbench.data.corpora import (
     python_version,
     tokenize_corpus,
 )
-from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer
+from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer, spec_vocab_size
 from lenbench.devices import check_precision, device_and_autocast
 from lenbench.errors import LenbenchError
 from lenbench.execute.ranks import current, rank_split, split_batch
 from lenbench.model.sizes import SIZES
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
-from lenbench.pe.registry import parse_pe_spec, resolve_pes
+from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
+from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json
-from lenbench.suites.base import Cell, Reporter
+from lenbench.suites.base import Cell, Reporter, Work
 from lenbench.suites.ppl_protocols import (
     DEFAULT_PROTOCOL,
     EvalPlan,
@@ -226,7 +227,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
                         "suite": name,
                         "dataset": ds.name,
                         "data": {**ds.to_dict(), **data, **version},
-                        "pe": str(pe),
+                        **pe_entries(pe),
                         "seed": seed,
                         "model": model,
                         "train": {**asdict(prof.train), "length": length,
@@ -238,7 +239,7 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
 
 
 def model_config(cfg: dict[str, Any], vocab_size: int) -> ModelConfig:
-    """The GPT-style decoder of the LM protocol (dape.md §3(d)) for a cell config."""
+    """The GPT-style decoder of the LM protocol (docs/dape.md §3(d)) for a cell config."""
     m = cfg["model"]
     length = cfg["train"]["length"]
     return ModelConfig(
@@ -402,8 +403,10 @@ def evaluate(
         with contextlib.suppress(json.JSONDecodeError, ValueError):
             done = {int(k): v for k, v in json.loads(partial.read_text()).items()}
     model.eval()
-    reporter.eval_start(label, len(ev["lengths"]))
     vocab = corpus.tokenizer.vocab_size
+    m = cfg["model"]
+    costs = [forward_cost(n, m["dim"], m["layers"], vocab) for n in ev["lengths"]]
+    reporter.eval_start(label, len(ev["lengths"]), costs)
     logp = unigram_logprobs(corpus.train, vocab)
     plan = plan or eval_plan(corpus, cfg)
     for i, length in enumerate(ev["lengths"]):
@@ -545,7 +548,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     started = time.perf_counter()
     results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label, plan)
     eval_seconds = time.perf_counter() - started
-    common = {"suite": name, "dataset": cfg["dataset"], "pe": cfg["pe"], "seed": cfg["seed"], "train_len": length}
+    common = {"suite": name, "dataset": cfg["dataset"], "pe": pe_label(cfg), "seed": cfg["seed"], "train_len": length}
     records = [
         {
             **common,
@@ -578,3 +581,56 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
         "compile_seconds_this_run": round(clock.seconds if clock is not None else 0.0, 2),
         "eval_seconds_this_run": round(eval_seconds, 2),
     }
+
+
+def workload(cell: Cell) -> list[Work]:
+    """The cell's work for ``run --dry-run`` (:mod:`lenbench.execute.estimate`): ``steps`` optimizer
+    steps of ``accumulation`` micro-batches at the training length, and per evaluation length at most
+    ``eval.samples`` sequences in batches of :func:`eval_batch_size`; costs are batch x forward cost."""
+    cfg = cell.config
+    t, ev, m = cfg["train"], cfg["eval"], cfg["model"]
+    vocab = spec_vocab_size(cfg["data"]["tokenizer"])
+
+    def item(kind: str, n: int, batch: int, repeats: float) -> Work:
+        return Work(kind, n, batch, batch * forward_cost(n, m["dim"], m["layers"], vocab), repeats)
+
+    split = split_batch(t["batch_size"], t.get("micro_batch_size"), 1)
+    works = [item("train", t["length"], split.micro, t["steps"] * split.accumulation)]
+    for n in ev["lengths"]:
+        batch = eval_batch_size(n, vocab, ev["tokens_per_batch"], ev["samples"])
+        full, rest = divmod(ev["samples"], batch)
+        works.append(item("eval", n, batch, full))
+        if rest:
+            works.append(item("eval", n, rest, 1))
+    return works
+
+
+def probe(cell: Cell) -> Callable[[Work], None]:
+    """One training micro-step (forward, backward, clipping, AdamW) or one evaluation forward of a
+    :class:`Work` item on a decoder of the cell's shape, with uniformly random token ids."""
+    cfg = cell.config
+    t = cfg["train"]
+    vocab = spec_vocab_size(cfg["data"]["tokenizer"])
+    device, autocast = device_and_autocast(t["precision"])
+    model = Transformer(model_config(cfg, vocab), parse_pe_spec(cfg["pe"])).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+    generator = torch.Generator().manual_seed(0)
+
+    def run(work: Work) -> None:
+        ids = torch.randint(0, vocab, (work.batch, work.size + 1), generator=generator).to(device)
+        if work.kind == "train":
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                logits = model(ids[:, :-1])
+            cross_entropy(logits, ids[:, 1:]).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            optimizer.step()
+        else:
+            model.eval()
+            with torch.no_grad(), autocast():
+                model(ids[:, :-1])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run

@@ -16,7 +16,7 @@ perplexity ``ppl_last256`` is ``exp(mean CE)`` over exactly those targets (``per
   its labels that fall in the span (all ``L``, the earliest row fewer), so every target is still
   scored once, with 0 to ``L - 1`` tokens of context, the model's view at length L (DAPE scores
   every token when ``L <= 256``). ``W = max(max L, max over L < S of ceil(S / L) * L) + 1``.
-- ``dape``: DAPE's own protocol (dape.md §4.2; GPT-NeoX's validation set is the packed stream
+- ``dape``: DAPE's own protocol (docs/dape.md §4.2; GPT-NeoX's validation set is the packed stream
   cut into samples of ``L + 1`` tokens in random order): per length, ``samples`` of the
   non-overlapping ``L + 1``-token blocks of the packed stream, chosen at random with a seed of
   (``EVAL_SEED``, L), scoring the last ``min(K, L)`` labels. Different tokens at each length.

@@ -1,6 +1,6 @@
 """The timing suite: ms per forward and per forward+backward at batch 1, per PE, model size and length.
 
-What is timed (DAPE Table 1, dape.md §3(c), §4.1): a causal GPT decoder (pre-LN blocks, GELU FFN,
+What is timed (DAPE Table 1, docs/dape.md §3(c), §4.1): a causal GPT decoder (pre-LN blocks, GELU FFN,
 final LN, untied head) with the GPT-2 vocabulary of 50257 tokens, batch 1, trained length 512
 (PEs that depend on it see 512), D_DAPE = 32 (DAPE's default hidden width). The paper does not say
 whether its times are forward-only or forward+backward, so both are measured: ``fwd`` is inference
@@ -39,7 +39,7 @@ Backend policy (``--backend``, stored as ``backend_policy`` in every cell's conf
   every PE where it applies.
 
 Precision (``--precision``): fp32 on CPU; on CUDA bf16 by default, or fp16 (the paper's
-precision, dape.md §3(d)) or fp32. Stored per cell and shown in every table title.
+precision, docs/dape.md §3(d)) or fp32. Stored per cell and shown in every table title.
 
 - CUDA: the full model. When the group's models do not all fit on the device at once, each waits
   in host memory between its turns (moved untimed; :func:`measure_group`).
@@ -75,7 +75,7 @@ import torch
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.errors import LenbenchError
 from lenbench.model.sizes import SIZES, ModelSize
-from lenbench.pe.registry import resolve_pes
+from lenbench.pe.registry import PESpec, pe_identity, pe_label, resolve_pes
 from lenbench.results import CellDir
 from lenbench.suites.base import Cell, Reporter
 from lenbench.suites.timing_measure import (
@@ -199,16 +199,15 @@ def resolve_backend(value: str) -> str:
     return policy
 
 
-def resolve_control(value: str | list[str]) -> tuple[str, str] | None:
-    """``control``: two PE specs doing identical work (``"none"``: no control) -> their labels."""
+def resolve_control(value: str | list[str]) -> tuple[PESpec, PESpec] | None:
+    """``control``: two PE specs doing identical work (``"none"``: no control) -> the two specs."""
     if isinstance(value, str) and value.strip().lower() in ("none", ""):
         return None
-    specs = resolve_pes(value)
-    labels = list(dict.fromkeys(str(s) for s in specs))
-    if len(labels) != 2:
+    specs = list({str(s): s for s in resolve_pes(value)}.values())
+    if len(specs) != 2:
         raise LenbenchError(f"control takes two different PEs doing identical work (e.g. {DEFAULT_CONTROL}) "
                             f"or 'none', got {value!r}")
-    return labels[0], labels[1]
+    return specs[0], specs[1]
 
 
 def resolve_isolate(value: str | bool, cuda: bool) -> bool:
@@ -245,7 +244,9 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
     check_profile(prof)
     sizes, lengths, modes = resolve_sizes(prof.sizes), resolve_lengths(prof.lengths), resolve_modes(prof.modes)
     control = resolve_control(prof.control)
-    pes = sorted({*(str(s) for s in resolve_pes(grid.pes)), *(control or ())})
+    specs = {str(s): s for s in [*resolve_pes(grid.pes), *(control or ())]}
+    pes = sorted(specs)
+    identities = {pe: pe_identity(specs[pe]) for pe in pes}  # a plugin's code makes another group
     cuda = torch.cuda.is_available()
     precision, isolate = resolve_precision(prof.precision, cuda), resolve_isolate(prof.isolate, cuda)
     policy = resolve_backend(prof.backend)
@@ -265,7 +266,8 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
                         "dim": size.dim,
                         "heads": size.heads,
                         "pes": pes,
-                        "control": list(control) if control else None,
+                        "pe_identities": identities,
+                        "control": [str(c) for c in control] if control else None,
                         "eval_len": n,
                         "train_len": prof.train_length,
                         "mode": mode,
@@ -290,20 +292,21 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
 
 
 def reference_and_pes(suite_file: SuiteFile, pes: str | None, reference: str | None) -> tuple[str, str, bool]:
-    """(the Ratio's reference PE, the grid's PEs with it, whether it had to be added). Default
-    reference: dape-kerple (or ``dape``) when timed, else the first PE given. A reference must be
+    """(the Ratio's reference PE as tables label it, the grid's PEs with it, whether it had to be
+    added). Default reference: dape-kerple when timed, else the first PE given. A reference must be
     timed in the same rounds as the rest, so one not among ``pes`` is added to them."""
     value = pes if pes is not None else suite_file.grid.get("pes", DEFAULT_PES)
-    specs = [str(s) for s in resolve_pes(value)]
+    given = resolve_pes(value)
+    specs = [str(s) for s in given]
     if reference is None:
-        return default_reference(specs) or specs[0], ",".join(specs), False
-    refs = [str(s) for s in resolve_pes(reference)]
+        return default_reference([s.label for s in given]) or given[0].label, ",".join(specs), False
+    refs = resolve_pes(reference)
     if len(refs) != 1:
         raise LenbenchError(f"--reference-pe takes one PE, got {reference!r}")
     ref = refs[0]
-    if ref in specs:
-        return ref, ",".join(specs), False
-    return ref, ",".join([*specs, ref]), True
+    if str(ref) in specs:
+        return ref.label, ",".join(specs), False
+    return ref.label, ",".join([*specs, str(ref)]), True
 
 
 # --------------------------------------------------------------------------- cells and records
@@ -356,7 +359,8 @@ def group_records(cfg: dict[str, Any], result: dict[str, Any], group: str) -> li
     records = []
     for pe in cfg["pes"]:
         r = result["pes"][pe]
-        common = {**shared, "pe": pe, "d_dape": dape_width(pe), "status": r["status"],
+        label = pe_label({"pe": pe, "pe_identity": (cfg.get("pe_identities") or {}).get(pe)})
+        common = {**shared, "pe": label, "spec": pe, "d_dape": dape_width(pe), "status": r["status"],
                   "control_role": control_role(cfg, pe)}
         if r["status"] != "ok":
             why = {"value": None, "backend": None, "reason": r.get("reason", "")}

@@ -1,4 +1,4 @@
-"""The 15 Chomsky Hierarchy Evaluation tasks (shared/reference/che.md §1), registered in TASKS.
+"""The 15 Chomsky Hierarchy Evaluation tasks (docs/che.md §1), registered in TASKS.
 
 The task modules are imported in the paper's order (regular, then dcf, then cs), which becomes
 the order of ``TASKS.names()``; keep the import order below as it is.

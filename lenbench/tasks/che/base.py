@@ -1,9 +1,9 @@
-"""The CHE task interface (reference: shared/reference/che.md §1, §2.1).
+"""The CHE task interface (reference: docs/che.md §1, §2.1).
 
 A task produces batches in which every sample has the same requested length N. Inputs are token
 ids in ``[0, input_size)``; targets are class ids in ``[0, output_size)`` of length
 ``output_length(N)``. The model appends ``output_length(N)`` empty tokens (id ``input_size``) and
-reads its predictions from the last positions (pointwise packing, che.md §2.1).
+reads its predictions from the last positions (pointwise packing, docs/che.md §2.1).
 
 ``target(inputs)`` is the task's definition as a pure function of one input sequence;
 ``sample`` draws inputs from the task's distribution and must agree with ``target``.
@@ -31,7 +31,7 @@ class CheTask(abc.ABC):
 
     @property
     def chance(self) -> float:
-        """Accuracy of a uniform random guess, 1/C (che.md summary table)."""
+        """Accuracy of a uniform random guess, 1/C (docs/che.md summary table)."""
         return 1.0 / self.output_size
 
     def output_length(self, length: int) -> int:
@@ -52,7 +52,7 @@ class CheTask(abc.ABC):
 
 
 def mask_through_terminator(targets: torch.Tensor, terminator: int = 2) -> torch.Tensor:
-    """Bool mask [B, T]: positions 0..(first ``terminator`` in the row), inclusive (che.md §1.5, §1.12).
+    """Bool mask [B, T]: positions 0..(first ``terminator`` in the row), inclusive (docs/che.md §1.5, §1.12).
 
     Valid targets always hold a terminator; a row without one is masked in full.
     """

@@ -1,5 +1,5 @@
 """CHE context-sensitive tasks: duplicate_string, missing_duplicate_string, odds_first,
-binary_addition, binary_multiplication, compute_sqrt and bucket_sort (shared/reference/che.md
+binary_addition, binary_multiplication, compute_sqrt and bucket_sort (docs/che.md
 §1.9-§1.15).
 
 Numbers too large for int64 go through Python ints: bit rows are packed with ``np.packbits`` and
@@ -65,7 +65,7 @@ def _terminated(digits: list[int], total: int) -> list[int]:
 def _operands(
     rng: np.random.Generator, batch: int, length: int, separator: int
 ) -> tuple[np.ndarray, list[int], list[int]]:
-    """Inputs ``bits(n) ++ [separator] ++ bits(m)`` for N >= 3 (che.md §1.12), and n and m.
+    """Inputs ``bits(n) ++ [separator] ++ bits(m)`` for N >= 3 (docs/che.md §1.12), and n and m.
 
     l_n ~ U{1..N-2}, l_m = N-1-l_n; n, m uniform in {1..2^l - 1}, little-endian, zero-padded to l.
     """
@@ -82,7 +82,7 @@ def _operands(
 
 
 def _degenerate_operand(rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """N <= 2 (che.md §1.12): v ~ U{0..2^N - 2} written as N little-endian bits, no separator."""
+    """N <= 2 (docs/che.md §1.12): v ~ U{0..2^N - 2} written as N little-endian bits, no separator."""
     values = rng.integers(0, 2**length - 1, size=batch)
     return (values[:, None] >> np.arange(length)[None, :]) & 1, values
 
@@ -96,7 +96,7 @@ def _split_operands(inputs: list[int], separator: int) -> tuple[list[int], list[
 
 @TASKS.register("duplicate_string")
 class DuplicateString(CheTask):
-    """duplicate_string (che.md §1.9): N uniform bits s; target s·s (length 2N, no separator)."""
+    """duplicate_string (docs/che.md §1.9): N uniform bits s; target s·s (length 2N, no separator)."""
 
     name = "duplicate_string"
     level = "cs"
@@ -117,7 +117,7 @@ class DuplicateString(CheTask):
 
 @TASKS.register("missing_duplicate_string")
 class MissingDuplicateString(CheTask):
-    """missing_duplicate_string (che.md §1.10): find the bit hidden by the missing token in ww.
+    """missing_duplicate_string (docs/che.md §1.10): find the bit hidden by the missing token in ww.
 
     N >= 2: w ~ U{0,1}^(N//2); one uniform position i of ww becomes 2 and the target is ww[i];
     odd N appends one pad token 3. N = 1 is degenerate: input [1], target 1.
@@ -154,7 +154,7 @@ class MissingDuplicateString(CheTask):
 
 @TASKS.register("odds_first")
 class OddsFirst(CheTask):
-    """odds_first (che.md §1.11): N uniform bits; target = s[1::2] ++ s[0::2] (0-based positions).
+    """odds_first (docs/che.md §1.11): N uniform bits; target = s[1::2] ++ s[0::2] (0-based positions).
 
     The reference docstring shows the 1-based order; its code, which defines the benchmark, puts
     the elements at odd 0-based positions first: [1, 0, 0] -> [0, 1, 0].
@@ -179,7 +179,7 @@ class OddsFirst(CheTask):
 
 @TASKS.register("binary_addition")
 class BinaryAddition(CheTask):
-    """binary_addition (che.md §1.12): little-endian ``n + m``; N counts both operands and the ``+``=2.
+    """binary_addition (docs/che.md §1.12): little-endian ``n + m``; N counts both operands and the ``+``=2.
 
     N >= 3: l_n ~ U{1..N-2}, l_m = N-1-l_n, n and m uniform in {1..2^l - 1}, zero-padded to their l.
     Target (length N+1): bits of n+m without high-order zeros, the terminator 2, then 0s.
@@ -221,7 +221,7 @@ class BinaryAddition(CheTask):
 
 @TASKS.register("binary_multiplication")
 class BinaryMultiplication(CheTask):
-    """binary_multiplication (che.md §1.13): little-endian ``n * m``, sampled as binary_addition.
+    """binary_multiplication (docs/che.md §1.13): little-endian ``n * m``, sampled as binary_addition.
 
     Target (length N): bits of n*m (at most N-1 of them), the terminator 2, then 0s.
     N <= 2 is degenerate: the input is as in binary_addition and the target is fixed, [2] for N = 1
@@ -262,7 +262,7 @@ class BinaryMultiplication(CheTask):
 
 @TASKS.register("compute_sqrt")
 class ComputeSqrt(CheTask):
-    """compute_sqrt (che.md §1.14): x ~ U{1..2^N - 1} as N big-endian bits (leading zeros allowed);
+    """compute_sqrt (docs/che.md §1.14): x ~ U{1..2^N - 1} as N big-endian bits (leading zeros allowed);
     target floor(sqrt(x)) as ceil(N/2) big-endian bits."""
 
     name = "compute_sqrt"
@@ -290,7 +290,7 @@ class ComputeSqrt(CheTask):
 
 @TASKS.register("bucket_sort")
 class BucketSort(CheTask):
-    """bucket_sort (che.md §1.15): N tokens uniform over {0..4}; target = the tokens sorted ascending."""
+    """bucket_sort (docs/che.md §1.15): N tokens uniform over {0..4}; target = the tokens sorted ascending."""
 
     name = "bucket_sort"
     level = "cs"

@@ -1,5 +1,5 @@
 """CHE deterministic context-free tasks: stack_manipulation, reverse_string,
-modular_arithmetic_brackets and solve_equation (shared/reference/che.md §1.5-§1.8).
+modular_arithmetic_brackets and solve_equation (docs/che.md §1.5-§1.8).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ _TERMINATOR = 2
 
 @TASKS.register("stack_manipulation")
 class StackManipulation(CheTask):
-    """stack_manipulation (che.md §1.5): run stack actions, output the final stack top-to-bottom.
+    """stack_manipulation (docs/che.md §1.5): run stack actions, output the final stack top-to-bottom.
 
     Input (N tokens): k ~ U{1..N-1} bits (the initial stack, bottom-to-top; k = 1 for N = 1), then
     N-k actions uniform over 2=POP, 3=PUSH 0, 4=PUSH 1. A POP on an empty stack is ignored.
@@ -81,7 +81,7 @@ class StackManipulation(CheTask):
 
 @TASKS.register("reverse_string")
 class ReverseString(CheTask):
-    """reverse_string (che.md §1.6): N uniform bits; target = the bits in reverse order (length N)."""
+    """reverse_string (docs/che.md §1.6): N uniform bits; target = the bits in reverse order (length N)."""
 
     name = "reverse_string"
     level = "dcf"
@@ -103,7 +103,7 @@ class ReverseString(CheTask):
 def generate_expression(
     length: int, draws: list[float], sym: Symbols, n_ops: int, modulus: int = MODULUS
 ) -> tuple[list[int], int]:
-    """The recursive bracket-expression generator of che.md §1.7, run iteratively.
+    """The recursive bracket-expression generator of docs/che.md §1.7, run iteratively.
 
     ``gen(1..4)`` are ``d``, ``-d``, ``(d)``, ``(-d)``; ``gen(N >= 5)`` is ``( gen(l) op gen(N-3-l) )``
     with l ~ U{1..N-4} and op uniform over the first ``n_ops`` of ``+, -, *``. Random choices are read
@@ -148,7 +148,7 @@ def generate_expression(
 
 @TASKS.register("modular_arithmetic_brackets")
 class ModularArithmeticBrackets(CheTask):
-    """modular_arithmetic_brackets (che.md §1.7): value mod 5 of a random bracketed expression.
+    """modular_arithmetic_brackets (docs/che.md §1.7): value mod 5 of a random bracketed expression.
 
     N is the exact character count; the generator is ``generate_expression`` with ops ``+ - *``
     (mult=True, the paper setting). Ids: digits 0-4, ``+``=5, ``-``=6, ``*``=7, ``(``=8, ``)``=9
@@ -180,7 +180,7 @@ class ModularArithmeticBrackets(CheTask):
 
 @TASKS.register("solve_equation")
 class SolveEquation(CheTask):
-    """solve_equation (che.md §1.8): find the digit x in ``expr(x) = v`` mod 5.
+    """solve_equation (docs/che.md §1.8): find the digit x in ``expr(x) = v`` mod 5.
 
     e = ``generate_expression(N-2)`` with ops ``+ -`` only (no multiplication, so x is unique); a digit
     at idx ~ U{0..N-3}, advanced cyclically to the next digit when e[idx] is not one, is replaced

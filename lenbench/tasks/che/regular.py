@@ -1,6 +1,6 @@
 """CHE regular-language tasks: even_pairs, modular_arithmetic, parity_check, cycle_navigation.
 
-Definitions follow shared/reference/che.md §1.1-§1.4. Also home of ``evaluate_mod``, the modular
+Definitions follow docs/che.md §1.1-§1.4. Also home of ``evaluate_mod``, the modular
 infix evaluator that the bracket tasks in ``dcf`` reuse.
 """
 
@@ -98,7 +98,7 @@ def evaluate_mod(tokens: list[int], sym: Symbols, modulus: int = MODULUS) -> int
 
 @TASKS.register("even_pairs")
 class EvenPairs(CheTask):
-    """even_pairs (che.md §1.1): N uniform bits; class = (#"01" + #"10" adjacent pairs) mod 2.
+    """even_pairs (docs/che.md §1.1): N uniform bits; class = (#"01" + #"10" adjacent pairs) mod 2.
 
     Equivalently ``[s_0 != s_{N-1}]`` (0 for N=1), which is how ``sample`` computes it.
     """
@@ -120,7 +120,7 @@ class EvenPairs(CheTask):
 
 @TASKS.register("modular_arithmetic")
 class ModularArithmetic(CheTask):
-    """modular_arithmetic (che.md §1.2): value mod 5 of ``d op d op ... d`` without brackets.
+    """modular_arithmetic (docs/che.md §1.2): value mod 5 of ``d op d op ... d`` without brackets.
 
     Even N is lowered to N-1, so the input has odd length 2k+1: k+1 uniform digits 0-4 at even
     positions and k operators uniform over ``+``=5, ``-``=6, ``*``=7 between them (the blank ``_``=8
@@ -169,7 +169,7 @@ class ModularArithmetic(CheTask):
 
 @TASKS.register("parity_check")
 class ParityCheck(CheTask):
-    """parity_check (che.md §1.3): N uniform bits; class = (number of 1s) mod 2."""
+    """parity_check (docs/che.md §1.3): N uniform bits; class = (number of 1s) mod 2."""
 
     name = "parity_check"
     level = "regular"
@@ -187,7 +187,7 @@ class ParityCheck(CheTask):
 
 @TASKS.register("cycle_navigation")
 class CycleNavigation(CheTask):
-    """cycle_navigation (che.md §1.4): N actions uniform over ids 0=left, 1=stay, 2=right on a 5-cycle.
+    """cycle_navigation (docs/che.md §1.4): N actions uniform over ids 0=left, 1=stay, 2=right on a 5-cycle.
 
     Starting at 0, class = (sum of (a_i - 1)) mod 5.
     """
