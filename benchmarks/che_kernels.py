@@ -12,6 +12,7 @@
 Medians over ``--repeats`` calls, each variant timed in turn so machine drift hits all alike.
 
     python benchmarks/che_kernels.py
+    python benchmarks/che_kernels.py --smoke   # T=12, one timed call each (tests/test_benchmarks.py)
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from lenbench.model import small_attention
 from lenbench.model.dropout import dropout, keep_mask, kernel_available
 
 
-def interleaved_ms(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median ms per call of each variant, calling them round-robin after 5 warm-up rounds."""
+def interleaved_ms(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 5) -> dict[str, float]:
+    """Median ms per call of each variant, calling them round-robin after ``warmup`` warm-up rounds."""
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for rnd in range(repeats + 5):
+    for rnd in range(repeats + warmup):
         for name, fn in variants.items():
             start = time.perf_counter()
             fn()
-            if rnd >= 5:
+            if rnd >= warmup:
                 times[name].append(1e3 * (time.perf_counter() - start))
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -93,22 +94,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--lengths", default="12,22,41", help="sequence lengths T (the anchor's mean is ~22)")
     parser.add_argument("--head-dim", type=int, default=8, help="head dim of the 8 heads")
+    parser.add_argument("--smoke", action="store_true", help="T=12, one warm-up and one timed call per variant")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.lengths = 1, "12"
+    warmup = 1 if args.smoke else 5
     lengths = [int(x) for x in args.lengths.split(",")]
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median ms per call")
     for t in lengths:
-        ms = interleaved_ms(dropout_variants(t), args.repeats)
+        ms = interleaved_ms(dropout_variants(t), args.repeats, warmup)
         kernel = (f", kernel {ms['kernel']:.3f} (kernel / F.dropout {ms['kernel'] / ms['F.dropout']:.2f}, "
                   f"kernel / keep_mask {ms['kernel'] / ms['keep_mask']:.2f})") if "kernel" in ms else ", no kernel"
         print(f"residual dropout fwd+bwd T={t:3d}: F.dropout {ms['F.dropout']:.3f}, keep_mask {ms['keep_mask']:.3f}"
               + kernel)
     batch = 128 if args.head_dim == 8 else max(1, 128 * 41 // max(lengths))
     for t in lengths:
-        ms = interleaved_ms(attention_variants(t, dim=args.head_dim, batch=batch), args.repeats)
+        ms = interleaved_ms(attention_variants(t, dim=args.head_dim, batch=batch), args.repeats, warmup)
         ratio = f" (small / sdpa {ms['small kernel'] / ms['sdpa']:.2f})" if "small kernel" in ms else ""
         print(f"attention fwd+bwd head dim {args.head_dim} T={t:3d}: "
               + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()) + ratio)
+    if args.smoke:
+        print("smoke ok")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,12 @@ Explicit training is skipped (and said so, in both tables) where its estimated p
 bytes (every block's [S; B], hidden and softmax tensors kept for backward), exceeds 60% of physical
 memory: at 8192 on a 24 GiB machine. The run's start and end load averages are printed: on a shared
 machine only the ratios, measured side by side, mean much.
+
+``--smoke`` runs both comparisons once at N=64 (2 heads of 16, D_DAPE 8, blocks of 16) and exits
+non-zero when the variants' outputs differ by more than 1e-4 of their largest value
+(``tests/test_benchmarks.py`` runs it):
+
+    python benchmarks/dape_attention.py --smoke
 """
 
 from __future__ import annotations
@@ -138,7 +144,7 @@ def run_variant(args: argparse.Namespace, n: int, variant: str, out: Path, train
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compare_fused(args: argparse.Namespace, lengths: list[int], ram_mib: float) -> None:
+def compare_fused(args: argparse.Namespace, lengths: list[int], ram_mib: float) -> list[float]:
     """``--fused``: the fused kernel against ``explicit``, forward and forward+backward, with ratios."""
     import torch
 
@@ -180,6 +186,7 @@ def compare_fused(args: argparse.Namespace, lengths: list[int], ram_mib: float) 
     for n, mode, need in skipped:
         print(f"{n:>6} {mode:>9}  no ratio: explicit not run (needs ~{need / 1024:.0f} GiB of "
               f"{ram_mib / 1024:.0f} GiB)")
+    return [d for *_, d in summary]
 
 
 def main() -> None:
@@ -200,18 +207,33 @@ def main() -> None:
     parser.add_argument("--variant", choices=["blocked", "unblocked", "fused", "explicit"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="both comparisons once at N=64; checks agreement")
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-    import torch
-
+    if args.smoke:
+        args.lengths, args.repeats, args.heads, args.head_dim, args.hidden, args.block = "64", 1, 2, 16, 8, 16
     lengths = [int(v) for v in args.lengths.split(",")]
     lengths += [m for m in ((8192,) if args.fused else (4096, 8192)) if args.long and m not in lengths]
     ram_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    if args.fused:
-        compare_fused(args, lengths, ram_mib)
-        return
+    diffs: list[float] = []
+    if args.fused or args.smoke:
+        diffs += compare_fused(args, lengths, ram_mib)
+        if args.fused:
+            return
+    diffs += compare_blocked(args, lengths, ram_mib)
+    if args.smoke:
+        if not diffs or max(diffs) > 1e-4:
+            worst = max(diffs, default=float("nan"))
+            raise SystemExit(f"smoke: the variants disagree (largest difference {worst:.1e})")
+        print("smoke ok")
+
+
+def compare_blocked(args: argparse.Namespace, lengths: list[int], ram_mib: float) -> list[float]:
+    """The default comparison: query-blocked against unblocked explicit attention, forward."""
+    import torch
+
     print(f"{args.pe}, causal forward, batch 1, {args.heads} heads x {args.head_dim}, hidden {args.hidden}, "
           f"blocked = {args.block} queries/block; median of {args.repeats} after the first")
     print(f"{'N':>6} {'variant':>10} {'block':>6} {'ms':>10} {'peak MiB':>10} {'hidden MiB':>11} {'GFLOP/s':>9}")
@@ -238,6 +260,7 @@ def main() -> None:
     print(f"{'N':>6} {'time':>8} {'peak mem':>9} {'max |diff|':>11}")
     for n, t, m, d in summary:
         print(f"{n:>6} {t:>8.2f} {m:>9.3f} {d:>11.2e}")
+    return [d for *_, d in summary]
 
 
 if __name__ == "__main__":

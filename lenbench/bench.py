@@ -1,11 +1,23 @@
-"""Measurement primitives for the timing suite: time a callable, measure its peak memory, check room.
+"""Measurement primitives for the timing suite: interleaved rounds, paired ratios, peak memory, room.
 
-Timing: untimed warm-up calls, then ``repeats`` measurements, each of ``number`` calls, yielding
-their mean; the result is the median and the interquartile range over the repeats, in ms. The clock
-is ``torch.utils.benchmark``'s timer, which synchronizes the accelerator before reading
-``time.perf_counter``, so queued CUDA kernels are counted; it drives ``timeit.Timer`` exactly as
-``torch.utils.benchmark.Timer`` does, minus the two untimed calls ``Timer.timeit`` adds before each
-measurement (they would triple the cost of second-long CPU cells; warm-up happens once, up front).
+Timing protocol (:func:`interleaved_rounds`; docs/timing.md says why each step is there):
+
+1. A **warm-up round**, discarded: every contender (one PE's model, say) in a randomized order runs
+   at least ``warmup_calls`` calls and at least ``min_warmup_s`` seconds. The typical call time it
+   shows (the median of its calls after the first) sets the contender's **calls per repeat**,
+   ``ceil(min_repeat_s / call time)``, so that one repeat lasts at least ``min_repeat_s``.
+2. **Measured rounds**: each round runs one repeat of every contender, in a fresh random order per
+   round (``random.Random(seed)``), never one contender's repeats back to back. A repeat's value is
+   its mean seconds per call. ``repeats`` rounds are run, fewer only when they would take longer
+   than ``budget_s`` (then ``budget_limited`` says so; never fewer than ``min_rounds``).
+3. **Paired ratios** (:func:`ratio_stat`): a contender's time divided by the reference's time *in
+   the same round*, so drift of the machine between rounds (load, clock) cancels; reported as
+   the median over rounds with a bootstrap 95% interval of that median (:func:`bootstrap_median_ci`).
+
+The clock is ``torch.utils.benchmark``'s timer, which synchronizes the accelerator before reading
+``time.perf_counter``, so queued CUDA kernels are counted; a repeat is timed through
+``timeit.Timer`` (garbage collection off while it runs) exactly as ``torch.utils.benchmark.Timer``
+times its blocks. Tests pass a fake clock.
 
 Peak memory of one call, above what was held just before it:
 
@@ -23,10 +35,10 @@ import contextlib
 import ctypes
 import gc
 import math
-import time
+import random
 import timeit
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +49,8 @@ from torch.utils.benchmark.utils.timer import timer as synchronized_clock
 MiB = 1 << 20
 GiB = 1 << 30
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Median and interquartile range (ms) over repeats; each repeat is the mean of ``number`` calls."""
-
-    median_ms: float
-    iqr_ms: float
-    times_ms: list[float]
-    number: int
+MIN_ROUNDS = 3  # a budget never cuts the measured rounds below this
+BOOTSTRAP_RESAMPLES = 10_000
 
 
 def synchronize(device: torch.device) -> None:
@@ -54,36 +58,207 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def warm_up(fn: Callable[[], Any], calls: int, device: torch.device, min_seconds: float = 0.0) -> float:
-    """Run ``fn`` untimed at least ``max(1, calls)`` times and for at least ``min_seconds`` (the
-    first calls of a fresh thread pool or compiled kernel are slow); returns the last call's seconds."""
-    done, total, last = 0, 0.0, 0.0
-    while done < max(1, calls) or total < min_seconds:
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        last = time.perf_counter() - start
-        done, total = done + 1, total + last
-    return last
+def calls_per_repeat(seconds_per_call: float, min_repeat_s: float) -> int:
+    """Calls per repeat so that one repeat lasts at least ``min_repeat_s``."""
+    return max(1, math.ceil(min_repeat_s / max(seconds_per_call, 1e-9)))
 
 
-def calls_per_repeat(seconds_per_call: float, min_block_s: float) -> int:
-    """Calls per measurement so that one measurement lasts at least ``min_block_s``."""
-    return max(1, math.ceil(min_block_s / max(seconds_per_call, 1e-9)))
+def iqr(values: Sequence[float]) -> float:
+    """Interquartile range (numpy's linear percentiles)."""
+    q25, q75 = np.percentile(np.asarray(values, dtype=float), [25, 75])
+    return float(q75 - q25)
 
 
-def summarize(times_s: list[float], number: int) -> Timing:
-    """Median and IQR (numpy's linear percentiles) of per-call seconds, in ms."""
-    ms = [1000.0 * t for t in times_s]
-    q25, q50, q75 = np.percentile(ms, [25, 50, 75])
-    return Timing(float(q50), float(q75 - q25), ms, number)
+# --------------------------------------------------------------------------- interleaved rounds
 
 
-def measure(fn: Callable[[], Any], repeats: int, number: int) -> Timing:
-    """Time ``fn`` (already warmed up): ``repeats`` measurements of ``number`` calls each."""
-    clock = timeit.Timer(stmt=fn, timer=synchronized_clock)
-    return summarize([clock.timeit(number) / number for _ in range(repeats)], number)
+def _noop() -> None:
+    return None
+
+
+@dataclass
+class Contender:
+    """One thing timed in the rounds: its name, one call, and hooks run around each of its turns.
+
+    ``reset`` runs after every repeat (e.g. drop gradients); ``enter``/``leave`` before and after
+    each turn (e.g. move a model onto the device and park it again when the rest do not fit).
+    """
+
+    name: str
+    call: Callable[[], Any]
+    reset: Callable[[], None] = _noop
+    enter: Callable[[], None] = _noop
+    leave: Callable[[], None] = _noop
+
+
+@dataclass
+class Rounds:
+    """What :func:`interleaved_rounds` measured: per contender, seconds per call in each measured
+    round (round order), its calls per repeat and warm-up; the order of every round."""
+
+    names: list[str]
+    times_s: dict[str, list[float]]
+    number: dict[str, int]
+    warmup_calls: dict[str, int]
+    warmup_s: dict[str, float]
+    warmup_order: list[str]
+    orders: list[list[str]]
+    repeats: int  # rounds asked for
+    budget_s: float | None
+    round_s: float  # planned seconds of one measured round (sum of calls x call time)
+    seed: int
+    budget_limited: bool = False
+    seconds: float = 0.0  # wall clock of the measured rounds (the given clock)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> int:
+        return len(self.orders)
+
+    def median_ms(self, name: str) -> float:
+        return 1000.0 * float(np.median(self.times_s[name]))
+
+    def iqr_ms(self, name: str) -> float:
+        return 1000.0 * iqr(self.times_s[name])
+
+    def positions(self, name: str) -> list[int]:
+        """The contender's place (0 = first) in each measured round."""
+        return [order.index(name) for order in self.orders]
+
+
+def planned_rounds(repeats: int, round_s: float, budget_s: float | None, min_rounds: int = MIN_ROUNDS) -> int:
+    """``repeats``, or fewer (at least ``min(min_rounds, repeats)``) when ``repeats`` rounds of
+    ``round_s`` seconds would exceed ``budget_s``."""
+    if budget_s is None or repeats * round_s <= budget_s:
+        return repeats
+    return max(min(min_rounds, repeats), int(budget_s // max(round_s, 1e-12)))
+
+
+def interleaved_rounds(
+    contenders: Sequence[Contender],
+    repeats: int,
+    *,
+    warmup_calls: int = 1,
+    min_warmup_s: float = 0.0,
+    min_repeat_s: float = 0.2,
+    seed: int = 0,
+    budget_s: float | None = None,
+    min_rounds: int = MIN_ROUNDS,
+    clock: Callable[[], float] = synchronized_clock,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> Rounds:
+    """Time ``contenders`` by the protocol of the module docstring; ``on_event`` hears each phase
+    (``warmup``, ``warmed``, ``plan``, ``turn``, ``round``) as a small dict, e.g. to drive a progress bar."""
+    names = [c.name for c in contenders]
+    if len(set(names)) != len(names):
+        raise ValueError(f"contender names must be unique, got {names}")
+    emit = on_event or (lambda event: None)
+    rng = random.Random(seed)
+    by_name = {c.name: c for c in contenders}
+
+    warmup_order = rng.sample(names, len(names))
+    number: dict[str, int] = {}
+    warm_calls: dict[str, int] = {}
+    warm_s: dict[str, float] = {}
+    call_s: dict[str, float] = {}
+    for name in warmup_order:
+        c = by_name[name]
+        emit({"phase": "warmup", "pe": name})
+        c.enter()
+        try:
+            durations: list[float] = []
+            while len(durations) < max(1, warmup_calls) or sum(durations) < min_warmup_s:
+                start = clock()
+                c.call()
+                durations.append(clock() - start)
+            c.reset()
+        finally:
+            c.leave()
+        typical = float(np.median(durations[1:] if len(durations) > 1 else durations))
+        call_s[name], warm_calls[name], warm_s[name] = typical, len(durations), sum(durations)
+        number[name] = calls_per_repeat(typical, min_repeat_s)
+        emit({"phase": "warmed", "pe": name, "seconds": typical})
+
+    round_s = sum(number[n] * call_s[n] for n in names)
+    rounds = planned_rounds(repeats, round_s, budget_s, min_rounds)
+    emit({"phase": "plan", "rounds": rounds, "repeats": repeats, "round_s": round_s,
+          "number": dict(number), "call_s": dict(call_s)})
+    times: dict[str, list[float]] = {n: [] for n in names}
+    orders: list[list[str]] = []
+    began = clock()
+    for r in range(rounds):
+        order = rng.sample(names, len(names))
+        for name in order:
+            c = by_name[name]
+            emit({"phase": "turn", "pe": name, "round": r + 1, "rounds": rounds})
+            c.enter()
+            try:
+                timer = timeit.Timer(stmt=c.call, timer=clock)
+                times[name].append(timer.timeit(number[name]) / number[name])
+                c.reset()
+            finally:
+                c.leave()
+        orders.append(order)
+        emit({"phase": "round", "round": r + 1, "rounds": rounds, "seconds": clock() - began})
+    return Rounds(names, times, number, warm_calls, warm_s, warmup_order, orders, repeats, budget_s, round_s, seed,
+                  budget_limited=rounds < repeats, seconds=clock() - began)
+
+
+# --------------------------------------------------------------------------- paired ratios
+
+
+def paired_ratios(times: Sequence[float], reference: Sequence[float]) -> list[float]:
+    """``times[r] / reference[r]`` for every round ``r`` measured for both (same length required)."""
+    if len(times) != len(reference):
+        raise ValueError(f"paired ratios need the same rounds, got {len(times)} and {len(reference)}")
+    return [float(t) / float(ref) for t, ref in zip(times, reference, strict=True)]
+
+
+def bootstrap_median_ci(
+    values: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median (Efron & Tibshirani 1993, ch. 13): resample the
+    values with replacement ``resamples`` times (``numpy.random.default_rng(seed)``: the same
+    values always give the same interval), take each resample's median, and return the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those medians."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("no values to bootstrap")
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    medians = np.median(x[rng.integers(0, x.size, size=(resamples, x.size))], axis=1)
+    low, high = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class RatioStat:
+    """Median of paired per-round ratios and its bootstrap 95% interval."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    @property
+    def contains_one(self) -> bool:
+        return self.low <= 1.0 <= self.high
+
+    @property
+    def reach(self) -> float:
+        """How far the interval reaches from 1 (an identical-work control's *noise floor*)."""
+        return max(abs(self.low - 1.0), abs(self.high - 1.0))
+
+
+def ratio_stat(times: Sequence[float], reference: Sequence[float]) -> RatioStat:
+    """Paired ratios of two contenders of the same rounds -> median and bootstrap 95% interval."""
+    ratios = paired_ratios(times, reference)
+    low, high = bootstrap_median_ci(ratios)
+    return RatioStat(float(np.median(ratios)), low, high, len(ratios))
+
+
+# --------------------------------------------------------------------------- peak memory and room
 
 
 def _malloc_trim() -> None:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lenbench.errors import LenbenchError
+from lenbench.progress import RichReporter
 
 FORMATS = "md,csv,tex,html"
 
@@ -326,7 +327,6 @@ def print_run_tables(outcomes: list[Any]) -> None:
     ``lenbench report``, printed by its renderer."""
     from lenbench.report.build import suite_tables
     from lenbench.report.collect import collect_cells
-    from lenbench.report.render import rich_notes
 
     cells = [o.cell_dir for o in outcomes if o.status in ("done", "skipped", "failed")]
     if out.quiet or not cells:
@@ -334,7 +334,7 @@ def print_run_tables(outcomes: list[Any]) -> None:
     collection = collect_cells(cells, "this run")
     for tables, _ in suite_tables(collection.frame).values():
         for table in tables:
-            _print_wide(rich_notes(table))
+            print_table(table)
     for warning in collection.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
 
@@ -407,8 +407,23 @@ def timing(
     pe: Annotated[str | None, typer.Option(help="PEs, comma-separated (default: DAPE Table 1's), or 'all'.")] = None,
     mode: Annotated[str | None, typer.Option(help="fwd (inference), train (forward+backward) or both.")] = None,
     layers: Annotated[int | None, typer.Option(help="Blocks to time (default: 1 on CPU, all on CUDA).")] = None,
-    repeats: Annotated[int | None, typer.Option(help="Timed repeats per cell (median and IQR over them).")] = None,
-    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell.")] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="Measured rounds per group (default 10; fewer only past --max-seconds).")
+    ] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up calls per PE in the discarded warm-up round.")] = None,
+    max_seconds: Annotated[
+        float | None, typer.Option(help="Budget of one group's measured rounds in seconds (never below 3 rounds).")
+    ] = None,
+    reference_pe: Annotated[
+        str | None,
+        typer.Option(help="The Ratio's denominator, timed in every group (default: dape-kerple if timed, "
+                     "else the first PE given)."),
+    ] = None,
+    control: Annotated[
+        str | None,
+        typer.Option(help="Identical-work control pair timed in every group, e.g. rope,rope:base=10001 "
+                     "(the default), or 'none'; its interval is the noise floor."),
+    ] = None,
     backend: Annotated[
         str | None,
         typer.Option(help="fastest (each PE's fastest exact kernel), paper (every PE on DAPE's unfused NeoX "
@@ -420,30 +435,45 @@ def timing(
     check_estimate: Annotated[
         bool, typer.Option("--check-estimate", help="Also time 1-, 2- and 4-block slices: the estimate's error.")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the groups and the estimated time on this machine; time nothing.")
+    ] = False,
     profile: Annotated[str, typer.Option(help="paper, quick, or auto (paper on CUDA, quick on CPU).")] = "auto",
     out_dir: Annotated[str, typer.Option("--out", help="Results root folder.")] = "results",
 ) -> None:
-    """Time each PE per forward and forward+backward at batch 1 (DAPE Table 1 layout); cells are stored."""
+    """Time each PE per forward and forward+backward at batch 1 (DAPE Table 1 layout); groups are stored.
+
+    One group per (size, length, mode): its PEs timed in interleaved rounds, each Ratio paired within
+    a round, with a bootstrap 95% interval (docs/timing.md).
+    """
+    import time
+
     import torch
 
     from lenbench.config import choose_profile, load_suite
     from lenbench.execute.inprocess import run_in_process
-    from lenbench.progress import RichReporter
+    from lenbench.report.collect import collect_cells
+    from lenbench.report.tables import timing_report_tables
     from lenbench.results import ResultStore
     from lenbench.suites import load_suite_module
+    from lenbench.suites.timing import reference_and_pes
+    from lenbench.suites.timing_cost import fmt_duration, machine_rate, run_seconds
 
     suite_file = load_suite("timing")
     module = load_suite_module("timing")
     chosen, reason = choose_profile(suite_file, profile, torch.cuda.is_available())
+    reference, pes, added = reference_and_pes(suite_file, pe, reference_pe)
     overrides: dict[str, Any] = {}
     for path, value in (
         ("profile.sizes", sizes),
         ("profile.lengths", lengths),
-        ("grid.pes", pe),
+        ("grid.pes", pes),
         ("profile.modes", mode),
         ("profile.layers", layers),
         ("profile.repeats", repeats),
         ("profile.warmup", warmup),
+        ("profile.max_seconds", max_seconds),
+        ("profile.control", control),
         ("profile.backend", backend),
         ("profile.precision", precision),
         ("profile.check_estimate", True if check_estimate else None),
@@ -452,119 +482,94 @@ def timing(
             _set(overrides, path, value)
     cells = module.expand(suite_file, chosen, overrides)
     err.print(f"[dim]{reason}[/dim]")
+    if added:
+        err.print(f"added the reference PE {reference} to the PEs: a Ratio pairs times of the same rounds")
     store = ResultStore(out_dir)
+    todo = [c for c in cells if not store.cell(c.suite, c.label, c.config).is_done(c.config)]
+    rate = machine_rate([c.config for c in cells])
+    estimates = run_seconds([c.config for c in todo], rate)
+    cfg = cells[0].config
+    err.print(
+        f"{len(cells)} group(s) of {len(cfg['pes'])} PEs ({', '.join(cfg['pes'])}) -> {store.root}/timing/; "
+        f"Ratio to {reference}; {len(cells) - len(todo)} already done; the rest estimated at "
+        f"{fmt_duration(sum(estimates))} (rough: arithmetic count at {rate / 1e9:.0f} GFLOP/s, 0.45 of the "
+        "matrix rate probed now; load and slow kernels make it longer)"
+    )
+    if dry_run:
+        _print_timing_plan(todo, estimates)
+        return
     store.check_writable()
-    err.print(f"{len(cells)} cell(s) of suite 'timing' -> {store.root}/timing/")
-    with RichReporter(err) as reporter:
-        outcomes = run_in_process(cells, store, module, reporter)
-    records = [r for o in outcomes if o.status in ("done", "skipped") for r in o.cell_dir.read_metrics()]
-    print_timing(records)
+    outcomes = []
+    started = time.time()
+    with _TimingReporter(err, sum(estimates)) as reporter:
+        by_label = dict(zip((c.label for c in todo), estimates, strict=True))
+        for i, cell in enumerate(cells, start=1):
+            reporter.next_group(f"timing {cell.label}", f"group {i}/{len(cells)}", by_label.get(cell.label, 0.0))
+            outcomes += run_in_process([cell], store, module, reporter)
+    err.print(f"timed {len(todo)} group(s) in {fmt_duration(time.time() - started)} "
+              f"(estimated {fmt_duration(sum(estimates))})")
+    finished = [o.cell_dir for o in outcomes if o.status in ("done", "skipped", "failed")]
+    if finished:
+        tables, summary = timing_report_tables(collect_cells(finished, "this run").frame, reference)
+        for table in tables:
+            print_table(table)
+        floors = summary["noise_floor"].dropna() if "noise_floor" in summary else []
+        if len(floors):
+            out.print(f"noise floor of this run (identical-work control, per group): "
+                      f"±{100 * floors.min():.1f}% to ±{100 * floors.max():.1f}%; a Ratio inside it reads ≈ 1")
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
 
-def _fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+class _TimingReporter(RichReporter):
+    """The run's progress plus one overall bar for ``lenbench timing``: its total is the run's
+    estimated seconds, advanced through each group by its measured rounds, so its ETA weighs long
+    groups more; it shows ``group i/N``."""
+
+    def __init__(self, console: Console, total_s: float) -> None:
+        super().__init__(console)
+        self.overall = self.progress.add_task("timing", total=max(total_s, 1e-9), info="", count="")
+        self.done_s = self.group_s = 0.0
+
+    def next_group(self, description: str, count: str, estimate_s: float) -> None:
+        self.done_s += self.group_s
+        self.group_s = estimate_s
+        self.progress.update(self.overall, description=description, count=count, completed=self.done_s)
+
+    def eval_step(self, done: int, what: str, value: float) -> None:
+        if what == "s per round" and self.eval_total:
+            self.progress.update(self.overall, completed=self.done_s + self.group_s * done / self.eval_total)
+        super().eval_step(done, what, value)
 
 
-def print_timing(records: list[dict[str, Any]]) -> None:
-    """DAPE Table 1 layout per mode (PE rows, a column group per size, ms per length, Ratio), then
-    peak memory; built from the stored records alone."""
-    from lenbench.suites.timing import estimate_checks, memory_table, timing_tables
+def _print_timing_plan(cells: list[Any], estimates: list[float]) -> None:
+    """``--dry-run``: the groups still to time and each one's estimated seconds."""
+    from lenbench.suites.timing_cost import fmt_duration
 
-    titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
-    tables = timing_tables(records)
-    for t in tables:
-        ref = t.reference or "dape-kerple (not in this run)"
-        notes = [f"Ratio = PE time / {ref} time at the same size and length (full-model times)."]
-        for size in t.sizes:
-            timed, total = t.layers[size]
-            if timed < total:
-                notes.append(
-                    f"{size}: {timed}L ms = {timed} of {total} blocks, measured; est. = {timed}L time x "
-                    f"{total}/{timed} + embedding and head time (an estimate, not a measurement)."
-                )
-        notes.append("OOM: did not fit in memory. Median over repeats; IQR in the stored records.")
-        table = Table(
-            title=f"ms per sequence, {titles.get(t.mode, t.mode)}, batch 1, {'/'.join(t.devices)} "
-            f"{'/'.join(t.precisions)}, backend {t.policy_text}",
-            caption="\n".join(notes),
-            caption_justify="left",
-        )
-        table.add_column("PE", no_wrap=True)
-        table.add_column("backend", no_wrap=True)
-        for size in t.sizes:
-            timed, _ = t.layers[size]
-            for n in t.lengths[size]:
-                head = f"{size}\nN={n}"
-                kinds = [f"{timed}L ms", "est. ms"] if t.sliced(size) else ["ms"]
-                for kind in [*kinds, f"Ratio (PE/{t.reference or 'dape-kerple'})"]:
-                    table.add_column(f"{head}\n{kind}", justify="right", no_wrap=True)
-        for p in t.pes:
-            row = [p, t.backends.get(p, "-")]
-            for size in t.sizes:
-                for n in t.lengths[size]:
-                    e = t.entries.get((p, size, n))
-                    cols = 3 if t.sliced(size) else 2
-                    if e is None:
-                        row += ["-"] * cols
-                    elif e.oom:
-                        row += ["OOM"] * (cols - 1) + ["-"]
-                    else:
-                        row += [_fmt_ms(e.ms)] + ([_fmt_ms(e.est_ms)] if cols == 3 else [])
-                        row.append("-" if e.ratio is None else f"{e.ratio:.2f}")
-            table.add_row(*row)
-        _print_wide(table)
-    checks = estimate_checks(records)
-    if checks:
-        table = Table(
-            title="estimate check: K-layer time x M/K against the measured M-layer slice",
-            caption="error = (predicted - measured) / measured; the full-model estimate scales a slice this way.",
-            caption_justify="left",
-        )
-        for col in ("PE", "size", "N", "mode", "backend", "K", "M", "K ms", "predicted M ms", "measured M ms", "error"):
-            table.add_column(col, justify="left" if col in ("PE", "size", "mode", "backend") else "right")
-        for c in checks:
-            table.add_row(c.pe, c.size, str(c.eval_len), c.mode, c.policy, str(c.k), str(c.m), _fmt_ms(c.k_ms),
-                          _fmt_ms(c.predicted_ms), _fmt_ms(c.m_ms), f"{100 * c.rel_error:+.1f}%")
-        _print_wide(table)
-    memory = memory_table(records)
-    if memory and tables:
-        t = tables[0]
-        modes = [x.mode for x in tables]
-        table = Table(
-            title=f"peak memory of the timed call above the model (MiB), {' / '.join(modes)}",
-            caption="CUDA: max allocated; CPU: peak RSS delta. For K-layer slices: of the K timed blocks.",
-        )
-        table.add_column("PE", no_wrap=True)
-        for size in t.sizes:
-            for n in t.lengths[size]:
-                table.add_column(f"{size}\nN={n}", justify="right", no_wrap=True)
-        for p in t.pes:
-            row = [p]
-            for size in t.sizes:
-                for n in t.lengths[size]:
-                    vals = []
-                    for m in modes:
-                        key = (p, size, n, m)
-                        v = memory.get(key)
-                        vals.append("-" if key not in memory else "OOM" if v is None else f"{v:.0f}")
-                    row.append(" / ".join(vals))
-            table.add_row(*row)
-        _print_wide(table)
+    table = Table(title=f"{len(cells)} timing group(s) to run, estimated {fmt_duration(sum(estimates))}")
+    for col in ("group", "PEs", "rounds", "estimated"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for cell, seconds in zip(cells, estimates, strict=True):
+        table.add_row(cell.label, str(len(cell.config["pes"])), str(cell.config["repeats"]), fmt_duration(seconds))
+    out.print(table)
 
 
-def _print_wide(table: Table) -> None:
-    """Print a table; when output is not a terminal (a file, a pipe), wide enough not to squeeze it."""
+def print_table(table: Any) -> None:
+    """Print a report table with its notes, never squeezed or cut: at its full width when output is
+    not a terminal; in a terminal narrower than the table, in column parts that each fit, the label
+    columns repeated (:func:`lenbench.report.render.fit_columns`)."""
     from rich.measure import Measurement
 
-    if out.is_terminal:
-        out.print(table)
+    from lenbench.report.render import fit_columns, rich_notes, rich_table
+
+    def width(t: Any) -> int:
+        return Measurement.get(out, out.options.update_width(100_000), rich_table(t)).maximum
+
+    if not out.is_terminal:
+        Console(width=max(out.width, width(table))).print(rich_notes(table))
         return
-    width = Measurement.get(out, out.options.update_width(100_000), table).maximum
-    Console(width=max(out.width, width)).print(table)
+    for part in fit_columns(table, out.width, width):
+        out.print(rich_notes(part))
 
 
 @app.command()
@@ -576,15 +581,18 @@ def report(
     compare: Annotated[
         str | None, typer.Option(help="Also test PE A against PE B over seeds, written A,B (e.g. dape,alibi).")
     ] = None,
+    reference_pe: Annotated[
+        str | None, typer.Option(help="timing: the Ratio's denominator (default dape-kerple when timed).")
+    ] = None,
 ) -> None:
     """Tables, figures and paired significance tests from every finished and failed cell."""
     from lenbench.report import build_report, parse_formats
-    from lenbench.report.render import rich_notes
     from lenbench.report.stats import parse_compare
 
-    built = build_report(results, out_dir, suite, parse_formats(formats), parse_compare(compare))
+    built = build_report(results, out_dir, suite, parse_formats(formats), parse_compare(compare),
+                         reference=reference_pe)
     for table in built.tables:
-        _print_wide(rich_notes(table))
+        print_table(table)
     for warning in built.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
     figures = sum(1 for f in built.files if f.suffix == ".png")

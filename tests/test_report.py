@@ -101,20 +101,27 @@ def write_ppl(root: Path) -> None:
 TIMING_MS = {("kerple", 512): 10.0, ("kerple", 1024): 20.0, ("dape-kerple", 512): 20.0}  # (dape, 1024): OOM
 
 
+def timing_result(ms_by_pe: dict[str, float | None], backend: str = "explicit") -> dict[str, Any]:
+    """A measured group as :func:`lenbench.suites.timing_measure.measure_group` returns it: two
+    rounds of the same time per PE (None: the PE did not fit)."""
+    pes = {pe: {"status": "oom", "reason": "needs 99 GiB"} if ms is None else
+           {"status": "ok", "ms": ms, "iqr": 0.1, "times_ms": [ms, ms], "calls_per_repeat": 1, "warmup_calls": 1,
+            "round_position": [0, 1], "peak_mem_mb": 5.0, "mem_method": "test", "backend": backend, "params": 1}
+           for pe, ms in ms_by_pe.items()}
+    return {"pes": pes, "rounds": 2, "budget_limited": False, "threads": 2,
+            "embed_head": {"status": "ok", "ms": 4.0, "iqr": 0.0}}
+
+
 def write_timing(root: Path) -> None:
     store = ResultStore(root)
     overrides = {"grid": {"pes": "kerple,dape-kerple"},
-                 "profile": {"sizes": "350m", "lengths": "512,1024", "modes": "fwd", "layers": 1, "isolate": False}}
+                 "profile": {"sizes": "350m", "lengths": "512,1024", "modes": "fwd", "layers": 1, "isolate": False,
+                             "control": "none"}}
     for cell in timing_suite.expand(load_suite("timing"), "quick", overrides):
         cfg = cell.config
-        ms = TIMING_MS.get((cfg["pe"], cfg["eval_len"]))
-        if ms is None:
-            result: dict[str, Any] = {"status": "oom", "reason": "needs 99 GiB"}
-        else:
-            result = {"status": "ok", "ms": ms, "iqr": 0.1, "times_ms": [ms, ms], "calls_per_repeat": 1,
-                      "peak_mem_mb": 5.0, "mem_method": "test", "backend": "explicit", "threads": 2, "params": 1,
-                      "embed_head": {"status": "ok", "ms": 4.0, "iqr": 0.0}}
-        write_cell(store, "timing", cell.label, cfg, timing_suite.cell_records(cfg, result))
+        result = timing_result({pe: TIMING_MS.get((pe, cfg["eval_len"])) for pe in cfg["pes"]})
+        cell_id = store.cell("timing", cell.label, cfg).cell_id
+        write_cell(store, "timing", cell.label, cfg, timing_suite.group_records(cfg, result, cell_id))
 
 
 @pytest.fixture(scope="module")
@@ -232,18 +239,23 @@ def test_ppl_tables_and_plots_are_per_protocol(results: Path, tmp_path: Path) ->
 def test_timing_table_ratio_to_dape_kerple_and_oom(results: Path) -> None:
     (table, memory), summary = T.timing_report_tables(collect(results, "timing").frame)
     # the slice is labelled (1L), the estimate is "est.", and the Ratio header says which way it goes
-    assert table.header[:5] == ["PE", "backend", "N=512 1L ms", "N=512 est. ms", "N=512 Ratio (PE/dape-kerple)"]
+    assert table.header[:5] == ["PE", "backend", "N=512 1L ms", "N=512 est. ms",
+                                "N=512 Ratio PE/dape-kerple (95% CI)"]
     rows = texts(table)
-    # est. = ms x 24 layers / 1 + 4 ms embedding-and-head; Ratio = est / dape-kerple's est
-    assert rows["kerple"][1:] == ["10.0", "244", f"{244 / 484:.2f}", "20.0", "484", "—"]
-    assert rows["dape-kerple"][1:] == ["20.0", "484", "1.00", "OOM", "OOM", "—"]
+    # est. = ms x 24 layers / 1 + 4 ms embedding-and-head; Ratio = the measured slices, paired per round
+    # (10 / 20 in both rounds), never the estimates (244 / 484); at 1024 the reference is OOM: no Ratio
+    assert rows["kerple"][1:] == ["10.0", "244", "0.50 (0.50–0.50)", "20.0", "484", "—"]
+    assert rows["dape-kerple"][1:] == ["20.0", "484", "1 (reference)", "OOM", "OOM", "—"]
     assert rows["kerple"][0] == "explicit"  # the backend each PE ran with
     assert any("dape-kerple 32" in note for note in table.notes)  # D_DAPE
+    assert any("no identical-work control" in note for note in table.notes)
     assert memory.key == "timing_memory_350m"
     assert memory.header == ["PE", "N=512 fwd MiB", "N=1024 fwd MiB"]
     assert texts(memory) == {"kerple": ["5.0", "5.0"], "dape-kerple": ["5.0", "OOM"]}
     row = summary[(summary["pe"] == "dape-kerple") & (summary["eval_len"] == 512)].iloc[0]
     assert (row["est_full_ms"], row["ratio"], row["peak_mem_mb"]) == (484.0, 1.0, 5.0)
+    row = summary[(summary["pe"] == "kerple") & (summary["eval_len"] == 512)].iloc[0]
+    assert (row["ratio"], row["ratio_ci95_low"], row["ratio_ci95_high"], row["rounds"]) == (0.5, 0.5, 0.5, 2)
 
 
 def test_timing_report_labels_backend_policy_and_shows_the_estimate_check(tmp_path: Path) -> None:
@@ -252,14 +264,13 @@ def test_timing_report_labels_backend_policy_and_shows_the_estimate_check(tmp_pa
     for policy, check in (("fastest", False), ("paper", True)):
         overrides = {"grid": {"pes": "kerple"}, "profile": {"sizes": "350m", "lengths": "512", "modes": "fwd",
                                                              "isolate": False, "backend": policy,
-                                                             "check_estimate": check}}
+                                                             "check_estimate": check, "control": "none"}}
         for cell in timing_suite.expand(load_suite("timing"), "quick", overrides):
             cfg = cell.config
-            ms = medians[(cfg["layers_timed"], policy)]
-            result = {"status": "ok", "ms": ms, "iqr": 0.25, "times_ms": [ms], "calls_per_repeat": 1,
-                      "peak_mem_mb": 5.0, "mem_method": "test", "backend": policy, "threads": 2, "params": 1,
-                      "embed_head": {"status": "ok", "ms": 4.0, "iqr": 0.0}}
-            write_cell(store, "timing", cell.label, cfg, timing_suite.cell_records(cfg, result))
+            result = timing_result({"kerple": medians[(cfg["layers_timed"], policy)]}, backend=policy)
+            result["pes"]["kerple"]["iqr"] = 0.25
+            cell_id = store.cell("timing", cell.label, cfg).cell_id
+            write_cell(store, "timing", cell.label, cfg, timing_suite.group_records(cfg, result, cell_id))
     tables, summary = T.timing_report_tables(collect(tmp_path).frame)
     by_key = {t.key: t for t in tables}
     assert {"timing_fwd_350m", "timing_fwd_350m_paper", "timing_memory_350m", "timing_memory_350m_paper",

@@ -22,7 +22,14 @@ from lenbench.errors import LenbenchError
 from lenbench.report.collect import collect, save_long
 from lenbench.report.index import Section, index_html, index_markdown
 from lenbench.report.render import FORMATS, WRITERS
-from lenbench.report.tables import Table, che_tables, ppl_tables, significance, timing_report_tables
+from lenbench.report.tables import (
+    Table,
+    che_tables,
+    ppl_tables,
+    significance,
+    timing_duplicate_warnings,
+    timing_report_tables,
+)
 from lenbench.results import atomic_write_text
 
 SUITE_TITLES = {
@@ -59,23 +66,20 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
 
 
 def duplicate_warnings(frame: pd.DataFrame) -> list[str]:
-    """Timing cells of the same (size, mode, PE, length) with different configs are pooled: say so.
+    """A PE timed at the same (size, length, mode, policy, slice) by several timing groups: say which
+    one the tables show (:func:`lenbench.report.tables.timing_duplicate_warnings`).
 
     CHE and ppl never pool: :mod:`lenbench.report.collect` splits their protocols into separate
     tables and marks extra folders of one table cell and seed ``superseded``, with its own warnings."""
-    keys = ["suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len"]
-    cells = frame[frame["suite"] == "timing"][keys + ["cell", "eval_len"]]
-    per = cells.drop_duplicates().groupby(keys + ["eval_len"], dropna=False)["cell"].nunique()
-    out = []
-    for key, n in per[per > 1].items():
-        named = [f"{k}={v}" for k, v in zip([*keys, "eval_len"], key, strict=True) if not _blank(v)]
-        out.append(f"{n} result folders for {', '.join(named)} (different configs); their values are pooled")
-    return out
+    return timing_duplicate_warnings(frame)
 
 
-def suite_tables(frame: pd.DataFrame) -> dict[str, tuple[list[Table], pd.DataFrame]]:
-    """Every suite's tables and tidy summary from a long table (``report`` and the close of ``run``)."""
-    return {"che": che_tables(frame), "ppl": ppl_tables(frame), "timing": timing_report_tables(frame)}
+def suite_tables(
+    frame: pd.DataFrame, reference: str | None = None
+) -> dict[str, tuple[list[Table], pd.DataFrame]]:
+    """Every suite's tables and tidy summary from a long table (``report`` and the close of ``run``);
+    ``reference``: the timing Ratio's denominator (None: DAPE-Kerple when timed)."""
+    return {"che": che_tables(frame), "ppl": ppl_tables(frame), "timing": timing_report_tables(frame, reference)}
 
 
 def provenance(frame: pd.DataFrame) -> str:
@@ -155,8 +159,10 @@ def build_report(
     formats: Sequence[str] = FORMATS,
     compare: tuple[str, str] | None = None,
     plots: bool = True,
+    reference: str | None = None,
 ) -> Report:
-    """Read ``results``, write the report into ``out``, and return what was built."""
+    """Read ``results``, write the report into ``out``, and return what was built (``reference``:
+    the timing Ratio's denominator; None: DAPE-Kerple when timed)."""
     if suite is not None and suite not in SUITE_TITLES:
         raise LenbenchError(f"unknown suite {suite!r} (choose from {', '.join(SUITE_TITLES)})")
     collection = collect(results, suite)
@@ -167,7 +173,7 @@ def build_report(
     warnings = collection.warnings + duplicate_warnings(frame) + code_warnings(frame)
     files = save_long(frame, out)
 
-    built = suite_tables(frame)
+    built = suite_tables(frame, reference)
     sig_table, sig_frame = significance(frame, compare)
     figures: dict[str, list[tuple[str, list[Path]]]] = {}
     if plots:

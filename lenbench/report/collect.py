@@ -82,8 +82,9 @@ def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
         evaluation = config.get("eval") if isinstance(config.get("eval"), dict) else {}
         keys.update(dataset=config.get("dataset"), train_len=train.get("length"),
                     protocol=evaluation.get("protocol", LEGACY_PROTOCOL), lr=train.get("lr"))
-    elif suite == "timing":
+    elif suite == "timing":  # a group: its PEs in group_pes (JSON text), pe None
         keys.update(
+            group_pes=json.dumps(config.get("pes") or ([config["pe"]] if config.get("pe") else [])),
             size=config.get("size"),
             mode=config.get("mode"),
             train_len=config.get("train_len"),

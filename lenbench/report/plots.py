@@ -336,7 +336,8 @@ def ppl_figure(frame: pd.DataFrame, dataset: str, train_len: int, protocol: str 
 
 
 def timing_figures(frame: pd.DataFrame) -> dict[str, Figure]:
-    """Per mode: ms vs length, one panel per model size (full-model times; estimates for slices)."""
+    """Per mode and backend policy (keys ``fwd``, ``train``, ``fwd_paper``, ...): ms vs length, one
+    panel per model size, smallest first (full-model times; estimates for slices)."""
     tables, _ = timing_data(frame)
     titles = {"fwd": "forward", "train": "forward + backward"}
     out = {}
@@ -354,10 +355,10 @@ def timing_figures(frame: pd.DataFrame) -> dict[str, Figure]:
                 log_axes(ax, t.lengths[size])
                 ax.set_title(f"{size}" + (" (estimated from a slice)" if t.sliced(size) else ""))
                 ax.set_xlabel("sequence length")
-            axes[0, 0].set_ylabel(f"ms, {titles.get(t.mode, t.mode)}")
+            axes[0, 0].set_ylabel(f"ms, {titles.get(t.mode, t.mode)}, backend {t.policy}")
             fig.tight_layout()
             legend_below(fig, ncol=6 if len(t.sizes) > 1 else 3)
-        out[t.mode] = fig
+        out[t.mode + ("" if t.policy == "fastest" else f"_{slug(t.policy)}")] = fig
     return out
 
 
@@ -389,6 +390,6 @@ def report_figures(frame: pd.DataFrame, plots_dir: Path) -> dict[str, list[tuple
         fig = ppl_figure(frame, view.dataset, view.train_len, view.protocol, view.fingerprint)
         saved["ppl"].append((caption, save_figure(fig, plots_dir / view.key)))
     for mode, fig in timing_figures(frame).items():
-        saved["timing"].append((f"timing ({mode}): ms vs sequence length per model size",
+        saved["timing"].append((f"timing ({mode.replace('_', ', backend ')}): ms vs sequence length per model size",
                                 save_figure(fig, plots_dir / f"timing_{mode}")))
     return saved

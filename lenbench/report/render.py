@@ -6,12 +6,13 @@ import csv
 import html
 import io
 import re
+from collections.abc import Callable
 
 from rich.console import Group
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from lenbench.report.tables import Table, TCell
+from lenbench.report.tables import Section, Table, TCell
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -132,3 +133,40 @@ WRITERS = {"md": markdown, "csv": csv_text, "tex": latex, "html": html_table}
 def rich_notes(table: Table) -> Group:
     """The rich table with its notes below it (dim, one per line)."""
     return Group(rich_table(table), *[Text(f"  {n}", style="dim") for n in table.notes], Text(""))
+
+
+def _column_groups(table: Table) -> list[list[int]]:
+    """Indices of the value columns in runs that belong together: consecutive headers with the same
+    first word (e.g. ``N=512 1L ms``, ``N=512 est. ms``, ``N=512 Ratio ...``)."""
+    groups: list[list[int]] = []
+    for i in range(table.left, len(table.header)):
+        head = table.header[i].split(" ", 1)[0]
+        if groups and table.header[groups[-1][0]].split(" ", 1)[0] == head:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _columns(table: Table, keep: list[int], part: str, notes: bool) -> Table:
+    rows = [Section(s.label, [[r[i] for i in keep] for r in s.rows]) for s in table.sections]
+    return Table(table.key, f"{table.title} {part}", [table.header[i] for i in keep], rows,
+                 table.notes if notes else [], table.left)
+
+
+def fit_columns(table: Table, width: int, measure: Callable[[Table], int]) -> list[Table]:
+    """The table as one or more tables whose ``measure`` (rendered width) fits ``width``: value
+    columns are packed in header groups, each part repeating the label columns; the notes go under
+    the last part. A group wider than ``width`` alone gets a part of its own."""
+    if measure(table) <= width:
+        return [table]
+    labels = list(range(table.left))
+    parts: list[list[int]] = []
+    for group in _column_groups(table):
+        trial = labels + (parts[-1] if parts else []) + group
+        if parts and measure(_columns(table, trial, "", False)) <= width:
+            parts[-1] += group
+        else:
+            parts.append(list(group))
+    return [_columns(table, labels + cols, f"(columns {k + 1} of {len(parts)})", k == len(parts) - 1)
+            for k, cols in enumerate(parts)]

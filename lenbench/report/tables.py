@@ -11,9 +11,11 @@ paired Holm-corrected tests, and one set of tables per protocol fingerprint (nev
   every run: the fit diagnostic).
 - ppl: per dataset, training length, evaluation protocol and fingerprint, PEs x evaluation lengths
   of ppl_last256 (DAPE's layout), with the unigram baseline as a last row.
-- timing: DAPE Table 1 per mode and model size, PEs x lengths in ms (``KL ms`` for a K-layer CPU
-  slice, with its full-model ``est. ms``) and ``Ratio (PE/dape-kerple)`` (built by
-  :func:`lenbench.suites.timing.timing_tables` from the stored records); then peak memory per size.
+- timing: DAPE Table 1 per mode and model size (smallest first), PEs x lengths in ms (``KL ms`` for a
+  K-layer CPU slice, with its full-model ``est. ms``) and the paired ``Ratio PE/<reference>`` with its
+  bootstrap 95% interval, ``≈ 1`` where it cannot be told from identical work (built by
+  :func:`lenbench.suites.timing_tables.timing_tables` from the stored records); the noise floor of
+  the identical-work control under each table; then peak memory per size.
 - significance: the paired tests of :mod:`lenbench.report.stats`, each PE at its chosen rate.
 
 A cell never run shows ``—``; a cell whose every seed failed shows ``FAILED``; some failed seeds
@@ -24,6 +26,7 @@ Missing values are never shown as 0.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -696,35 +699,65 @@ def _policy(r: dict[str, Any]) -> str:
     return "fastest" if _nan(value) else str(value)
 
 
-def timing_data(frame: pd.DataFrame) -> tuple[list[Any], set[tuple[str, str, int, str, str]]]:
+def _group_pes(r: dict[str, Any]) -> list[str]:
+    """A timing row's PE, or for a failed group's row (no ``pe``) every PE of the group
+    (``group_pes``, JSON text)."""
+    if not _nan(r.get("pe")):
+        return [str(r["pe"])]
+    value = r.get("group_pes")
+    return [str(p) for p in json.loads(value)] if isinstance(value, str) and value.startswith("[") else []
+
+
+def timing_data(
+    frame: pd.DataFrame, reference: str | None = None
+) -> tuple[list[Any], set[tuple[str, str, int, str, str]]]:
     """(:class:`~lenbench.suites.timing.TimingTable` per mode and backend policy, failed
-    (pe, size, length, mode, policy) keys)."""
-    from lenbench.suites.timing import timing_tables as build
+    (pe, size, length, mode, policy) keys); ``reference``: the Ratio's denominator (None: the default)."""
+    from lenbench.suites.timing_tables import timing_tables as build
 
     timing = frame[frame["suite"] == "timing"]
     records = [_record(r) for r in timing[timing["status"] != "failed"].to_dict("records")]
     failed = {
-        (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]), _policy(r))
+        (pe, str(r["size"]), int(r["eval_len"]), str(r["mode"]), _policy(r))
         for r in timing[timing["status"] == "failed"].to_dict("records")
         if not _flag(r.get("estimate_check"))
+        for pe in _group_pes(r)
     }
-    return build(records), failed
+    return build(records, reference), failed
+
+
+def timing_duplicate_warnings(frame: pd.DataFrame) -> list[str]:
+    """A PE timed at the same (size, length, mode, policy, slice) by several groups: the tables show
+    the latest group's time and pair its Ratio within that group; say so."""
+    timing = frame[(frame["suite"] == "timing") & frame["metric"].astype(str).str.startswith("ms_")]
+    keys = [k for k in ("size", "mode", "pe", "eval_len", "backend_policy", "layers_timed") if k in timing]
+    if timing.empty or "pe" not in timing:
+        return []
+    per = timing[keys + ["cell"]].drop_duplicates().groupby(keys, dropna=False)["cell"].nunique()
+    return [f"{n} timing groups timed {', '.join(f'{k}={v}' for k, v in zip(keys, key, strict=True))}; "
+            "the tables show the latest group's time, its Ratio paired within that group"
+            for key, n in per[per > 1].items()]
 
 
 def _memory_cells(frame: pd.DataFrame) -> dict[tuple[str, str, int, str, str], tuple[str, float | None]]:
     """``{(pe, size, length, mode, policy): (status, MiB)}`` of the timing suite's peak-memory records
-    (estimate-check slices left out); status ``done`` (MiB None: not measured on this platform),
-    ``oom`` or ``failed``."""
+    (estimate-check slices left out; the latest group where several timed a PE); status ``done``
+    (MiB None: not measured on this platform), ``oom`` or ``failed``."""
     timing = frame[frame["suite"] == "timing"]
     out: dict[tuple[str, str, int, str, str], tuple[str, float | None]] = {}
+    when: dict[tuple[str, str, int, str, str], str] = {}
     for r in timing.to_dict("records"):
         if _nan(r.get("eval_len")) or _nan(r.get("mode")) or _flag(r.get("estimate_check")):
             continue
-        key = (str(r["pe"]), str(r["size"]), int(r["eval_len"]), str(r["mode"]), _policy(r))
-        if r["status"] == "failed":
-            out[key] = ("failed", None)
-        elif r.get("metric") == "peak_mem_mb":
-            out[key] = (str(r["status"]), None if _nan(r.get("value")) else float(r["value"]))
+        stamp = "" if _nan(r.get("measured_at")) else str(r["measured_at"])
+        for pe in _group_pes(r):
+            key = (pe, str(r["size"]), int(r["eval_len"]), str(r["mode"]), _policy(r))
+            if key in when and when[key] > stamp:
+                continue
+            if r["status"] == "failed":
+                out[key], when[key] = ("failed", None), stamp
+            elif r.get("metric") == "peak_mem_mb":
+                out[key], when[key] = (str(r["status"]), None if _nan(r.get("value")) else float(r["value"])), stamp
     return out
 
 
@@ -745,9 +778,9 @@ def _policy_suffix(policy: str) -> str:
 
 
 def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]) -> list[Table]:
-    """Peak memory per model size and backend policy: PE rows, per length and mode the MiB the
-    timed call added."""
-    from lenbench.suites.timing import POLICY_TEXT
+    """Peak memory per model size (smallest first) and backend policy: PE rows, per length and mode
+    the MiB the timed call added."""
+    from lenbench.suites.timing_tables import POLICY_TEXT, size_order
 
     cells = _memory_cells(frame)
     if not cells:
@@ -756,7 +789,8 @@ def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]
     mem_rows = timing[timing["metric"] == "peak_mem_mb"]
     methods = sorted({str(m) for m in mem_rows.get("method", pd.Series(dtype=object)).dropna().unique()})
     tables = []
-    for size, policy in list(dict.fromkeys((k[1], k[4]) for k in cells)):
+    order = {s: i for i, s in enumerate(size_order([k[1] for k in cells]))}
+    for size, policy in sorted(dict.fromkeys((k[1], k[4]) for k in cells), key=lambda sp: (order[sp[0]], sp[1])):
         keys = [k for k in cells if k[1] == size and k[4] == policy]
         lengths = sorted({k[2] for k in keys})
         modes = [m for m in ("fwd", "train") if any(k[3] == m for k in keys)]
@@ -789,7 +823,7 @@ def _dape_width(frame: pd.DataFrame, pe: str) -> int | None:
         stored = frame[(frame["suite"] == "timing") & (frame["pe"] == pe)]["d_dape"].dropna()
         if len(stored):
             return int(stored.iloc[0])
-    from lenbench.suites.timing import dape_width
+    from lenbench.suites.timing_measure import dape_width
 
     try:
         return dape_width(pe)
@@ -797,13 +831,40 @@ def _dape_width(frame: pd.DataFrame, pe: str) -> int | None:
         return None
 
 
-def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
-    """DAPE Table 1 per (mode, backend policy, size): PE rows, per length ms (and the full-model
-    estimate) and the Ratio to DAPE-Kerple (its direction in every Ratio header); then peak memory
-    per size, and the estimate check where ``--check-estimate`` slices exist."""
-    from lenbench.suites.timing import TimingTable
+def ratio_text(ratio: Any, floor: float | None) -> str:
+    """``0.93 (0.90–0.97)``: the paired ratio's median and bootstrap 95% interval; ``≈ 1 (0.97–1.04)``
+    where it cannot be told from identical work (:func:`lenbench.suites.timing_tables.approx_one`)."""
+    from lenbench.suites.timing_tables import approx_one
 
-    tables_by_mode, failed = timing_data(frame)
+    if ratio is None:
+        return MISSING
+    interval = f"({ratio.low:.2f}–{ratio.high:.2f})"
+    return f"≈ 1 {interval}" if approx_one(ratio, floor) else f"{ratio.median:.2f} {interval}"
+
+
+def _noise_note(t: Any, size: str, lengths: list[int]) -> str:
+    if t.control is None:
+        return "no identical-work control was timed (control: none), so no noise floor is known"
+    base, twin = t.control
+    parts = []
+    for n in lengths:
+        stat = t.noise.get((size, n))
+        if stat is not None:
+            parts.append(f"N={n} ±{100 * stat.reach:.1f}% ({stat.median:.2f}, {stat.low:.2f}–{stat.high:.2f})")
+    if not parts:
+        return f"identical-work control {twin} / {base}: not measured here, so no noise floor is known"
+    return (f"noise floor = how far the identical-work control's interval ({twin} / {base}, the same operations "
+            f"on other angles, timed in the same rounds) reaches from 1: " + "; ".join(parts))
+
+
+def timing_report_tables(frame: pd.DataFrame, reference: str | None = None) -> tuple[list[Table], pd.DataFrame]:
+    """DAPE Table 1 per (mode, backend policy, size), sizes smallest first: PE rows, per length the
+    measured ms (and the full-model estimate) and the paired Ratio to the reference PE with its
+    bootstrap 95% interval; then peak memory per size, and the estimate check where
+    ``--check-estimate`` slices exist. ``reference`` None: DAPE-Kerple when timed."""
+    from lenbench.suites.timing_tables import TimingTable, approx_one, size_order
+
+    tables_by_mode, failed = timing_data(frame, reference)
     titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
     tables, summary = [], []
     memory = _memory_cells(frame)
@@ -815,22 +876,23 @@ def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame
         built[(mode, policy)] = TimingTable(mode, policy)
     for (mode, policy), t in built.items():
         fails = {(p, s, n) for p, s, n, m, pol in failed if m == mode and pol == policy}
-        sizes = list(t.sizes) + sorted({s for _, s, _ in fails if s not in t.sizes})
+        sizes = size_order([*t.sizes, *(s for _, s, _ in fails)])
         ref = t.reference
-        ratio_name = f"Ratio (PE/{ref or 'dape-kerple'})"
+        ratio_name = f"Ratio PE/{ref or '?'} (95% CI)"
         for size in sizes:
             lengths = sorted({*t.lengths.get(size, []), *(n for _, s, n in fails if s == size)})
             sliced = size in t.layers and t.sliced(size)
             timed = t.layers[size][0] if sliced else 0
-            pes = pe_order([*t.pes, *(p for p, s, _ in fails if s == size)])
+            pes = pe_order([*(p for (p, s, _) in t.entries if s == size), *(p for p, s, _ in fails if s == size)])
             header = ["PE", "backend"]
             for n in lengths:
                 header += [f"N={n} {timed}L ms" if sliced else f"N={n} ms"]
                 header += ([f"N={n} est. ms"] if sliced else []) + [f"N={n} {ratio_name}"]
             rows = []
-            iqr = _iqr_by_cell(frame, mode, policy)
+            rounds: dict[int, set[tuple[int | None, bool]]] = {}
             for pe in pes:
-                row = [TCell(pe), TCell(t.backends.get(pe, MISSING))]
+                label = pe
+                row: list[TCell] = []
                 for n in lengths:
                     e = t.entries.get((pe, size, n))
                     width = 3 if sliced else 2
@@ -841,34 +903,53 @@ def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame
                     elif e.oom:
                         row += [TCell("OOM")] * (width - 1) + [TCell(MISSING)]
                     else:
+                        floor = t.floor(size, n)
                         row += [TCell(_fmt_ms(e.ms))] + ([TCell(_fmt_ms(e.est_ms))] if sliced else [])
-                        row.append(TCell(MISSING if e.ratio is None else f"{e.ratio:.2f}"))
+                        row.append(TCell("1 (reference)" if pe == ref and e.ratio is not None
+                                         else ratio_text(e.ratio, floor)))
+                        rounds.setdefault(n, set()).add((e.rounds, e.budget_limited))
                     if e is not None:
+                        label = f"{pe} (control)" if e.role == "twin" else pe
                         mem = memory.get((pe, size, n, mode, policy))
-                        summary.append({"mode": mode, "backend_policy": policy, "size": size, "pe": pe,
-                                        "eval_len": n, "precision": "/".join(t.precisions) or None, "ms": e.ms,
-                                        "iqr_ms": iqr.get((pe, size, n)), "est_full_ms": e.est_ms,
-                                        "ratio": e.ratio, "oom": e.oom, "peak_mem_mb": mem[1] if mem else None})
-                rows.append(row)
+                        stat = e.ratio
+                        floor = t.floor(size, n)
+                        summary.append({
+                            "mode": mode, "backend_policy": policy, "size": size, "pe": pe, "eval_len": n,
+                            "precision": "/".join(t.precisions) or None, "ms": e.ms,
+                            "iqr_ms": _iqr_of(frame, e.group, pe, mode), "est_full_ms": e.est_ms,
+                            "reference_pe": ref, "ratio": stat.median if stat else None,
+                            "ratio_ci95_low": stat.low if stat else None,
+                            "ratio_ci95_high": stat.high if stat else None,
+                            "ratio_approx_1": approx_one(stat, floor) if stat else None, "noise_floor": floor,
+                            "rounds": e.rounds, "budget_limited": e.budget_limited, "control_role": e.role,
+                            "oom": e.oom, "peak_mem_mb": mem[1] if mem else None, "group": e.group,
+                        })
+                rows.append([TCell(label), TCell(t.backends.get(pe, MISSING))] + row)
             notes = [f"backend: {t.policy_text}" + (
                 " (Ratio isolates each PE's own cost, as DAPE Table 1)" if policy == "paper" else
-                " (Ratio mixes the PE's cost with fused-vs-unfused kernel differences; --backend paper "
-                "times DAPE Table 1's quantity)" if policy == "fastest" else "")]
-            notes.append(f"Ratio = PE time / {ref or 'dape-kerple (not in these results)'} time at the same "
-                         "length (full-model times; DAPE Table 1); below 1: faster than the reference")
+                " (Ratio mixes the PE's cost with the difference between kernels; --backend paper times "
+                "DAPE Table 1's quantity)" if policy == "fastest" else "")]
+            what = f"{timed}-block slice" if sliced else "model"
+            notes.append(
+                f"Ratio = median over rounds of PE time / {ref or '(no reference PE timed)'} time measured in the "
+                f"same round, with its bootstrap 95% interval; from the measured {what} times, never est. ms; "
+                "below 1: faster than the reference; ≈ 1: the interval contains 1 or the median is within the "
+                "noise floor of 1")
+            notes.append(_noise_note(t, size, lengths))
+            notes.append(_rounds_note(rounds))
             if sliced:
                 total = t.layers[size][1]
                 notes.append(f"{timed}L ms: {timed} of {total} blocks measured; est. ms: full model estimated as "
                              f"{timed}L ms x {total}/{timed} + the measured embedding and head "
                              "(an estimate, not a measurement; its error: `lenbench timing --check-estimate`, "
-                             "README Timing)")
+                             "docs/timing.md)")
             widths = [f"{pe} {w}" for pe in pes if (w := _dape_width(frame, pe)) is not None]
             if widths:
                 notes.append("D_DAPE (DAPE's MLP width; the paper times 32): " + ", ".join(widths))
-            notes.append("kernel per PE (flex: fused FlexAttention; sdpa: fused SDPA; sdpa_bias, blocked_bias, "
-                         "explicit: materialized bias or logits; paper: DAPE's unfused NeoX path); a/b: a at "
-                         "some lengths, b at others")
-            notes.append(f"median over repeats (IQR: iqr_ms in timing_summary.csv, iqr in results_long); "
+            notes.append("kernel per PE (flex: fused FlexAttention; sdpa: fused SDPA; dape_fused: the fused DAPE "
+                         "kernel; sdpa_bias, blocked_bias, explicit: materialized bias or logits; paper: DAPE's "
+                         "unfused NeoX path); a/b: a at some lengths, b at others")
+            notes.append(f"ms: median over rounds (IQR: iqr_ms in timing_summary.csv, iqr in results_long); "
                          f"OOM: did not fit in memory; {MISSING}: not run")
             devices = "/".join(t.devices) if t.devices else "?"
             precision = "/".join(t.precisions) if t.precisions else "?"
@@ -883,19 +964,32 @@ def timing_report_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame
     return tables, pd.DataFrame(summary)
 
 
-def _iqr_by_cell(frame: pd.DataFrame, mode: str, policy: str) -> dict[tuple[str, str, int], float | None]:
-    """IQR (ms) of each shown timing cell (the table's uncertainty, a column of the summary)."""
-    timing = frame[(frame["suite"] == "timing") & (frame["metric"] == f"ms_{mode}")]
-    out: dict[tuple[str, str, int], float | None] = {}
-    for r in timing.to_dict("records"):
-        if _policy(r) == policy and not _flag(r.get("estimate_check")) and not _nan(r.get("eval_len")):
-            out[(str(r["pe"]), str(r["size"]), int(r["eval_len"]))] = None if _nan(r.get("iqr")) else float(r["iqr"])
-    return out
+def _rounds_note(rounds: dict[int, set[tuple[int | None, bool]]]) -> str:
+    """How many measured rounds each length's ratios rest on, and where a budget cut them."""
+    counts = {r for per in rounds.values() for r, _ in per if r is not None}
+    cut = sorted(n for n, per in rounds.items() if any(limited for _, limited in per))
+    text = "rounds per group: " + ("/".join(str(c) for c in sorted(counts)) if counts else "?")
+    text += " (after a discarded warm-up round; PEs in a fresh random order each round)"
+    if cut:
+        text += "; fewer than asked at N=" + ",".join(str(n) for n in cut) + " (the group's max_seconds budget)"
+    if any(r is None for per in rounds.values() for r, _ in per):
+        text += ("; times stored before interleaved groups (one PE per cell, repeats back to back) have no "
+                 "paired Ratio: rerun them with lenbench timing")
+    return text
+
+
+def _iqr_of(frame: pd.DataFrame, group: str | None, pe: str, mode: str) -> float | None:
+    """IQR (ms) of a shown timing entry (its record in its group)."""
+    rows = frame[(frame["suite"] == "timing") & (frame["metric"] == f"ms_{mode}") & (frame["pe"] == pe)]
+    if group is not None and "group" in rows:
+        rows = rows[rows["group"] == group]
+    values = rows["iqr"].dropna() if "iqr" in rows else []
+    return float(values.iloc[-1]) if len(values) else None
 
 
 def estimate_check_table(frame: pd.DataFrame) -> Table | None:
     """The measured error of ``K-layer x M/K`` (:func:`lenbench.suites.timing.estimate_checks`)."""
-    from lenbench.suites.timing import estimate_checks
+    from lenbench.suites.timing_tables import estimate_checks
 
     timing = frame[(frame["suite"] == "timing") & (frame["status"] == "done")]
     checks = estimate_checks([_record(r) for r in timing.to_dict("records")])
@@ -908,7 +1002,7 @@ def estimate_check_table(frame: pd.DataFrame) -> Table | None:
              TCell(f"{100 * c.rel_error:+.1f}%")] for c in checks]
     notes = ["error = (predicted - measured) / measured: how well scaling a K-block slice predicts a deeper "
              "M-block slice (the full-model estimate scales the timed slice the same way)",
-             "median over repeats of each slice; IQRs in results_long"]
+             "median over rounds of each slice; IQRs in results_long"]
     return Table("timing_estimate_check", "Timing: error of the slice-to-full-model extrapolation", header,
                  [Section(None, rows)], notes, left=5)
 
