@@ -61,11 +61,14 @@ def test_tiny_shape_times_every_pe_and_writes_well_formed_cells(tmp_path: Path) 
         assert memory["metric"] == "peak_mem_mb" and (memory["value"] is None or memory["value"] >= 0)
     tables = T.timing_tables(records_of(outcomes))
     assert [t.mode for t in tables] == ["fwd", "train"]
+    # each PE as its cells name it: FIRE-based ones carry DAPE's NeoX l0 for train length 512 (fire:l0=64)
+    specs = list(dict.fromkeys(o.cell.config["pe"] for o in outcomes))
+    assert [s.split(":")[0] for s in specs] == names and "fire:l0=64" in specs
     for t in tables:
-        assert t.pes == names and t.reference == "dape-kerple"
+        assert t.pes == specs and t.reference == "dape-kerple"
         for n in (16, 32):
             assert t.entries[("dape-kerple", "tiny", n)].ratio == 1.0
-            assert all(t.entries[(p, "tiny", n)].ratio is not None for p in names)
+            assert all(t.entries[(p, "tiny", n)].ratio is not None for p in specs)
     again = run(cells(",".join(names[:2]), lengths="16"), tmp_path)
     assert {o.status for o in again} == {"skipped"}
 

@@ -66,6 +66,7 @@ from lenbench.model.attention import Attention
 from lenbench.model.sizes import SIZES, ModelSize
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.base import PositionalEncoding
+from lenbench.pe.defaults import split_rules, with_length_defaults
 from lenbench.pe.registry import PESpec, parse_pe_spec, pe_class, resolve_pes
 from lenbench.results import CellDir
 from lenbench.suites.base import Cell, Reporter
@@ -100,6 +101,7 @@ class TimingProfile:
     isolate: str | bool = "auto"  # measure in a worker process; auto: on CPU only
     backend: str = "fastest"  # fastest, paper, or a backend name forced for every PE
     check_estimate: bool = False  # also time 1-, 2- and 4-block slices to measure the estimate's error
+    pe_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. l0: dape-neox (lenbench/pe/defaults.py)
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,8 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
     grid = from_dict(TimingGrid, merge(suite_file.grid, overrides.get("grid", {})), f"{suite_file.path} grid")
     check_profile(prof)
     sizes, lengths, modes = resolve_sizes(prof.sizes), resolve_lengths(prof.lengths), resolve_modes(prof.modes)
-    pes = resolve_pes(grid.pes)
+    plain_defaults, length_rules = split_rules(prof.pe_defaults)
+    pes = with_length_defaults(resolve_pes(grid.pes, plain_defaults), length_rules, prof.train_length)
     cuda = torch.cuda.is_available()
     precision, isolate = resolve_precision(prof.precision, cuda), resolve_isolate(prof.isolate, cuda)
     policy = resolve_backend(prof.backend)
