@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lenbench.report.conditions import run_conditions
 from lenbench.report.stats import (
     ALPHA,
     PairedTest,
@@ -385,7 +386,9 @@ def che_tables(frame: pd.DataFrame) -> tuple[list[Table], pd.DataFrame]:
          "seeds (± SE for one)", lambda t, p: train_stats.get((t, p, chosen[(t, p)])), "mean"),
     ]
     tables = []
+    ran = run_conditions(che[che["status"] == "done"])  # precision / backends, when they matter
     for kind, key, title, lookup, how in specs:
+        title += ran
         by_level: dict[str | None, list[list[TCell]]] = {}
         for task in tasks:
             info = task_info(task)
@@ -516,7 +519,7 @@ def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[T
             f"{MISSING}: not evaluated; {FAILED}: every seed failed; (k {FAILED}): k seeds failed",
         ]
         title = (f"{dataset}, trained at {train_len}: perplexity (last 256 tokens) by evaluation length, "
-                 f"{protocol} protocol")
+                 f"{protocol} protocol{run_conditions(d)}")
         tables.append(Table(key, title, header, [Section(None, body)], notes))
     return tables, pd.DataFrame(summary)
 
