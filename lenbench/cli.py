@@ -623,6 +623,40 @@ def viz(
     err.print(f"wrote {target}")
 
 
+@app.command()
+def doctor(
+    check: Annotated[
+        bool, typer.Option("--check", help="Run the GPU paths' parity checks now (else: cached results only).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """The environment: versions, devices, kernels, the backend each Table 1 PE would use, parity checks."""
+    import json
+
+    from lenbench.doctor import environment
+
+    env = environment(check)
+    if as_json:
+        out.print_json(json.dumps(env, default=str))
+        return
+    for section, rows in env.items():
+        table = Table(title=section)
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*[_doctor_cell(row.get(col)) for col in columns])
+        out.print(table)
+
+
+def _doctor_cell(value: Any) -> str:
+    from rich.markup import escape
+
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "" if value is None else escape(str(value))
+
+
 def _click_exceptions() -> Any:
     """Typer >= 0.20 vendors click as ``typer._click``; older versions use click itself."""
     try:

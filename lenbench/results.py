@@ -5,6 +5,11 @@
 ``metrics.json`` (long format, one record per length) and ``DONE``, written last by atomic rename. A cell id is a
 readable slug plus a hash of the resolved config, so a changed config never reuses old results.
 Every file is written to a temporary name in the same folder and renamed into place.
+
+Results are data, never code: ``.pt`` files hold tensors and plain Python data (dicts, lists,
+numbers, strings) and are read with ``torch.load(weights_only=True)`` (:func:`safe_torch_load`),
+configs are YAML/JSON beside them. A file whose pickle would build any other object (and so could
+run code) is refused with one line, so opening a results folder someone shared is safe.
 """
 
 from __future__ import annotations
@@ -125,6 +130,42 @@ def environment_manifest(device: str) -> dict[str, Any]:
     }
 
 
+class UnsafeFile(LenbenchError):
+    """A ``.pt`` file whose pickle would import objects beyond tensors and plain data (refused, not run)."""
+
+
+def safe_torch_load(path: Path, what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data only.
+
+    A pickle that would import anything else (a class, a function such as ``os.system``) is refused
+    with a one-line :class:`UnsafeFile` before anything in it runs; an unreadable or corrupted file
+    is a one-line :class:`LenbenchError`.
+    """
+    import pickle
+    import re
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unpickler warns about protocols before it refuses them
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise UnsafeFile(
+                f"refusing to load {path}: the {what} would import {found.group(1)}, not tensors and plain data, "
+                "and could run code (lenbench writes only tensors and plain data)"
+            ) from exc
+        detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip().startswith("Unsupported")), "")
+        raise LenbenchError(
+            f"corrupted {what} {path}: not a file of tensors and plain data" + (f" ({detail})" if detail else "")
+        ) from exc
+    except Exception as exc:
+        raise LenbenchError(f"corrupted {what} {path} ({type(exc).__name__})") from exc
+
+
 class CellBusy(LenbenchError):
     """Another process holds this cell's lock."""
 
@@ -206,16 +247,18 @@ class CellDir:
         atomic_write_bytes(self.checkpoint_path, buf.getvalue())
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        import torch
-
+        """The training checkpoint (tensors and plain data, :func:`safe_torch_load`), or None."""
         if not self.checkpoint_path.exists():
             return None
         try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise LenbenchError(
-                f"corrupted checkpoint {self.checkpoint_path} ({type(exc).__name__}); delete it to restart the cell"
-            ) from exc
+            state = safe_torch_load(self.checkpoint_path, "checkpoint")
+        except UnsafeFile:
+            raise
+        except LenbenchError as exc:
+            raise LenbenchError(f"{exc}; delete it to restart the cell") from exc
+        if not isinstance(state, dict):
+            raise LenbenchError(f"corrupted checkpoint {self.checkpoint_path}; delete it to restart the cell")
+        return state
 
     def truncate_log(self, last_step: int) -> None:
         """Keep only train-log records with ``step <= last_step`` (used when resuming)."""

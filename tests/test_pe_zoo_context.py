@@ -422,7 +422,7 @@ def test_parameter_counts(causal: bool) -> None:
         conv = 2 * h * hidden * k + hidden + hidden * h * k + h
         assert pe_parameters(f"dape-v2-alibi:kernel={k},hidden={hidden}", causal) == conv
         assert pe_parameters(f"dape-v2-kerple:kernel={k},hidden={hidden}", causal) == conv + kerple
-        fire = 2 * 32 + 32 * h + h + 2  # FIRE's Linear(1, 32), Linear(32, h), c, L_mult
+        fire = 2 * hidden + hidden * h + h + 2  # FIRE's Linear(1, hidden), Linear(hidden, h), c, L_mult (FIRE_C)
         assert pe_parameters(f"dape-v2-fire:kernel={k},hidden={hidden}", causal) == conv + fire
     mlp = 2 * h * 32 + 32 + 32 * h + h
     assert pe_parameters("dape", causal) == mlp + kerple

@@ -86,13 +86,18 @@ def test_t5_buckets_match_the_reference_table() -> None:
 
 
 def test_t5_bias_reads_the_shared_table() -> None:
+    """``B = sqrt(d_head) T[bucket]`` (DAPE's NeoX scale; head dim 32 / 2 = 16 here, so x4)."""
     pe = T5Bias(ctx(heads=2, causal=False))
     assert T5Bias.shared and tuple(pe.table.shape) == (32, 2)
     with torch.no_grad():
         pe.table.copy_(torch.arange(64, dtype=torch.float32).view(32, 2))
     b = pe.bias(torch.arange(12), torch.arange(12))
-    assert b[1, 11, 0].item() == 2 * 8 + 1  # n = 11 -> bucket 8 + floor(8 ln(11/8) / ln 16) = 8, head 1
-    assert b[0, 0, 11].item() == 2 * 24  # n = -11 -> bucket 16 + 8
+    assert b[1, 11, 0].item() == 4 * (2 * 8 + 1)  # n = 11 -> bucket 8 + floor(8 ln(11/8) / ln 16) = 8, head 1
+    assert b[0, 0, 11].item() == 4 * (2 * 24)  # n = -11 -> bucket 16 + 8
+    unscaled = T5Bias(ctx(heads=2, causal=False), scale_by_head_dim=False)
+    with torch.no_grad():
+        unscaled.table.copy_(pe.table)
+    assert unscaled.bias(torch.arange(12), torch.arange(12))[1, 11, 0].item() == 2 * 8 + 1
     with pytest.raises(LenbenchError):
         T5Bias(ctx(), num_buckets=64, max_distance=32)
 

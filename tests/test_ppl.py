@@ -312,8 +312,17 @@ def test_short_run_beats_unigram(tmp_path: Path) -> None:
         (n, m) for n in (64, 128) for m in ("ppl_last256", "ppl_all")
     }
     keys = {"suite", "dataset", "pe", "seed", "train_len", "eval_len", "metric", "value", "protocol", "n_sequences",
-            "concatenated", "unigram_ppl"}
+            "concatenated", "unigram_ppl", "precision", "backend"}
     assert all(set(r) == keys and r["protocol"] == "fixed_targets" and r["concatenated"] for r in records)
+    # what ran, recorded (CPU: fp32; ALiBi trains on query blocks, evaluates on them below 1024 tokens)
+    assert {(r["precision"], r["backend"]) for r in records} == {("fp32", "blocked_bias")}
+    assert summary["run"] == {"device": "cpu", "precision": "fp32", "precision_requested": "auto",
+                              "train_backend": "blocked_bias", "backend": "blocked_bias"}
+    assert summary["randomized_overflow"] is None and summary["selfcheck"]["warnings"] == []
+    # model.pt holds only tensors; what rebuilds the model is JSON beside it
+    assert set(json.loads((outcome.cell_dir.path / "model.json").read_text())) == {"model_config", "pe", "tokenizer"}
+    weights = torch.load(outcome.cell_dir.path / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())
     assert {(r["eval_len"], r["metric"]): r["unigram_ppl"] for r in records}[(64, "ppl_last256")] == pytest.approx(
         ev["64"]["unigram_ppl_last256"])
     manifest = json.loads(outcome.cell_dir.manifest_path.read_text())

@@ -323,6 +323,12 @@ def test_dape_is_timed_with_d_dape_32_on_the_real_shapes() -> None:
     assert M.dape_width("dape-kerple") == 32 and M.dape_width("dape:hidden=64") == 64 and M.dape_width("alibi") is None
 
 
+def test_fire_is_timed_with_dape_neox_l0_for_the_trained_length() -> None:
+    """DAPE's NeoX 125M V1 configs: noise_seq_length 128 at seq-length 512, halved: L0 = 64 (docs/pe.md §13)."""
+    config = cells("fire,dape-fire,alibi", lengths="16", modes="fwd")[0].config
+    assert "fire:l0=64" in config["pes"] and "dape-fire:l0=64" in config["pes"] and "alibi" in config["pes"]
+
+
 def test_profiles_expand(monkeypatch: pytest.MonkeyPatch) -> None:
     paper = T.expand(load_suite("timing"), "paper", {"grid": {"pes": "alibi"}})
     assert len(paper) == 3 * 5 * 2  # groups: sizes x lengths x modes

@@ -40,7 +40,10 @@ Backends:
   ``finfo(dtype).min``, softmax, ``x V``. Memory ``O(B * H * N^2)`` (and DAPE's
   ``[B, N, N, hidden]``). Chosen only when asked for.
 
-All backends agree to float tolerance (tests/test_attention.py).
+All backends agree to float tolerance (tests/test_attention.py). Each layer remembers every backend
+it ran (``backends_run``; :func:`backends_used` over a model), so a cell records what actually ran.
+On CUDA the fast paths prove themselves first (:mod:`lenbench.model.selfcheck`): ``flex`` and
+``dape_fused`` are chosen only once their parity check against ``explicit`` passed on that device.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenbench.model import small_attention
+from lenbench.model import selfcheck, small_attention
 from lenbench.pe import dape_fused
 from lenbench.pe.base import PositionalEncoding
 
@@ -137,6 +140,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
         self.last_backend = ""
+        self.backends_run: set[str] = set()  # every backend a forward used (reset_backends clears it)
 
     def choose_backend(self, device: torch.device, n: int = 0) -> str:
         """The backend a forward over ``n`` tokens uses (see module docstring).
@@ -163,14 +167,16 @@ class Attention(nn.Module):
         # score_mod captures parameters detached: a PE whose parameters train here needs the materialized bias.
         trains_pe = torch.is_grad_enabled() and any(p.requires_grad for p in self.pe.parameters())
         if device.type == "cuda":
-            if exact_positions and not trains_pe and flex_available(device) and self.pe.score_mod() is not None:
+            if (exact_positions and not trains_pe and flex_available(device) and self.pe.score_mod() is not None
+                    and selfcheck.allowed("flex", device)):
                 return "flex"
             return "sdpa_bias"
         if torch.compiler.is_compiling():
             return "sdpa_bias"  # one graph for every length: no Python loop over query blocks to specialize
         evaluating = not torch.is_grad_enabled()
         fused_wins = evaluating and n >= FLEX_CPU_MIN_LENGTH and not self.pe.compiled_bias()
-        if fused_wins and exact_positions and flex_available(device) and self.pe.score_mod() is not None:
+        if (fused_wins and exact_positions and flex_available(device) and self.pe.score_mod() is not None
+                and selfcheck.allowed("flex", device)):
             return "flex"
         return "blocked_bias"
 
@@ -179,7 +185,8 @@ class Attention(nn.Module):
         ``explicit`` or its kernel is off or missing on ``device``: it beat ``explicit`` from CHE's
         shapes (batch 128, N=40) to N=4096 (benchmarks/README.md)."""
         wanted = self.backend in ("auto", "dape_fused")
-        return wanted and hasattr(self.pe, "fused_attention") and dape_fused.usable(device)
+        return (wanted and hasattr(self.pe, "fused_attention") and dape_fused.usable(device)
+                and selfcheck.allowed("dape_fused", device))
 
     def small_ok(self, n: int) -> bool:
         """The small-head kernel serves this forward: shape fits, not compiling, kernel compiled."""
@@ -235,6 +242,7 @@ class Attention(nn.Module):
         if backend == "small" and not small_attention.supports(q, k):
             backend = "sdpa_bias" if type(self.pe).has_hook("bias") else "sdpa"
         self.last_backend = backend
+        self.backends_run.add(backend)
         if backend == "small":
             bias = self.small_bias(pos, nq)
             scale = 1.0 / math.sqrt(self.head_dim)
@@ -400,3 +408,18 @@ class Attention(nn.Module):
             future = torch.ones(nq, n, dtype=torch.bool, device=q.device).triu(1 + first)
             s = s.masked_fill(future, torch.finfo(s.dtype).min)
         return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+selfcheck.use_attention(Attention)
+
+
+def backends_used(model: nn.Module) -> list[str]:
+    """Every attention backend the model's layers ran since the last :func:`reset_backends`, sorted."""
+    return sorted({b for m in model.modules() if isinstance(m, Attention) for b in m.backends_run})
+
+
+def reset_backends(model: nn.Module) -> None:
+    """Forget which backends the model's attention layers ran."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.backends_run.clear()

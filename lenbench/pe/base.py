@@ -158,6 +158,9 @@ def relative_distance(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
 # - ``n > L``: sampling without replacement is impossible. ``overflow="arange"`` (default) falls back
 #   to ``0..n-1``, the policy of docs/pe.md §18 (the LM grid evaluates past 4 x 512); ``overflow="error"``
 #   raises a :class:`LenbenchError`. ``randomized-learned`` has only L rows, so it always refuses n > L.
+#   Every fallback is remembered (``overflowed``: the sequence lengths), and the suites record per
+#   evaluation length whether it happened (:func:`overflow_lengths`), so a table never silently mixes
+#   randomized and plain positions.
 
 
 OVERFLOW = ("arange", "error")
@@ -205,15 +208,18 @@ class RandomizedPositions(PositionalEncoding):
         self.overflow = overflow
         self.eval_random = bool(eval_random)
         self.sample: torch.Tensor | None = None
+        self.overflowed: set[int] = set()  # sequence lengths n > L that fell back to 0..n-1
 
     def draws(self, n: int) -> bool:
-        """Whether this call draws random positions (False: ``arange``); applies the n > L policy."""
+        """Whether this call draws random positions (False: ``arange``); applies the n > L policy and
+        records a fallback in ``overflowed``."""
         if n > self.max_position:
             if self.overflow == "error":
                 raise LenbenchError(
                     f"{self.name}: a sequence of {n} tokens needs {n} distinct positions in [0, {self.max_position}); "
                     f"raise max_position or use overflow=arange"
                 )
+            self.overflowed.add(int(n))
             return False
         return self.training or self.eval_random
 
@@ -221,3 +227,25 @@ class RandomizedPositions(PositionalEncoding):
         pos = sample_positions(n, self.max_position, device) if self.draws(n) else torch.arange(n, device=device)
         self.sample = pos
         return pos
+
+
+def randomized_modules(module: nn.Module) -> list[RandomizedPositions]:
+    """The randomized-position PEs inside ``module`` (each shared instance once)."""
+    return [m for m in module.modules() if isinstance(m, RandomizedPositions)]
+
+
+def overflow_lengths(module: nn.Module) -> list[int]:
+    """Sequence lengths at which a randomized PE in ``module`` fell back to ``0..n-1`` (n > L) since
+    the last :func:`reset_overflow`, sorted."""
+    return sorted({n for m in randomized_modules(module) for n in m.overflowed})
+
+
+def reset_overflow(module: nn.Module) -> None:
+    """Forget the recorded fallbacks of every randomized PE in ``module``."""
+    for m in randomized_modules(module):
+        m.overflowed.clear()
+
+
+def position_limits(module: nn.Module) -> list[int]:
+    """The ranges L of the randomized PEs in ``module`` (empty when none randomizes positions)."""
+    return sorted({m.max_position for m in randomized_modules(module)})

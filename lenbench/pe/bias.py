@@ -205,9 +205,16 @@ class KerplePower(_KerpleBase):
 # --------------------------------------------------------------------------------------------------
 # T5 relative position bias (Raffel et al. 2020; docs/pe.md §10, §17, §18).
 #
-# ``B_h(i, j) = T[bucket(i - j), h]`` with a learned table ``T`` of ``num_buckets x H``, added to the
-# scaled logits **without** the sqrt(d_h) factor of XT/NeoX, initialised ``N(0, 0.02)`` (docs/pe.md §10
-# recommendation), one table shared by all layers (HF, XT, NeoX).
+# ``B_h(i, j) = sqrt(d_head) T[bucket(i - j), h]`` with a learned table ``T`` of ``num_buckets x H``,
+# initialised ``xavier_normal_`` (std ``sqrt(2 / (num_buckets + H))``), one table shared by all layers:
+# the T5 baseline of DAPE's GPT-NeoX code, which the ppl and timing suites reproduce (``megatron/model/
+# gpt2_model.py``: ``rpe_scale = math.sqrt(hidden_size_per_attention_head)`` passed as ``scale`` to
+# ``ParallelRelativePositionBias``, ``init_method=init.xavier_normal_`` in ``megatron/mpu/layers.py``,
+# whose ``forward`` returns ``bias * self.scale``; docs/dape.md §1.5, docs/pe.md §10). At d_head 64 and 12
+# heads the initial bias has std 8 x 0.213 = 1.7 logits, and Adam moves it sqrt(d_head) times faster
+# than an unscaled table. ``scale_by_head_dim=false,init=normal`` is lenbench's earlier form (unscaled,
+# ``N(0, 0.02)``, docs/pe.md §10's recommendation), kept as options. DeepMind's CHE/RPE code defines no T5
+# bias (docs/che.md §3), so the CHE suite uses these defaults too and says so in suites/che.yaml.
 #
 # Buckets of ``n = i - j`` (HF ``_relative_position_bucket``):
 #
@@ -220,6 +227,9 @@ class KerplePower(_KerpleBase):
 # ``max_distance`` on share the last bucket. The bucket of ``|n|`` is read from a precomputed table of
 # ``max_distance + 1`` entries, which avoids ``ln 0`` and float ``floor`` at exact powers (where HF's
 # fp32 happens to round the right way), and serves ``score_mod`` as a captured integer vector.
+
+
+T5_INITS = ("xavier_normal", "normal")
 
 
 def t5_magnitude_buckets(num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -255,22 +265,39 @@ def t5_bucket(rel: torch.Tensor, lut: torch.Tensor, half: int = 0) -> torch.Tens
 class T5Bias(PositionalEncoding):
     """T5's bucketed learned bias (Raffel et al. 2020; HF ``_relative_position_bucket``; docs/pe.md §10).
 
-    ``B_h(i, j) = T[bucket(i - j), h]``, ``T`` learned ``[num_buckets, H]``, init ``N(0, 0.02)``, one
-    table for all layers, added to the scaled logits without a sqrt(d_h) factor.
-    Causal (LM): ``n = max(i - j, 0)`` over all buckets. Bidirectional (CHE encoder): half the buckets
-    for past keys (``n = i - j >= 0``), the other half (offset ``num_buckets / 2``) for future keys
-    (``n = j - i``). Per side with ``e`` = half its buckets: ``bucket = n`` for ``n < e``, else
+    ``B_h(i, j) = s T[bucket(i - j), h]``, ``T`` learned ``[num_buckets, H]``, one table for all layers,
+    added to the scaled logits. Defaults follow DAPE's GPT-NeoX T5 baseline (``rpe``; ``gpt2_model.py``
+    ``rpe_scale = math.sqrt(hidden_size_per_attention_head)``, ``mpu/layers.py``
+    ``ParallelRelativePositionBias(init_method=init.xavier_normal_)``, ``forward``: ``bias * self.scale``):
+    ``s = sqrt(d_head)`` (``scale_by_head_dim=True``) and ``init="xavier_normal"``, i.e.
+    ``T ~ N(0, 2 / (num_buckets + H))``. ``scale_by_head_dim=False, init="normal"`` is the earlier
+    lenbench form (``s = 1``, ``T ~ N(0, 0.02^2)``, docs/pe.md §10 recommendation).
+    Causal (LM): ``n = max(i - j, 0)`` over all buckets. Bidirectional (CHE encoder; no DeepMind T5
+    exists, docs/che.md §3): half the buckets for past keys (``n = i - j >= 0``), the other half (offset
+    ``num_buckets / 2``) for future keys (``n = j - i``), as HF's ``bidirectional=True``. Per side with
+    ``e`` = half its buckets: ``bucket = n`` for ``n < e``, else
     ``min(e + floor(ln(n / e) / ln(max_distance / e) (buckets - e)), buckets - 1)``
-    (:func:`t5_magnitude_buckets`). Options ``num_buckets=32``, ``max_distance=128``.
-    Parameters: ``num_buckets * H`` in all.
+    (:func:`t5_magnitude_buckets`). Options ``num_buckets=32``, ``max_distance=128`` (NeoX
+    ``rpe_num_buckets``, ``rpe_max_distance``). Parameters: ``num_buckets * H`` in all.
     """
 
     name = "t5"
-    description = "T5 bucketed learned bias (Raffel et al. 2020), 32 buckets / 128, shared table; encoder: halves"
+    description = (
+        "T5 bucketed learned bias (Raffel et al. 2020), 32 buckets / 128, shared table, x sqrt(d_head), "
+        "xavier init (DAPE's NeoX); encoder: halves"
+    )
     shared = True
     translation_invariant = True
 
-    def __init__(self, ctx: PEContext, num_buckets: int = 32, max_distance: int = 128, **options: Any) -> None:
+    def __init__(
+        self,
+        ctx: PEContext,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        scale_by_head_dim: bool = True,
+        init: str = "xavier_normal",
+        **options: Any,
+    ) -> None:
         super().__init__(ctx, **options)
         self.num_buckets, self.max_distance = int(num_buckets), int(max_distance)
         side = self.num_buckets if ctx.causal else self.num_buckets // 2
@@ -278,9 +305,16 @@ class T5Bias(PositionalEncoding):
             raise LenbenchError(
                 f"t5 needs 2 <= buckets per side and num_buckets <= max_distance, got {num_buckets}, {max_distance}"
             )
+        if init not in T5_INITS:
+            raise LenbenchError(f"t5: init must be one of {', '.join(T5_INITS)}, got {init!r}")
         self.half = 0 if ctx.causal else side
+        self.scale = math.sqrt(ctx.head_dim) if scale_by_head_dim else 1.0
         self.register_buffer("lut", t5_magnitude_buckets(side, self.max_distance), persistent=False)
-        self.table = nn.Parameter(torch.randn(self.num_buckets, ctx.heads) * 0.02)
+        self.table = nn.Parameter(torch.empty(self.num_buckets, ctx.heads))
+        if init == "xavier_normal":
+            nn.init.xavier_normal_(self.table)  # std sqrt(2 / (fan_in + fan_out)) = sqrt(2 / (H + num_buckets))
+        else:
+            nn.init.normal_(self.table, std=0.02)
 
     def bucket(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """Bucket indices ``[Nq, Nk]`` of ``i - j``."""
@@ -288,10 +322,10 @@ class T5Bias(PositionalEncoding):
         return t5_bucket(rel, self.lut.to(rel.device), self.half)
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        return self.table.to(torch.float32)[self.bucket(q_pos, k_pos)].permute(2, 0, 1)
+        return (self.table.to(torch.float32)[self.bucket(q_pos, k_pos)] * self.scale).permute(2, 0, 1)
 
     def score_mod(self) -> ScoreMod | None:
-        table, lut, half = self.table.detach().to(torch.float32).clone(), self.lut, self.half
+        table, lut, half = (self.table.detach().to(torch.float32) * self.scale).clone(), self.lut, self.half
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             return score + table[t5_bucket(q - kv, lut, half), h]
@@ -313,9 +347,15 @@ __all__ = ["T5Bias", "t5_bucket", "t5_magnitude_buckets"]
 # Normalising by the query position ("progressive interpolation") keeps the MLP input in [0, 1] at any
 # length; for ``i <= L`` the normaliser is constant. Future entries use distance 0 (masked anyway).
 #
-# ``l0`` defaults to **512**, the class default of ARITH and DAPE's standalone ``DAPE.py``, as
-# docs/pe.md §13 recommends. DAPE's NeoX runs used ``noise_seq_length // 2 = 64`` at training length 512
-# (``--pe fire:l0=64`` reproduces that). MLP: PyTorch default init; one FIRE per layer (DAPE).
+# ``l0`` is the effective ``L0`` (after any halving). The class default is **512**, the class default
+# of ARITH and of DAPE's standalone ``DAPE.py``. DAPE's NeoX code, which the ppl and timing suites
+# reproduce, passes ``noise_seq_length`` as ``init_L`` and halves it (``positional_embeddings.py``
+# ``FIRE``/``FIRE_C``: ``torch.tensor(init_L // 2)``; ``transformer.py``: ``FIRE(heads, mlp_width, 0.1,
+# neox_args.noise_seq_length, ...)``); its 125M V1 configs set ``noise_seq_length: 128`` at
+# ``seq-length: 512``, so ``L0 = 64`` there (published). No config for other training lengths is
+# released: those suites keep the config's ratio, ``L0 = (T // 4) // 2`` (T/8: 16 at T = 128; a
+# reconstruction), resolved per cell to a number by :func:`lenbench.pe.defaults.dape_neox_l0`.
+# MLP: PyTorch default init; one FIRE per layer (DAPE).
 #
 # Bidirectional (CHE encoder): no source defines one (docs/pe.md §13, §19). Ours, after the docs/pe.md
 # proposal of a signed input: ``x = sign(i - j) psi(|i - j|) / (psi(max(i, j, L)) + eps)``. For past keys
@@ -366,19 +406,22 @@ class FIRE(PositionalEncoding):
     ``B(i, j) = f(sign(i - j) psi(|i - j|) / (psi(max(i, j, L)) + eps))``, in [-1, 1], left and right
     distinguishable.
 
-    Options: ``mlp_width=32``, ``init_c=0.1``, ``l0=512`` (the class default of ARITH and DAPE's
-    ``DAPE.py``, docs/pe.md §13 recommendation; DAPE's NeoX LM runs used 64), ``eps=1e-6``. For CHE the
-    source default stays: with sequences of at most ~120 training tokens the normaliser is the constant
-    ``psi(512)`` in training and at every CHE test length below 512 (``fire:l0=N`` scales it, as DAPE's
-    NeoX code scales it to its noise length). ``c`` and
-    ``L_mult`` (init 1) learn; ``l0`` is fixed. MLP: PyTorch default init. One FIRE per layer.
+    Options: ``mlp_width=32``, ``init_c=0.1``, ``l0=512``, ``eps=1e-6`` (the class defaults of ARITH and
+    DAPE's ``DAPE.py``; docs/pe.md §13). ``l0`` is the effective threshold ``L0``. The ppl and timing
+    suites follow DAPE's NeoX runs instead: ``L0 = noise_seq_length // 2`` with the 125M configs'
+    ``noise_seq_length: 128`` at training length 512, i.e. ``l0=64`` there, and ``T // 8`` at other
+    training lengths T (the config's ratio; :func:`lenbench.pe.defaults.dape_neox_l0`), written into each
+    cell's spec (``fire:l0=64``). CHE keeps 512: DeepMind's CHE code defines no FIRE, and with at most
+    ~120 training tokens the normaliser is the constant ``psi(512)`` in training and at every CHE test
+    length below 512 (``fire:l0=N`` changes it). ``c`` and ``L_mult`` (init 1) learn; ``l0`` is fixed.
+    MLP: PyTorch default init. One FIRE per layer.
     Parameters per layer: ``32 + 32`` (first linear), ``32 H + H`` (second), ``c``, ``L_mult``.
     """
 
     name = "fire"
     description = (
-        "FIRE (Li et al. 2024): MLP(psi(i-j)/psi(max(i,L))), psi=log(|cx|+1), L0=512 (source default, "
-        "above CHE's training lengths: no interpolation there); encoder: signed"
+        "FIRE (Li et al. 2024): MLP(psi(i-j)/psi(max(i,L))), psi=log(|cx|+1), L0=512 (class default; "
+        "ppl/timing: DAPE's NeoX T/8, 64 at T=512); encoder: signed"
     )
     shared = False
     negative_slope: ClassVar[float] = 0.0  # ReLU; DAPE's FIRE inside DAPE-FIRE uses LeakyReLU(0.01)

@@ -133,22 +133,35 @@ class DAPEALiBi(DAPE):
 
 
 class _FIREBaseOption:
-    """Mixin for the DAPE forms over FIRE: option ``l0`` (FIRE's fixed threshold part, default 512,
-    :class:`~lenbench.pe.bias.FIRE`) reaches the base; DAPE's NeoX LM runs used ``l0=64``
-    (``noise_seq_length // 2``, docs/dape.md §1.5)."""
+    """Mixin for the DAPE forms over FIRE: options for the FIRE inside.
 
-    def __init__(self, ctx: PEContext, l0: float = 512.0, **options: Any) -> None:
+    - ``fire_width``: the FIRE MLP's width. Default ``None`` = DAPE's ``hidden``, as the official code
+      sizes both MLPs with one ``mlp_width`` (``positional_embeddings.py`` ``FIRE_C.__init__``:
+      ``nn.Linear(1, mlp_width)`` and ``nn.Linear(num_heads * 2, mlp_width)``; ``FIRE_DAPEV2`` the same),
+      so ``dape-fire:hidden=64`` (DAPE's CHE width) has a 64-wide FIRE. ``fire_width=32`` is lenbench's
+      earlier form (FIRE's own default whatever ``hidden`` is).
+    - ``l0``: FIRE's fixed threshold part (class default 512, :class:`~lenbench.pe.bias.FIRE`); the ppl
+      and timing suites set DAPE's NeoX value per training length (:func:`lenbench.pe.defaults.dape_neox_l0`:
+      64 at T = 512 for V1, 256 for V2).
+    """
+
+    def __init__(self, ctx: PEContext, l0: float = 512.0, fire_width: int | None = None, **options: Any) -> None:
         self.l0 = float(l0)
+        if fire_width is not None and int(fire_width) < 1:
+            raise LenbenchError(f"DAPE's FIRE width must be >= 1, got {fire_width}")
+        self.fire_width = None if fire_width is None else int(fire_width)
         super().__init__(ctx, **options)  # type: ignore[call-arg]
 
     def base_options(self) -> dict[str, Any]:
-        return {"l0": self.l0}
+        width = self.fire_width if self.fire_width is not None else self.hidden  # type: ignore[attr-defined]
+        return {"l0": self.l0, "mlp_width": width}
 
 
 @PES.register("dape-fire")
 class DAPEFIRE(_FIREBaseOption, DAPE):
     """DAPE over FIRE (docs/dape.md §1.5): ``S + B_fire + f([S; B_fire])``. As in DAPE's ``FIRE_C``, the
-    FIRE MLP inside uses LeakyReLU(0.01); FIRE's defaults and both forms otherwise; ``l0`` option."""
+    FIRE MLP inside uses LeakyReLU(0.01) and is ``hidden`` wide (``fire_width`` option); FIRE's defaults
+    and both forms otherwise; ``l0`` option (:class:`_FIREBaseOption`)."""
 
     name = "dape-fire"
     description = "DAPE (Zheng et al. 2024) over FIRE (LeakyReLU MLP): S + B + MLP([S;B]) per layer"
@@ -264,8 +277,8 @@ class DAPEV2ALiBi(DAPEV2):
 @PES.register("dape-v2-fire")
 class DAPEV2FIRE(_FIREBaseOption, DAPEV2):
     """DAPE V2 over FIRE (docs/dape.md §2.1, ``FIRE_DAPEV2``); as in that code the FIRE MLP inside uses
-    LeakyReLU(0.01) (:class:`~lenbench.pe.bias.LeakyFIRE`, FIRE's defaults and both forms otherwise);
-    ``l0`` option (the V2 configs' ``noise_seq_length: 512`` gives DAPE's ``l0 = 256``)."""
+    LeakyReLU(0.01) and is ``hidden`` wide (:class:`~lenbench.pe.bias.LeakyFIRE`, FIRE's defaults and both
+    forms otherwise); ``l0`` option (the V2 configs' ``noise_seq_length: 512`` gives DAPE's ``l0 = 256``)."""
 
     name = "dape-v2-fire"
     description = "DAPE V2 (1xk conv over keys, k=3) over FIRE (LeakyReLU MLP), future entries zeroed"

@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from lenbench.report.conditions import run_conditions
 from lenbench.report.population import (
     MIN_PAIRS,
     NOT_CHOSEN,
@@ -428,6 +429,7 @@ def _che_view_tables(view: CheView, suffix: str) -> tuple[list[Table], list[dict
         DOCS,
     ]
     tables = []
+    ran = run_conditions(view.rows[view.rows["status"] == "done"])  # precision / backends, when they matter
     for kind in ("mean", "all", "max", "train"):
         by_level: dict[str | None, list[list[TCell]]] = {}
         few = False
@@ -485,7 +487,7 @@ def _che_view_tables(view: CheView, suffix: str) -> tuple[list[Table], list[dict
                       *([lr_note] if several else [])],
         }[kind]
         notes += [baseline_note, *common_tail]
-        suffix_title = _title_suffix(view.fingerprint, view.differs)
+        suffix_title = ran + _title_suffix(view.fingerprint, view.differs)
         titles = {
             "mean": "CHE score (%): mean accuracy over test lengths, mean ± seed std over the runs that fit (k/n fit)",
             "all": "CHE score (%): mean ± seed std over all runs, fitted or not",
@@ -554,6 +556,7 @@ class PplView:
     lengths: list[int]
     pes: list[str]
     unigram: dict[int, float]  # eval_len -> the unigram model's perplexity on the same targets
+    conditions: str = ""  # precision / backends, when they matter (:func:`run_conditions`)
 
     @property
     def several_lrs(self) -> bool:
@@ -612,7 +615,7 @@ def ppl_views(frame: pd.DataFrame, metric: str = "ppl_last256") -> list[PplView]
             unigram = _mean_by(dd, "eval_len", value="unigram_ppl")
             views.append(PplView(dataset, train_len, protocol, fp, differs,
                                  key + (f"_{fp}" if len(prints) > 1 else ""), stats, n_failed, chosen, lengths, pes,
-                                 {int(k): v for k, v in unigram.items()}))
+                                 {int(k): v for k, v in unigram.items()}, run_conditions(dd)))
     return views
 
 
@@ -622,7 +625,7 @@ def ppl_tables(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[list[T
     tables, summary = [], []
     for view in ppl_views(frame, metric):
         title = (f"{view.dataset}, trained at {view.train_len}: perplexity (last 256 tokens) by evaluation length, "
-                 f"{view.protocol} protocol" + _title_suffix(view.fingerprint, view.differs))
+                 f"{view.protocol} protocol{view.conditions}" + _title_suffix(view.fingerprint, view.differs))
         if not view.lengths:  # every cell of this group failed: no evaluation length to show
             body = [[TCell(pe), TCell(FAILED)] for pe in view.pes]
             tables.append(Table(view.key, title, ["PE", "all lengths"], [Section(None, body)],

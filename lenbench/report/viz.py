@@ -33,7 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from lenbench.errors import LenbenchError  # noqa: E402
 from lenbench.report.plots import RC  # noqa: E402
-from lenbench.results import CellDir  # noqa: E402
+from lenbench.results import CellDir, safe_torch_load  # noqa: E402
 
 TERMS = {
     "logits": "logits q·k/√d",
@@ -82,11 +82,13 @@ def load(path: Path | str) -> LoadedModel:
         raise LenbenchError(f"{folder} is a {config.get('suite')!r} cell; viz needs a ppl (causal LM) cell")
     if path.is_dir():
         return LoadedModel(ppl.load_model(CellDir(path)), config, path / "model.pt")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise LenbenchError(f"cannot read checkpoint {path} ({type(exc).__name__})") from exc
-    if isinstance(state, dict) and "model_config" in state:
+    if path.name == ppl.MODEL_FILE or path.with_name(ppl.MODEL_META).exists():
+        meta, weights = ppl.read_model_file(path)  # tensors only, weights_only=True; config from model.json
+        model = Transformer(ModelConfig(**meta["model_config"]), parse_pe_spec(meta["pe"]))
+        model.load_state_dict(weights)
+        return LoadedModel(model.eval(), config, path)
+    state = safe_torch_load(path, "checkpoint")
+    if isinstance(state, dict) and "model_config" in state:  # a model.pt of lenbench before issue 26, renamed
         model = Transformer(ModelConfig(**state["model_config"]), parse_pe_spec(state["pe"]))
         model.load_state_dict(state["state_dict"])
     elif isinstance(state, dict) and "model" in state and config is not None:

@@ -17,7 +17,12 @@ What a reader needs beside the score (issue 16; :mod:`lenbench.suites.che_stats`
 
 The learning rate is a grid axis (``train.lr`` may be a list): one cell per (task, PE, lr, seed).
 Cells train on CUDA when it is available (the ``paper`` profile's device), else on the CPU; batches
-are drawn on the CPU from numpy and moved to the model's device.
+are drawn on the CPU from numpy and moved to the model's device. Training is fp32 by default on
+every device, as the JAX reference trains; ``train.precision: bf16`` is an option (CUDA autocast,
+position terms kept fp32). Every metrics record carries the precision and the attention backends
+that evaluated it (``precision``, ``backend``), with a randomized PE whether the length overflowed
+its range L (``overflow``); ``DONE`` adds the training backends (``run``), the GPU self-checks
+(:mod:`lenbench.model.selfcheck`) the run relied on and their warnings.
 """
 
 from __future__ import annotations
@@ -26,16 +31,19 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
-from lenbench.devices import autocast_for, check_precision, compute_device
+from lenbench.devices import autocast_for, check_precision, compute_device, effective_precision
 from lenbench.errors import LenbenchError
+from lenbench.model import selfcheck
+from lenbench.model.attention import backends_used, reset_backends
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
+from lenbench.pe.base import overflow_lengths, position_limits, reset_overflow
 from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
 from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_json
@@ -73,7 +81,7 @@ class CheTrain:
     max_length: int = 40
     checkpoint_every: int = 500
     log_every: int = 25
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "fp32"  # fp32 everywhere, as the JAX reference; bf16 (or auto): bf16 autocast on CUDA
     compile: bool = False  # torch.compile the model for training (compile seconds reported apart)
 
 
@@ -105,14 +113,31 @@ class CheGrid:
     seeds: str | int | list[int] = 0
 
 
+# Named task sets for ``--task``/``tasks:`` besides ``all`` (Ruoss et al.'s 15).
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    # DAPE's CHE table (NeurIPS 2024, Table 2 / Table 4; dape.md §3(a)): 14 tasks, Ruoss et al.'s 15
+    # without binary_multiplication ("14 tasks", "11 permutation-variant" in its prose).
+    "dape": (
+        "even_pairs", "modular_arithmetic", "parity_check", "cycle_navigation",
+        "stack_manipulation", "reverse_string", "modular_arithmetic_brackets", "solve_equation",
+        "duplicate_string", "missing_duplicate_string", "odds_first", "binary_addition", "compute_sqrt",
+        "bucket_sort",
+    ),
+}
+
+
 def _as_list(value: str | list[str]) -> list[str]:
     return [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v) for v in value]
 
 
 def resolve_tasks(value: str | list[str]) -> list[str]:
+    """Task names, ``all``, or a group of :data:`TASK_GROUPS` (e.g. ``dape``), in the registry's order
+    for the named sets; unknown names are a one-line error."""
     names = _as_list(value)
     if names == ["all"]:
         return TASKS.names()
+    if len(names) == 1 and names[0] in TASK_GROUPS:
+        return [t for t in TASKS.names() if t in TASK_GROUPS[names[0]]]
     for n in names:
         TASKS.get(n)
     return names
@@ -265,12 +290,16 @@ def build_model(cfg: dict[str, Any], task: CheTask) -> Transformer:
 @dataclass(frozen=True)
 class LengthResult:
     """One evaluation length: accuracy (mean of sub-batch pooled accuracies), its SE, the majority
-    baseline on the same samples, and the number of samples."""
+    baseline on the same samples, the number of samples, whether a randomized PE fell back to
+    plain positions ``0..n-1`` because the sequence exceeded its range L (``overflow``), and the
+    attention backends that evaluated it (``backend``, "+"-joined)."""
 
     accuracy: float
     se: float
     majority: float
     samples: int
+    overflow: bool = False
+    backend: str | None = None
 
     @staticmethod
     def from_json(data: Any) -> LengthResult | None:
@@ -278,7 +307,7 @@ class LengthResult:
             return None  # written by an older lenbench: evaluate that length again
         try:
             return LengthResult(float(data["accuracy"]), float(data["se"]), float(data["majority"]),
-                                int(data["samples"]))
+                                int(data["samples"]), bool(data.get("overflow", False)), data.get("backend"))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -342,10 +371,13 @@ def evaluate(
                 # Dropout masks and randomized positions draw from torch's RNG: seed it per length, so
                 # a run resumed mid-evaluation scores every length exactly as an uninterrupted one.
                 cuda = [device.index or 0] if device.type == "cuda" else []
+                reset_overflow(model)
+                reset_backends(model)
                 with torch.random.fork_rng(devices=cuda):
                     torch.manual_seed(int(np.random.default_rng([cfg["seed"], stream + 4, length]).integers(2**62)))
-                    done[length] = evaluate_length(model, task, rng, length, samples, ev["batch_size"], autocast,
-                                                   fit_rng)
+                    result = evaluate_length(model, task, rng, length, samples, ev["batch_size"], autocast, fit_rng)
+                done[length] = replace(result, overflow=bool(overflow_lengths(model)),
+                                       backend="+".join(backends_used(model)) or None)
                 if partial_path is not None:
                     atomic_write_json(partial_path, {str(k): asdict(v) for k, v in done.items()})
             reporter.eval_step(i + 1, f"N={length}", done[length].accuracy)
@@ -366,7 +398,8 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     t = cfg["train"]
     torch.manual_seed(cfg["seed"])
     device = compute_device()
-    autocast = autocast_for(t["precision"], device)
+    precision = effective_precision(t["precision"], device)  # bf16 only once proven on this device
+    autocast = autocast_for(precision, device)
     model = build_model(cfg, task).to(device)
 
     def step_fn(model: Transformer, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -392,35 +425,67 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
 
     optim = OptimConfig(steps=t["steps"], lr=t["lr"], grad_clip=t["grad_clip"])
     started = time.perf_counter()
+    reset_overflow(model)
     train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
           compile_clock=clock)
     trained = time.perf_counter()
+    train_backends, train_overflow = backends_used(model), overflow_lengths(model)
     in_dist = evaluate(model, task, cfg, cell_dir, reporter, cell.label, autocast, which="train")
     tests = evaluate(model, task, cfg, cell_dir, reporter, cell.label, autocast, which="test")
     seconds = {"train_seconds_this_run": round(trained - started, 2),
                "compile_seconds_this_run": round(clock.seconds if clock is not None else 0.0, 2),
                "eval_seconds_this_run": round(time.perf_counter() - trained, 2)}
-    records, summary = cell_records(cfg, in_dist, tests)
+    run = run_record(device, t["precision"], precision, train_backends,
+                     joined_backends(r.backend for r in [*in_dist.values(), *tests.values()]))
+    records, summary = cell_records(cfg, in_dist, tests, run, randomized=bool(position_limits(model)))
     cell_dir.write_metrics(records)
-    return {**summary, "resumed_from": resumed["from"], "params": model.num_parameters(), **seconds}
+    checks = selfcheck.cell_record()
+    for line in checks["warnings"]:
+        reporter.message(f"{cell.label}: {line}")
+    overflow = {"range": position_limits(model), "train_sequence_lengths": train_overflow,
+                "test_lengths": [n for n, r in tests.items() if r.overflow]} if position_limits(model) else None
+    return {**summary, "resumed_from": resumed["from"], "params": model.num_parameters(), **seconds,
+            "run": run, "selfcheck": checks, "randomized_overflow": overflow}
+
+
+def joined_backends(per_length: Any) -> list[str]:
+    """The sorted union of "+"-joined backend names (None entries skipped)."""
+    return sorted({b for joined in per_length if joined for b in joined.split("+")})
+
+
+def run_record(device: torch.device, requested: str, precision: str, train_backends: list[str],
+               eval_backends: list[str]) -> dict[str, Any]:
+    """What ran: device, precision (``precision_requested`` when a self-check changed it), the
+    attention backends of evaluation (every length, also those of an earlier run of a resumed cell)
+    and of the training steps run in this process ("+"-joined; None when none ran)."""
+    return {"device": device.type, "precision": precision, "precision_requested": requested,
+            "train_backend": "+".join(train_backends) or None, "backend": "+".join(eval_backends) or None}
 
 
 def cell_records(
-    cfg: dict[str, Any], in_dist: dict[int, LengthResult], tests: dict[int, LengthResult]
+    cfg: dict[str, Any], in_dist: dict[int, LengthResult], tests: dict[int, LengthResult],
+    run: dict[str, Any] | None = None, randomized: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """metrics.json records (per length: accuracy, its SE, majority; per cell: score, train_score,
-    majority_score, with SEs and the ``fit`` flag) and the cell's summary."""
+    """metrics.json records (per length: accuracy, its SE, majority, and with a randomized PE whether it
+    overflowed its range; per cell: score, train_score, majority_score, with SEs and the ``fit`` flag)
+    and the cell's summary. Every record carries ``run``'s precision (:func:`run_record`) and the
+    evaluation backends (per length: that length's; per cell: all lengths'), which a resumed run
+    reproduces (they are kept with each length's partial result)."""
     t = cfg["train"]
     score, se, majority = summarize(tests)
     train_score, train_se, train_majority = summarize(in_dist)
     fit = bool(train_score >= cfg["eval"]["fit_threshold"])
     common = {"suite": name, "task": cfg["task"], "pe": pe_label(cfg), "seed": cfg["seed"],
               "train_len": t["max_length"], "lr": t["lr"]}
+    if run is not None:
+        common.update(precision=run["precision"], backend=run["backend"])
     records = []
     for metric, results in (("accuracy", tests), ("train_accuracy", in_dist)):
         for n, r in results.items():
+            per_length = {"backend": r.backend} if run is not None else {}
             records.append({**common, "eval_len": n, "metric": metric, "value": r.accuracy, "se": r.se,
-                            "majority": r.majority, "samples": r.samples})
+                            "majority": r.majority, "samples": r.samples, **per_length,
+                            **({"overflow": r.overflow} if randomized else {})})
     per_cell = {"fit": fit, "fit_threshold": cfg["eval"]["fit_threshold"], "train_score": train_score}
     records += [
         {**common, "eval_len": None, "metric": "score", "value": score, "se": se, **per_cell},

@@ -24,7 +24,14 @@ with the unigram perplexity of exactly those tokens beside each (a content basel
 over L under fixed_targets).
 
 Logits and labels are sliced alike (position t predicts token t + 1), fixing the released DAPE
-eval step (docs/dape.md §4.2). bf16 autocast on CUDA, fp32 on CPU. On CPU, PEs with a static bias are
+eval step (docs/dape.md §4.2). bf16 autocast on CUDA (once its self-check passed there,
+:mod:`lenbench.model.selfcheck`), fp32 on CPU. Every metrics record carries the precision and the
+attention backends that evaluated the length (``precision``, ``backend``) and, with a randomized
+PE, whether the length overflowed its range (``overflow``); ``DONE`` adds the training backends
+(``run``) and the self-checks relied on.
+``model.pt`` holds the final weights only (tensors), ``model.json`` beside it the model config.
+PE defaults per training length (FIRE's ``l0``) are resolved at expand time
+(:mod:`lenbench.pe.defaults`), so each cell's PE spec carries the number. On CPU, PEs with a static bias are
 evaluated with FlexAttention from 1024 tokens and query-blocked SDPA below (``model.attention``),
 ``scores`` PEs with query-blocked explicit attention: memory O(block * L), never O(H * L^2), so
 L = 8192 fits a 24 GB machine for every PE. The batch per length is ``tokens_per_batch // L``
@@ -61,14 +68,18 @@ from lenbench.data.corpora import (
     tokenize_corpus,
 )
 from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer, spec_vocab_size
-from lenbench.devices import check_precision, device_and_autocast
+from lenbench.devices import autocast_for, check_precision, compute_device, device_and_autocast, effective_precision
 from lenbench.errors import LenbenchError
 from lenbench.execute.ranks import current, rank_split, split_batch
+from lenbench.model import selfcheck
+from lenbench.model.attention import backends_used, reset_backends
 from lenbench.model.sizes import SIZES
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
+from lenbench.pe.base import overflow_lengths, position_limits, reset_overflow
+from lenbench.pe.defaults import split_rules, with_length_defaults
 from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
 from lenbench.progress import forward_cost
-from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json
+from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json, safe_torch_load
 from lenbench.suites.base import Cell, Reporter, Work
 from lenbench.suites.ppl_protocols import (
     DEFAULT_PROTOCOL,
@@ -209,7 +220,9 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
     specs = [parse_dataset(n, grid.catalogue, prof.data.field) for n in _names(grid.datasets)]
     if not specs:
         raise LenbenchError("no dataset given")
-    pes = resolve_pes(grid.pes, prof.pe_defaults)
+    plain_defaults, length_rules = split_rules(prof.pe_defaults)
+    pes = resolve_pes(grid.pes, plain_defaults)
+    per_length = {length: with_length_defaults(pes, length_rules, length) for length in train_lengths}
     seeds = parse_int_list(grid.seeds, "seeds")
     data = {
         "tokenizer": prof.data.tokenizer,
@@ -220,8 +233,9 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
     for ds in specs:
         # the embedded corpus is this interpreter's stdlib: another Python version is another corpus
         version = {"python": python_version()} if ds.kind == "default" else {}
-        for pe in pes:
+        for i in range(len(pes)):
             for length in train_lengths:
+                pe = per_length[length][i]  # with the training length's rule values (e.g. fire:l0=64 at 512)
                 for seed in seeds:
                     config = {
                         "suite": name,
@@ -413,10 +427,14 @@ def evaluate(
         if length not in done:
             rows: EvalSet = plan.at(length)
             batch = eval_batch_size(length, vocab, ev["tokens_per_batch"], len(rows.windows))
+            reset_overflow(model)
+            reset_backends(model)
             last, full, batch = adaptive_perplexity(
                 model, rows.windows, batch, ev["last_tokens"], device, autocast, reporter.message, rows.scored
             )
             done[length] = {
+                "overflow": bool(overflow_lengths(model)),  # a randomized PE fell back to 0..L-1 (L > its range)
+                "backend": "+".join(backends_used(model)) or None,  # the attention backends of this length
                 "ppl_last256": last,
                 "ppl_all": full,
                 "protocol": plan.protocol,
@@ -445,30 +463,46 @@ def eval_plan(corpus: TokenizedCorpus, cfg: dict[str, Any]) -> EvalPlan:
     )
 
 
+MODEL_FILE, MODEL_META = "model.pt", "model.json"
+
+
 def save_model(cell_dir: CellDir, model: Transformer, cfg: dict[str, Any], corpus: TokenizedCorpus) -> None:
-    """``model.pt``: the final weights plus what :func:`load_model` needs to rebuild the model."""
-    state = {
-        "model_config": asdict(model.cfg),
-        "pe": cfg["pe"],
-        "tokenizer": corpus.tokenizer.name,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    """``model.pt``: the final weights only (a state dict of tensors, read with ``weights_only=True``);
+    ``model.json`` beside it: what :func:`load_model` needs to rebuild the model (config, PE, tokenizer)."""
+    meta = {"model_config": asdict(model.cfg), "pe": cfg["pe"], "tokenizer": corpus.tokenizer.name}
     buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(cell_dir.path / "model.pt", buf.getvalue())
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    atomic_write_bytes(cell_dir.path / MODEL_FILE, buf.getvalue())
+    atomic_write_json(cell_dir.path / MODEL_META, meta)
+
+
+def read_model_file(path: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, state dict) of a ``model.pt``: its ``model.json`` beside it, or the metadata stored
+    inside the file by lenbench before issue 26 (plain data, also read with ``weights_only=True``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    state = safe_torch_load(path, "model file")
+    meta_path = path.with_name(MODEL_META)
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise LenbenchError(f"corrupted {meta_path}: {exc}") from exc
+        return meta, state
+    if isinstance(state, dict) and "model_config" in state and "state_dict" in state:
+        return {k: state[k] for k in ("model_config", "pe", "tokenizer") if k in state}, state["state_dict"]
+    raise LenbenchError(f"{path} has no {MODEL_META} beside it and no model config inside")
 
 
 def load_model(cell_dir: CellDir) -> Transformer:
     """Rebuild a finished cell's trained decoder from its ``model.pt`` (for plots of learned biases)."""
-    path = cell_dir.path / "model.pt"
+    path = cell_dir.path / MODEL_FILE
     if not path.exists():
         raise LenbenchError(f"{path} does not exist; the cell has not finished training")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise LenbenchError(f"corrupted model file {path} ({type(exc).__name__})") from exc
-    model = Transformer(ModelConfig(**state["model_config"]), parse_pe_spec(state["pe"]))
-    model.load_state_dict(state["state_dict"])
+    meta, state = read_model_file(path)
+    model = Transformer(ModelConfig(**meta["model_config"]), parse_pe_spec(meta["pe"]))
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -500,7 +534,9 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     if len(stream) < length + 2:
         raise LenbenchError(f"the training split has {len(stream)} tokens, too few for length {length}")
     plan = eval_plan(corpus, cfg)  # before training: a validation split too short fails at once
-    device, autocast = device_and_autocast(t["precision"])
+    device = compute_device()
+    precision = effective_precision(t["precision"], device)  # bf16 only once proven on this device
+    autocast = autocast_for(precision, device)
     vocab = corpus.tokenizer.vocab_size
     torch.manual_seed(cfg["seed"])
     model = Transformer(model_config(cfg, vocab), parse_pe_spec(cfg["pe"])).to(device)
@@ -541,14 +577,21 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     )
     clock = CompileClock() if t["compile"] else None
     started = time.perf_counter()
+    reset_overflow(model)
     train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
           compile_clock=clock, accumulation=split.accumulation, parallel=current())
     train_seconds = time.perf_counter() - started
+    train_backends, train_overflow = backends_used(model), overflow_lengths(model)
     save_model(cell_dir, model, cfg, corpus)
     started = time.perf_counter()
     results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label, plan)
     eval_seconds = time.perf_counter() - started
-    common = {"suite": name, "dataset": cfg["dataset"], "pe": pe_label(cfg), "seed": cfg["seed"], "train_len": length}
+    evaluated = sorted({b for r in results.values() if r.get("backend") for b in r["backend"].split("+")})
+    run = {"device": device.type, "precision": precision, "precision_requested": t["precision"],
+           "train_backend": "+".join(train_backends) or None, "backend": "+".join(evaluated) or None}
+    randomized = bool(position_limits(model))
+    common = {"suite": name, "dataset": cfg["dataset"], "pe": pe_label(cfg), "seed": cfg["seed"], "train_len": length,
+              "precision": precision}
     records = [
         {
             **common,
@@ -559,11 +602,16 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
             "n_sequences": r["n_sequences"],
             "concatenated": r["concatenated"],
             "unigram_ppl": r[f"unigram_{metric}"],  # the training unigram model on the tokens this metric scored
+            "backend": r.get("backend"),  # kept with the length's partial result, so a resumed run writes the same
+            **({"overflow": bool(r.get("overflow", False))} if randomized else {}),
         }
         for n, r in results.items()
         for metric in ("ppl_last256", "ppl_all")
     ]
     cell_dir.write_metrics(records)
+    checks = selfcheck.cell_record()
+    for line in checks["warnings"]:
+        reporter.message(f"{cell.label}: {line}")
     return {
         "protocol": cfg["eval"]["protocol"],
         "ppl_last256": {str(n): r["ppl_last256"] for n, r in results.items()},
@@ -580,6 +628,11 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
         "train_seconds_this_run": round(train_seconds, 2),
         "compile_seconds_this_run": round(clock.seconds if clock is not None else 0.0, 2),
         "eval_seconds_this_run": round(eval_seconds, 2),
+        "run": run,
+        "selfcheck": checks,
+        "randomized_overflow": {"range": position_limits(model), "train_sequence_lengths": train_overflow,
+                                "eval_lengths": [n for n, r in results.items() if r.get("overflow")]}
+        if randomized else None,
     }
 
 

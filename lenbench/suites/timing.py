@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -75,6 +75,7 @@ import torch
 from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.errors import LenbenchError
 from lenbench.model.sizes import SIZES, ModelSize
+from lenbench.pe.defaults import split_rules, with_length_defaults
 from lenbench.pe.registry import PESpec, pe_identity, pe_label, resolve_pes
 from lenbench.results import CellDir
 from lenbench.suites.base import Cell, Reporter
@@ -133,6 +134,7 @@ class TimingProfile:
     backend: str = "fastest"  # fastest, paper, or a backend name forced for every PE
     check_estimate: bool = False  # also time 1-, 2- and 4-block slices to measure the estimate's error
     control: str | list[str] = DEFAULT_CONTROL  # two PEs doing identical work, or "none"
+    pe_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. l0: dape-neox (lenbench/pe/defaults.py)
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,9 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
     check_profile(prof)
     sizes, lengths, modes = resolve_sizes(prof.sizes), resolve_lengths(prof.lengths), resolve_modes(prof.modes)
     control = resolve_control(prof.control)
-    specs = {str(s): s for s in [*resolve_pes(grid.pes), *(control or ())]}
+    plain_defaults, length_rules = split_rules(prof.pe_defaults)  # DAPE's NeoX l0 for the trained length
+    timed = with_length_defaults(resolve_pes(grid.pes, plain_defaults), length_rules, prof.train_length)
+    specs = {str(s): s for s in [*timed, *(control or ())]}
     pes = sorted(specs)
     identities = {pe: pe_identity(specs[pe]) for pe in pes}  # a plugin's code makes another group
     cuda = torch.cuda.is_available()
