@@ -52,12 +52,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median ms of ``fn`` over ``repeats`` calls after one untimed call (lenbench's synchronizing timer)."""
+def paired_times(calls: dict[str, Callable[[], Any]], repeats: int, smoke: bool) -> dict[str, Any]:
+    """Median ms of each call and the first's ratio to the second, measured in interleaved rounds with
+    a discarded warm-up round (lenbench's timing protocol, docs/timing.md), the ratio paired per round
+    with its bootstrap 95% interval."""
     from lenbench import bench
 
-    bench.warm_up(fn, 1, device)
-    return bench.measure(fn, repeats, 1).median_ms
+    contenders = [bench.Contender(name, call) for name, call in calls.items()]
+    rounds = bench.interleaved_rounds(contenders, repeats, min_repeat_s=0.0 if smoke else 0.2,
+                                      min_rounds=min(3, repeats))
+    a, b = list(calls)
+    stat = bench.ratio_stat(rounds.times_s[a], rounds.times_s[b])
+    return {"ms": {n: rounds.median_ms(n) for n in calls}, "ratio": stat.median,
+            "ratio_ci95": [stat.low, stat.high], "rounds": rounds.rounds}
 
 
 # --------------------------------------------------------------------------- parts
@@ -193,36 +200,43 @@ def part_ppl(device: torch.device, smoke: bool) -> dict[str, Any]:
 
 def part_timing(device: torch.device, smoke: bool, workdir: Path, deadline: float,
                 on_row: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    from lenbench import bench
     from lenbench.config import load_suite
     from lenbench.execute.inprocess import run_in_process
     from lenbench.results import ResultStore
     from lenbench.suites import timing
     from lenbench.suites.base import SilentReporter
 
+    # Kerple and DAPE-Kerple timed as one group per (length, mode) in interleaved rounds (docs/timing.md);
+    # no identical-work control here (it would double this part's time): the ratio's interval is its spread
     profile = {"sizes": "tiny" if smoke else "2.7b", "lengths": [64] if smoke else [512, 2048, 8192],
-               "modes": "both", "repeats": 1 if smoke else 3, "warmup": 1,
-               "min_warmup_ms": 0 if smoke else 200, "min_block_ms": 0 if smoke else 10, "isolate": False,
-               "layers": None}
+               "modes": "both", "repeats": 3 if smoke else 5, "warmup": 1,
+               "min_warmup_ms": 0 if smoke else 200, "min_repeat_ms": 0 if smoke else 200, "isolate": False,
+               "layers": None, "control": "none", "max_seconds": 60}
     cells = timing.expand(load_suite("timing"), "paper", {"grid": {"pes": "kerple,dape-kerple"}, "profile": profile})
-    cells.sort(key=lambda c: (c.config["eval_len"], c.config["mode"], c.config["pe"]))  # short lengths first
+    cells.sort(key=lambda c: (c.config["eval_len"], c.config["mode"]))  # short lengths first
     rows: list[dict[str, Any]] = []
     store = ResultStore(workdir / "results")
     for cell in cells:
         on_row({"size": profile["sizes"], "cells": rows, "partial": True})
+        where = {"length": cell.config["eval_len"], "mode": cell.config["mode"]}
         if time.monotonic() > deadline:
-            rows.append({"pe": cell.config["pe"], "length": cell.config["eval_len"], "mode": cell.config["mode"],
-                         "skipped": "past this part's deadline"})
+            rows.append({**where, "skipped": "past this part's deadline"})
             continue
         (outcome,) = run_in_process([cell], store, timing, SilentReporter())
         s = outcome.summary or {}
-        rows.append({"pe": cell.config["pe"], "length": cell.config["eval_len"], "mode": cell.config["mode"],
-                     "layers_timed": cell.config["layers_timed"], "precision": cell.config["precision"],
-                     "status": s.get("status", outcome.status), "ms": s.get("ms"), "backend": s.get("backend"),
-                     "peak_mem_mb": s.get("peak_mem_mb"), "reason": outcome.reason or None})
-    ms = {(r["pe"], r["length"], r["mode"]): r.get("ms") for r in rows}
-    ratios = {f"{n} {m}": ms[("kerple", n, m)] / ms[("dape-kerple", n, m)]
-              for (pe, n, m) in ms if pe == "kerple" and ms.get(("kerple", n, m)) and ms.get(("dape-kerple", n, m))}
-    return {"size": profile["sizes"], "cells": rows, "kerple_over_dape_kerple": ratios}
+        timed = {r["pe"]: r for r in (outcome.cell_dir.read_metrics() or []) if r["metric"].startswith("ms_")}
+        row = {**where, "layers_timed": cell.config["layers_timed"], "precision": cell.config["precision"],
+               "status": s.get("status", outcome.status), "ms": s.get("ms"), "oom": s.get("oom"),
+               "rounds": s.get("rounds"), "reason": outcome.reason or None,
+               "backend": {pe: r.get("backend") for pe, r in timed.items()},
+               "peak_mem_mb": {pe: r.get("peak_mem_mb") for pe, r in timed.items()}}
+        k, d = (timed.get(pe, {}).get("times_ms") for pe in ("kerple", "dape-kerple"))
+        if k and d and len(k) == len(d):
+            stat = bench.ratio_stat(k, d)
+            row["kerple_over_dape_kerple"] = {"median": stat.median, "ci95": [stat.low, stat.high]}
+        rows.append(row)
+    return {"size": profile["sizes"], "cells": rows}
 
 
 def part_dape_fused(device: torch.device, smoke: bool) -> dict[str, Any]:
@@ -230,7 +244,7 @@ def part_dape_fused(device: torch.device, smoke: bool) -> dict[str, Any]:
     from lenbench.model.attention import Attention
     from lenbench.pe import PEContext, dape_fused, parse_pe_spec, pe_class
 
-    dim, heads, lengths, repeats = (64, 4, [64], 1) if smoke else (1024, 16, [2048, 4096], 5)
+    dim, heads, lengths, repeats = (64, 4, [64], 2) if smoke else (1024, 16, [2048, 4096], 5)
     if not dape_fused.usable(device):
         return {"skipped": f"no fused DAPE kernel on {device.type}"}
     rows = []
@@ -246,12 +260,24 @@ def part_dape_fused(device: torch.device, smoke: bool) -> dict[str, Any]:
             outs = {b: layer(x) for b, layer in layers.items()}
         row["output_error"] = selfcheck.relative_error(outs["dape_fused"], outs["explicit"])
         row["backends"] = {b: layer.last_backend for b, layer in layers.items()}
-        for b, layer in layers.items():
-            with torch.no_grad():
-                row[f"{b}_fwd_ms"] = median_ms(lambda layer=layer, x=x: layer(x), device, repeats)
-            row[f"{b}_train_ms"] = median_ms(lambda layer=layer, x=x: layer(x).sum().backward(), device, repeats)
-        row["fused_over_explicit_fwd"] = row["dape_fused_fwd_ms"] / row["explicit_fwd_ms"]
-        row["fused_over_explicit_train"] = row["dape_fused_train_ms"] / row["explicit_train_ms"]
+        fused, explicit = layers["dape_fused"], layers["explicit"]
+
+        def forward(layer: Any, x: torch.Tensor = x) -> Callable[[], Any]:
+            def call() -> Any:
+                with torch.no_grad():
+                    return layer(x)
+            return call
+
+        def train_step(layer: Any, x: torch.Tensor = x) -> Callable[[], Any]:
+            return lambda: layer(x).sum().backward()
+
+        fwd = paired_times({"dape_fused": forward(fused), "explicit": forward(explicit)}, repeats, smoke)
+        train = paired_times({"dape_fused": train_step(fused), "explicit": train_step(explicit)}, repeats, smoke)
+        for mode, got in (("fwd", fwd), ("train", train)):
+            for b in ("dape_fused", "explicit"):
+                row[f"{b}_{mode}_ms"] = got["ms"][b]
+            row[f"fused_over_explicit_{mode}"] = got["ratio"]
+            row[f"fused_over_explicit_{mode}_ci95"] = got["ratio_ci95"]
         rows.append(row)
         del layers, outs, x
     return {"shape": {"dim": dim, "heads": heads, "hidden": 32}, "rows": rows}

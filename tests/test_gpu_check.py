@@ -33,8 +33,12 @@ def test_smoke_run_writes_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ("paper", "dape-kerple"), ("blocked_bias", "fire"), ("sdpa", "rope")}
     assert parts["che"]["status"] == "done" and parts["che"]["run"]["precision"] == "fp32"
     assert set(parts["ppl"]["pes"]) == {"rope", "dape-kerple"}
-    assert {(c["pe"], c["mode"], c["status"]) for c in parts["timing"]["cells"]} == {
-        (pe, mode, "ok") for pe in ("kerple", "dape-kerple") for mode in ("fwd", "train")}
+    cells = parts["timing"]["cells"]  # one interleaved group per mode, each with a paired ratio
+    assert {(c["mode"], c["status"]) for c in cells} == {("fwd", "ok"), ("train", "ok")}
+    assert all(set(c["ms"]) == {"kerple", "dape-kerple"} and c["rounds"] == 3 for c in cells)
+    for c in cells:
+        ratio = c["kerple_over_dape_kerple"]
+        assert ratio["ci95"][0] <= ratio["median"] <= ratio["ci95"][1]
     if "rows" in parts["dape_fused"]:
         assert parts["dape_fused"]["rows"][0]["output_error"] < 1e-5
 

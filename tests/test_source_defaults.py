@@ -107,7 +107,7 @@ def test_ppl_and_timing_cells_carry_the_neox_l0() -> None:
     quick = ppl.expand(load_suite("ppl"), "quick", {"grid": {"pes": "dape-fire"}})
     assert {c.config["pe"] for c in quick} == {"dape-fire:l0=16"}
     tcells = timing.expand(load_suite("timing"), "quick", {"grid": {"pes": "fire,rope"}})
-    assert {c.config["pe"] for c in tcells} == {"fire:l0=64", "rope"}
+    assert {pe for c in tcells for pe in c.config["pes"]} == {"fire:l0=64", "rope", "rope:base=10001"}  # + control
 
 
 # --- DAPE-FIRE: one mlp_width for both MLPs (FIRE_C) -----------------------------------------------------

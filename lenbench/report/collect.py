@@ -232,9 +232,9 @@ def add_protocols(frame: pd.DataFrame, configs: dict[str, dict[str, Any]], warni
             if len(found) > 1:
                 diff = differences(found)
                 out.loc[group.index, "fingerprint_diff"] = group["fingerprint"].map(diff)
-                where = " ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))[1:]) or suite
+                where = "".join(f" {k}" for k in (key if isinstance(key, tuple) else (key,))[1:])
                 keys = ", ".join(varying_keys(found.values()))
-                warnings.append(f"{suite} {where}: cells of {len(found)} protocols ({keys} differ); shown in "
+                warnings.append(f"{suite}{where}: cells of {len(found)} protocols ({keys} differ); shown in "
                                 "separate tables, never pooled")
         _supersede(out, suite, configs, warnings)
     return out
