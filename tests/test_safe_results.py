@@ -15,7 +15,6 @@ from lenbench.results import CellDir, ResultStore, UnsafeFile, safe_torch_load
 from lenbench.suites import ppl
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = sorted((ROOT / "results" / "reference" / "ppl").glob("default-*/model.pt"))
 
 
 class Payload:
@@ -76,13 +75,25 @@ def test_training_checkpoints_are_plain_data(tmp_path: Path) -> None:
     assert state["step"] == 2 and {"model", "optimizer", "scheduler", "numpy", "python", "torch"} <= set(state)
 
 
-@pytest.mark.skipif(not REFERENCE, reason="no committed reference ppl cells")
-@pytest.mark.parametrize("path", REFERENCE[:2], ids=lambda p: p.parent.name)
-def test_reference_models_written_before_model_json_still_load(path: Path) -> None:
-    """The committed model.pt files keep their config inside (plain data): read safely, rebuilt whole."""
-    assert not path.with_name("model.json").exists()
-    meta, weights = ppl.read_model_file(path)
-    assert set(meta) == {"model_config", "pe", "tokenizer"}
+def test_model_files_written_before_model_json_still_load(tmp_path: Path) -> None:
+    """lenbench before issue 26 wrote one ``model.pt`` holding its config (plain data) beside the weights:
+    such a file is read safely (``weights_only=True``) and rebuilt whole."""
+    from dataclasses import asdict
+
+    from lenbench.model.transformer import ModelConfig, Transformer
+    from lenbench.pe.registry import parse_pe_spec
+
+    cfg = ModelConfig(vocab_size=64, out_size=64, dim=32, layers=1, heads=4, causal=True, train_length=16,
+                      max_length=64)
+    made = Transformer(cfg, parse_pe_spec("alibi"))
+    legacy = {"model_config": asdict(cfg), "pe": "alibi", "tokenizer": "bytes",
+              "state_dict": {k: v.detach().clone() for k, v in made.state_dict().items()}}
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    torch.save(legacy, cell / "model.pt")
+    meta, weights = ppl.read_model_file(cell / "model.pt")
+    assert set(meta) == {"model_config", "pe", "tokenizer"} and meta["pe"] == "alibi"
     assert all(isinstance(v, torch.Tensor) for v in weights.values())
-    model = ppl.load_model(CellDir(path.parent))
-    assert sum(p.numel() for p in model.parameters()) > 0
+    model = ppl.load_model(CellDir(cell))
+    for key, value in made.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)

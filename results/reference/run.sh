@@ -13,6 +13,8 @@ lenbench run --suite che --profile quick --pe "$PES" --seeds 0,1 --out "$OUT" --
 # ppl, quick profile (tiny decoder, train 128 bpe:4096 tokens, evaluate 128..2048 on the same
 # fixed targets at every length, embedded stdlib corpus split by content with near-duplicates
 # dropped), 2 seeds, 600 of the profile's 1500 steps so that the script stays near an hour.
+# The trained models (model.pt, model.json) stay out of the repository (.gitignore): results, not
+# weights; rerun a cell locally for `lenbench viz`.
 lenbench run --suite ppl --profile quick --pe "$PES" --seeds 0,1 --steps 600 --out "$OUT" --executor local --workers 2
 
 # timing, quick profile: one block of the 350M shape at 512..2048 (+ full-model estimates), both
