@@ -41,7 +41,7 @@ def child(args: argparse.Namespace) -> None:
     from lenbench.model import dropout, small_attention
     from lenbench.results import ResultStore
     from lenbench.suites import SilentReporter, load_suite_module
-    from lenbench.suites.che import build_model
+    from lenbench.suites.che.run import build_model
     from lenbench.tasks.che import TASKS
 
     if args.threads:

@@ -131,8 +131,8 @@ def part_che(device: torch.device, smoke: bool, workdir: Path) -> dict[str, Any]
     from lenbench.config import load_suite
     from lenbench.execute.inprocess import run_in_process
     from lenbench.results import ResultStore
-    from lenbench.suites import che
     from lenbench.suites.base import SilentReporter
+    from lenbench.suites.che import run as che
 
     steps = 2 if smoke else 300
     profile: dict[str, Any] = {"train": {"steps": steps, "lr": 1e-4, "checkpoint_every": steps, "log_every": steps},
@@ -204,8 +204,8 @@ def part_timing(device: torch.device, smoke: bool, workdir: Path, deadline: floa
     from lenbench.config import load_suite
     from lenbench.execute.inprocess import run_in_process
     from lenbench.results import ResultStore
-    from lenbench.suites import timing
     from lenbench.suites.base import SilentReporter
+    from lenbench.suites.timing import run as timing
 
     # Kerple and DAPE-Kerple timed as one group per (length, mode) in interleaved rounds (docs/timing.md);
     # no identical-work control here (it would double this part's time): the ratio's interval is its spread

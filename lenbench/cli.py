@@ -456,8 +456,8 @@ def timing(
     from lenbench.report.tables import timing_report_tables
     from lenbench.results import ResultStore
     from lenbench.suites import load_suite_module
-    from lenbench.suites.timing import reference_and_pes
-    from lenbench.suites.timing_cost import fmt_duration, machine_rate, run_seconds
+    from lenbench.suites.timing.cost import fmt_duration, machine_rate, run_seconds
+    from lenbench.suites.timing.run import reference_and_pes
 
     suite_file = load_suite("timing")
     module = load_suite_module("timing")
@@ -544,7 +544,7 @@ class _TimingReporter(RichReporter):
 
 def _print_timing_plan(cells: list[Any], estimates: list[float]) -> None:
     """``--dry-run``: the groups still to time and each one's estimated seconds."""
-    from lenbench.suites.timing_cost import fmt_duration
+    from lenbench.suites.timing.cost import fmt_duration
 
     table = Table(title=f"{len(cells)} timing group(s) to run, estimated {fmt_duration(sum(estimates))}")
     for col in ("group", "PEs", "rounds", "estimated"):
@@ -557,10 +557,10 @@ def _print_timing_plan(cells: list[Any], estimates: list[float]) -> None:
 def print_table(table: Any) -> None:
     """Print a report table with its notes, never squeezed or cut: at its full width when output is
     not a terminal; in a terminal narrower than the table, in column parts that each fit, the label
-    columns repeated (:func:`lenbench.report.render.fit_columns`)."""
+    columns repeated (:func:`lenbench.tables.render.fit_columns`)."""
     from rich.measure import Measurement
 
-    from lenbench.report.render import fit_columns, rich_notes, rich_table
+    from lenbench.tables.render import fit_columns, rich_notes, rich_table
 
     def width(t: Any) -> int:
         return Measurement.get(out, out.options.update_width(100_000), rich_table(t)).maximum
@@ -587,7 +587,7 @@ def report(
 ) -> None:
     """Tables, figures and paired significance tests from every finished and failed cell."""
     from lenbench.report import build_report, parse_formats
-    from lenbench.report.stats import parse_compare
+    from lenbench.tables.stats import parse_compare
 
     built = build_report(results, out_dir, suite, parse_formats(formats), parse_compare(compare),
                          reference=reference_pe)

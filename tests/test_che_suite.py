@@ -15,7 +15,8 @@ from helpers import StopAt
 from lenbench.config import load_suite
 from lenbench.execute.inprocess import run_in_process
 from lenbench.results import ResultStore
-from lenbench.suites import SilentReporter, che, load_suite_module
+from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites.che import run as che
 from lenbench.tasks.che import TASKS
 
 TINY = {

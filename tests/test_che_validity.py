@@ -19,7 +19,7 @@ from lenbench.report import tables as T
 from lenbench.report.collect import collect
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, load_suite_module
-from lenbench.suites.che_stats import Counts, majority_classes, majority_counts, pooled, ratio_se, score_se
+from lenbench.suites.che.stats import Counts, majority_classes, majority_counts, pooled, ratio_se, score_se
 from lenbench.tasks.che import TASKS
 
 # ---------------------------------------------------------------- standard errors

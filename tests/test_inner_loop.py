@@ -513,7 +513,7 @@ def test_ctrl_c_says_where_the_cell_stopped_and_the_same_command_resumes(
 def test_a_cell_whose_data_fails_is_failed_with_its_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lenbench.suites.ppl as ppl
+    import lenbench.suites.ppl.run as ppl
 
     def unreachable(cfg: dict[str, Any]) -> Any:
         raise LenbenchError("cannot load hf:nobody/nothing: the hub is unreachable")

@@ -22,8 +22,9 @@ from lenbench.model.transformer import Transformer
 from lenbench.pe import PES
 from lenbench.pe.registry import parse_pe_spec
 from lenbench.results import ResultStore
-from lenbench.suites import SilentReporter, load_suite_module, ppl
-from lenbench.suites.ppl_protocols import EvalPlan, document_windows, fixed_window_length
+from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites.ppl import run as ppl
+from lenbench.suites.ppl.protocols import EvalPlan, document_windows, fixed_window_length
 
 
 @pytest.fixture(autouse=True)

@@ -23,14 +23,14 @@ from lenbench.errors import LenbenchError
 from lenbench.execute.inprocess import run_in_process
 from lenbench.report import build_report
 from lenbench.report import plots as P
-from lenbench.report import render as R
-from lenbench.report import stats as S
 from lenbench.report import tables as T
 from lenbench.report import viz as V
 from lenbench.report.collect import collect
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, load_suite_module
-from lenbench.suites import timing as timing_suite
+from lenbench.suites.timing import run as timing_suite
+from lenbench.tables import render as R
+from lenbench.tables import stats as S
 
 SEEDS = (0, 1, 2)
 CHE_LENGTHS = (41, 60)
@@ -102,7 +102,7 @@ TIMING_MS = {("kerple", 512): 10.0, ("kerple", 1024): 20.0, ("dape-kerple", 512)
 
 
 def timing_result(ms_by_pe: dict[str, float | None], backend: str = "explicit") -> dict[str, Any]:
-    """A measured group as :func:`lenbench.suites.timing_measure.measure_group` returns it: two
+    """A measured group as :func:`lenbench.suites.timing.measure.measure_group` returns it: two
     rounds of the same time per PE (None: the PE did not fit)."""
     pes = {pe: {"status": "oom", "reason": "needs 99 GiB"} if ms is None else
            {"status": "ok", "ms": ms, "iqr": 0.1, "times_ms": [ms, ms], "calls_per_repeat": 1, "warmup_calls": 1,

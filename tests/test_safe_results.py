@@ -12,7 +12,7 @@ import torch
 
 from lenbench.errors import LenbenchError
 from lenbench.results import CellDir, ResultStore, UnsafeFile, safe_torch_load
-from lenbench.suites import ppl
+from lenbench.suites.ppl import run as ppl
 
 ROOT = Path(__file__).resolve().parent.parent
 

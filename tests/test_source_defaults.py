@@ -21,7 +21,9 @@ from lenbench.pe.bias import FIRE, T5Bias, fire_input
 from lenbench.pe.dape import DAPEFIRE, DAPEV2FIRE
 from lenbench.pe.defaults import dape_neox_l0, split_rules, with_length_defaults
 from lenbench.pe.registry import resolve_pes
-from lenbench.suites import che, ppl, timing
+from lenbench.suites.che import run as che
+from lenbench.suites.ppl import run as ppl
+from lenbench.suites.timing import run as timing
 
 ROOT = Path(__file__).resolve().parent.parent
 

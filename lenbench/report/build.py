@@ -21,7 +21,6 @@ import pandas as pd
 from lenbench.errors import LenbenchError
 from lenbench.report.collect import collect, save_long
 from lenbench.report.index import Section, index_html, index_markdown
-from lenbench.report.render import FORMATS, WRITERS
 from lenbench.report.tables import (
     Table,
     che_tables,
@@ -31,6 +30,7 @@ from lenbench.report.tables import (
     timing_report_tables,
 )
 from lenbench.results import atomic_write_text
+from lenbench.tables.render import FORMATS, WRITERS
 
 SUITE_TITLES = {
     "che": "CHE: accuracy on longer inputs",

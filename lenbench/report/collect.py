@@ -8,7 +8,7 @@ eval_len, metric, value, status, ...``); the records' extra fields (``n_sequence
 cell is one row with ``status = failed``, its reason, and ``value`` NaN (never 0). ``status`` is
 ``done``, ``failed`` or ``oom`` (a timing cell that did not fit in memory). Cells still running
 or never finished are counted, not shown. Every ppl row has a ``protocol`` (the evaluation protocol
-of :mod:`lenbench.suites.ppl_protocols`); records written before protocols were named get
+of :mod:`lenbench.suites.ppl.protocols`); records written before protocols were named get
 ``documents``, the only protocol then.
 
 Protocol columns (:mod:`lenbench.report.protocol`, docs/statistics.md §7): every CHE and ppl row
@@ -48,10 +48,10 @@ import pandas as pd
 
 from lenbench.errors import LenbenchError
 from lenbench.pe.registry import canonical_pe_label, pe_label
-from lenbench.report.population import in_population
 from lenbench.report.protocol import differences, fingerprint, flatten, protocol_of, varying_keys
 from lenbench.results import CellDir, ResultStore
-from lenbench.suites.ppl_protocols import LEGACY_PROTOCOL
+from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL
+from lenbench.tables.population import in_population
 
 COLUMNS = [
     "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
@@ -301,7 +301,7 @@ def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:
     ``ci95 = mean -+ t_{0.975, n-1} * std / sqrt(n)`` (n >= 2); over every finished run:
     ``runs_n``, ``all_runs_mean``, ``all_runs_std``.
     """
-    from lenbench.report.stats import t_quantile
+    from lenbench.tables.stats import t_quantile
 
     out = frame.copy()
     for col in UNCERTAINTY:

@@ -3,7 +3,7 @@
 A cell's **protocol** is its resolved ``config.yaml`` flattened to dotted keys, minus
 
 - what a table cell varies over or lays out: ``seed`` (the replicate), ``train.lr`` (chosen per
-  PE on in-distribution data, :func:`lenbench.report.population.choose_lr`), the PE (``pe`` and every
+  PE on in-distribution data, :func:`lenbench.tables.population.choose_lr`), the PE (``pe`` and every
   ``pe_*`` key, e.g. ``pe_identity``: the table's columns) and the CHE ``task`` (its rows);
 - :data:`OPERATIONAL` keys, which change when and how a computation is carried out but not what
   it computes (how often checkpoints and logs are written, ``torch.compile``, gradient
@@ -28,7 +28,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lenbench.suites.ppl_protocols import LEGACY_PROTOCOL, fixed_window_length, span_length
+from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL, fixed_window_length, span_length
 
 REPLICATE = ("seed", "train.lr")
 AXES = {"che": ("task",), "ppl": ()}  # table rows besides the PE columns
@@ -62,7 +62,7 @@ def _is_pe_key(key: str) -> bool:
 def window_signature(config: Mapping[str, Any]) -> str:
     """Which tokens a ppl cell's evaluation scores, as one string (module docstring).
 
-    ``fixed_targets``: the window width ``W`` and span ``S`` of :mod:`lenbench.suites.ppl_protocols`
+    ``fixed_targets``: the window width ``W`` and span ``S`` of :mod:`lenbench.suites.ppl.protocols`
     with the sample count; ``dape`` and ``documents``: the protocol alone (each length on its own).
     """
     ev = config.get("eval") if isinstance(config.get("eval"), Mapping) else {}

@@ -1,6 +1,6 @@
-"""The long table -> report tables (format-neutral; :mod:`lenbench.report.render` writes them out).
+"""The long table -> report tables (format-neutral; :mod:`lenbench.tables.render` writes them out).
 
-CHE and ppl tables follow the rules of :mod:`lenbench.report.population` (docs/statistics.md): one
+CHE and ppl tables follow the rules of :mod:`lenbench.tables.population` (docs/statistics.md): one
 population (the runs that fit), the learning rate chosen on in-distribution data, bold from
 paired Holm-corrected tests, and one set of tables per protocol fingerprint (never pooled).
 
@@ -14,9 +14,9 @@ paired Holm-corrected tests, and one set of tables per protocol fingerprint (nev
 - timing: DAPE Table 1 per mode and model size (smallest first), PEs x lengths in ms (``KL ms`` for a
   K-layer CPU slice, with its full-model ``est. ms``) and the paired ``Ratio PE/<reference>`` with its
   bootstrap 95% interval, ``≈ 1`` where it cannot be told from identical work (built by
-  :func:`lenbench.suites.timing_tables.timing_tables` from the stored records); the noise floor of
+  :func:`lenbench.suites.timing.ratios.timing_tables` from the stored records); the noise floor of
   the identical-work control under each table; then peak memory per size.
-- significance: the paired tests of :mod:`lenbench.report.stats`, each PE at its chosen rate.
+- significance: the paired tests of :mod:`lenbench.tables.stats`, each PE at its chosen rate.
 
 A cell never run shows ``—``; a cell whose every seed failed shows ``FAILED``; some failed seeds
 add ``k FAILED`` to the statistics of the others; a cell none of whose runs fit shows ``DNF``; a
@@ -29,13 +29,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from lenbench.report.conditions import run_conditions
-from lenbench.report.population import (
+from lenbench.results import slug
+from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL, PROTOCOL_TEXT
+from lenbench.tables.conditions import run_conditions
+from lenbench.tables.population import (
     MIN_PAIRS,
     NOT_CHOSEN,
     Bold,
@@ -44,7 +46,7 @@ from lenbench.report.population import (
     choose_lr,
     pooled,
 )
-from lenbench.report.stats import (
+from lenbench.tables.stats import (
     ALPHA,
     PairedTest,
     dape_pairs,
@@ -53,8 +55,7 @@ from lenbench.report.stats import (
     pe_name,
     resolve_label,
 )
-from lenbench.results import slug
-from lenbench.suites.ppl_protocols import LEGACY_PROTOCOL, PROTOCOL_TEXT
+from lenbench.tables.table import Section, Table, TCell
 from lenbench.tasks.che import TASKS
 
 MISSING = "—"
@@ -65,38 +66,6 @@ NO_RATE = "rate not chosen"  # several rates, no in-distribution score to choose
 LEVELS = {"regular": "Regular (R)", "dcf": "Deterministic context-free (DCF)", "cs": "Context-sensitive (CS)"}
 LEVEL_SHORT = {"regular": "R", "dcf": "DCF", "cs": "CS"}
 DOCS = "method and sources: docs/statistics.md"
-
-
-@dataclass
-class TCell:
-    """One table cell: display text, and whether it is bold (best, or not separable from it)."""
-
-    text: str
-    bold: bool = False
-
-
-@dataclass
-class Section:
-    """A group of rows under an optional label (e.g. a Chomsky level)."""
-
-    label: str | None
-    rows: list[list[TCell]]
-
-
-@dataclass
-class Table:
-    """A format-neutral table: ``key`` names its files, every row has ``len(header)`` cells."""
-
-    key: str
-    title: str
-    header: list[str]
-    sections: list[Section]
-    notes: list[str] = field(default_factory=list)
-    left: int = 1  # leading columns aligned left (labels); the rest are right-aligned numbers
-
-    @property
-    def rows(self) -> list[list[TCell]]:
-        return [row for s in self.sections for row in s.rows]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -226,7 +195,7 @@ def below(value: float | None, baseline: float | None, higher: bool) -> bool:
 
 
 def mark_best(cells: list[TCell], stats: Sequence[SeedStats | None], higher: bool, digits: int) -> Bold:
-    """Bold ``cells`` by :func:`lenbench.report.population.bold_by_tests`; returns the decision."""
+    """Bold ``cells`` by :func:`lenbench.tables.population.bold_by_tests`; returns the decision."""
     decision = bold_by_tests(stats, higher, digits)
     for cell, flag in zip(cells, decision.flags, strict=True):
         cell.bold = flag
@@ -716,7 +685,7 @@ def timing_data(
 ) -> tuple[list[Any], set[tuple[str, str, int, str, str]]]:
     """(:class:`~lenbench.suites.timing.TimingTable` per mode and backend policy, failed
     (pe, size, length, mode, policy) keys); ``reference``: the Ratio's denominator (None: the default)."""
-    from lenbench.suites.timing_tables import timing_tables as build
+    from lenbench.suites.timing.ratios import timing_tables as build
 
     timing = frame[frame["suite"] == "timing"]
     records = [_record(r) for r in timing[timing["status"] != "failed"].to_dict("records")]
@@ -783,7 +752,7 @@ def _policy_suffix(policy: str) -> str:
 def timing_memory_tables(frame: pd.DataFrame, layers: dict[str, tuple[int, int]]) -> list[Table]:
     """Peak memory per model size (smallest first) and backend policy: PE rows, per length and mode
     the MiB the timed call added."""
-    from lenbench.suites.timing_tables import POLICY_TEXT, size_order
+    from lenbench.suites.timing.ratios import POLICY_TEXT, size_order
 
     cells = _memory_cells(frame)
     if not cells:
@@ -826,7 +795,7 @@ def _dape_width(frame: pd.DataFrame, pe: str) -> int | None:
         stored = frame[(frame["suite"] == "timing") & (frame["pe"] == pe)]["d_dape"].dropna()
         if len(stored):
             return int(stored.iloc[0])
-    from lenbench.suites.timing_measure import dape_width
+    from lenbench.suites.timing.measure import dape_width
 
     try:
         return dape_width(pe)
@@ -836,8 +805,8 @@ def _dape_width(frame: pd.DataFrame, pe: str) -> int | None:
 
 def ratio_text(ratio: Any, floor: float | None) -> str:
     """``0.93 (0.90–0.97)``: the paired ratio's median and bootstrap 95% interval; ``≈ 1 (0.97–1.04)``
-    where it cannot be told from identical work (:func:`lenbench.suites.timing_tables.approx_one`)."""
-    from lenbench.suites.timing_tables import approx_one
+    where it cannot be told from identical work (:func:`lenbench.suites.timing.ratios.approx_one`)."""
+    from lenbench.suites.timing.ratios import approx_one
 
     if ratio is None:
         return MISSING
@@ -865,7 +834,7 @@ def timing_report_tables(frame: pd.DataFrame, reference: str | None = None) -> t
     measured ms (and the full-model estimate) and the paired Ratio to the reference PE with its
     bootstrap 95% interval; then peak memory per size, and the estimate check where
     ``--check-estimate`` slices exist. ``reference`` None: DAPE-Kerple when timed."""
-    from lenbench.suites.timing_tables import TimingTable, approx_one, size_order
+    from lenbench.suites.timing.ratios import TimingTable, approx_one, size_order
 
     tables_by_mode, failed = timing_data(frame, reference)
     titles = {"fwd": "forward (inference)", "train": "forward + backward (training step)"}
@@ -992,7 +961,7 @@ def _iqr_of(frame: pd.DataFrame, group: str | None, pe: str, mode: str) -> float
 
 def estimate_check_table(frame: pd.DataFrame) -> Table | None:
     """The measured error of ``K-layer x M/K`` (:func:`lenbench.suites.timing.estimate_checks`)."""
-    from lenbench.suites.timing_tables import estimate_checks
+    from lenbench.suites.timing.ratios import estimate_checks
 
     timing = frame[(frame["suite"] == "timing") & (frame["status"] == "done")]
     checks = estimate_checks([_record(r) for r in timing.to_dict("records")])

@@ -71,7 +71,7 @@ def load(path: Path | str) -> LoadedModel:
     next to its cell's ``config.yaml`` -> the trained model in eval mode."""
     from lenbench.model.transformer import ModelConfig, Transformer
     from lenbench.pe.registry import parse_pe_spec
-    from lenbench.suites import ppl
+    from lenbench.suites.ppl import run as ppl
 
     path = Path(path)
     if not path.exists():
@@ -104,8 +104,8 @@ def load(path: Path | str) -> LoadedModel:
 
 def eval_sequence(loaded: LoadedModel, length: int) -> tuple[torch.Tensor, str]:
     """The first evaluation sequence of ``length`` tokens of the cell's corpus (ids ``[1, length]``)."""
-    from lenbench.suites import ppl
-    from lenbench.suites.ppl_protocols import document_windows
+    from lenbench.suites.ppl import run as ppl
+    from lenbench.suites.ppl.protocols import document_windows
 
     if loaded.config is None:
         raise LenbenchError(f"no config.yaml next to {loaded.source}: cannot tell which corpus to evaluate on")

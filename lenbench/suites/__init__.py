@@ -11,9 +11,9 @@ __all__ = ["SUITES", "Cell", "Reporter", "SilentReporter", "load_suite_module"]
 
 # Suite name -> module implementing the Suite protocol (imported lazily: they pull in torch).
 SUITE_MODULES = {
-    "che": "lenbench.suites.che",
-    "ppl": "lenbench.suites.ppl",
-    "timing": "lenbench.suites.timing",
+    "che": "lenbench.suites.che.run",
+    "ppl": "lenbench.suites.ppl.run",
+    "timing": "lenbench.suites.timing.run",
 }
 
 

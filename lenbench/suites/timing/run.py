@@ -79,7 +79,7 @@ from lenbench.pe.defaults import split_rules, with_length_defaults
 from lenbench.pe.registry import PESpec, pe_identity, pe_label, resolve_pes
 from lenbench.results import CellDir
 from lenbench.suites.base import Cell, Reporter
-from lenbench.suites.timing_measure import (
+from lenbench.suites.timing.measure import (
     DTYPES,
     dape_width,
     estimate_full_ms,
@@ -88,7 +88,7 @@ from lenbench.suites.timing_measure import (
     measure_group_isolated,
     order_seed,
 )
-from lenbench.suites.timing_tables import (
+from lenbench.suites.timing.ratios import (
     MODES,
     POLICIES,
     POLICY_TEXT,

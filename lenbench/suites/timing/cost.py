@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lenbench import bench
-from lenbench.suites.timing_measure import DTYPES, dape_width, is_full, pe_config
+from lenbench.suites.timing.measure import DTYPES, dape_width, is_full, pe_config
 
 MIN_CALL_S = 1e-3  # dispatch overhead floor of one call
 EFFICIENCY = 0.45  # achieved / probed rate of a real block (module docstring)

@@ -11,7 +11,7 @@ or ``world_size`` under torchrun) runs it as ``accumulation`` forward/backward p
 batch; ``tokens_per_step = batch_size x train length`` is stored in the config and ``DONE``.
 
 Evaluation at each length L scores target tokens of the validation split chosen by
-``eval.protocol`` (:mod:`lenbench.suites.ppl_protocols`): ``fixed_targets`` (default: the same
+``eval.protocol`` (:mod:`lenbench.suites.ppl.protocols`): ``fixed_targets`` (default: the same
 targets at every length, each scored with L tokens of context), ``dape`` (DAPE's random windows
 of the packed stream) or ``documents`` (the first L + 1 tokens of long documents). Two
 perplexities are stored, pooled over all rows:
@@ -81,7 +81,7 @@ from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pe
 from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json, safe_torch_load
 from lenbench.suites.base import Cell, Reporter, Work
-from lenbench.suites.ppl_protocols import (
+from lenbench.suites.ppl.protocols import (
     DEFAULT_PROTOCOL,
     EvalPlan,
     EvalSet,

@@ -7,7 +7,7 @@ mean over sub-batches, and the cell's score the mean over test lengths. Dropout 
 evaluation, as in the reference (RPE/CHE ``range_evaluation.py`` applies the model with an rng and
 Haiku's dropout has no eval switch, docs/che.md §2.6); ``eval.dropout: false`` turns it off.
 
-What a reader needs beside the score (issue 16; :mod:`lenbench.suites.che_stats`):
+What a reader needs beside the score (issue 16; :mod:`lenbench.suites.che.stats`):
 
 - the standard error of every per-length accuracy and of the score;
 - accuracy on the training lengths (``eval.train_lengths``, fresh samples), and ``fit``: whether
@@ -48,7 +48,7 @@ from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pe
 from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_json
 from lenbench.suites.base import Cell, Reporter, Work
-from lenbench.suites.che_stats import (
+from lenbench.suites.che.stats import (
     Counts,
     majority_classes,
     majority_counts,
