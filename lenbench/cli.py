@@ -557,10 +557,10 @@ def _print_timing_plan(cells: list[Any], estimates: list[float]) -> None:
 def print_table(table: Any) -> None:
     """Print a report table with its notes, never squeezed or cut: at its full width when output is
     not a terminal; in a terminal narrower than the table, in column parts that each fit, the label
-    columns repeated (:func:`lenbench.tables.render.fit_columns`)."""
+    columns repeated (:func:`lenbench.present.render.fit_columns`)."""
     from rich.measure import Measurement
 
-    from lenbench.tables.render import fit_columns, rich_notes, rich_table
+    from lenbench.present.render import fit_columns, rich_notes, rich_table
 
     def width(t: Any) -> int:
         return Measurement.get(out, out.options.update_width(100_000), rich_table(t)).maximum
@@ -586,8 +586,8 @@ def report(
     ] = None,
 ) -> None:
     """Tables, figures and paired significance tests from every finished and failed cell."""
+    from lenbench.present.stats import parse_compare
     from lenbench.report import build_report, parse_formats
-    from lenbench.tables.stats import parse_compare
 
     built = build_report(results, out_dir, suite, parse_formats(formats), parse_compare(compare),
                          reference=reference_pe)

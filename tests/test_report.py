@@ -21,6 +21,8 @@ from lenbench.cli import main
 from lenbench.config import load_suite
 from lenbench.errors import LenbenchError
 from lenbench.execute.inprocess import run_in_process
+from lenbench.present import render as R
+from lenbench.present import stats as S
 from lenbench.report import build_report
 from lenbench.report import plots as P
 from lenbench.report import tables as T
@@ -29,8 +31,6 @@ from lenbench.report.collect import collect
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, load_suite_module
 from lenbench.suites.timing import run as timing_suite
-from lenbench.tables import render as R
-from lenbench.tables import stats as S
 
 SEEDS = (0, 1, 2)
 CHE_LENGTHS = (41, 60)

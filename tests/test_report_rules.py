@@ -17,13 +17,13 @@ import yaml
 
 from lenbench.cli import main
 from lenbench.pe.registry import canonical_pe_label, parse_pe_spec, resolve_pes
+from lenbench.present import population as POP
+from lenbench.present import stats as S
 from lenbench.report import build_report
 from lenbench.report import plots as P
 from lenbench.report import protocol as PR
 from lenbench.report import tables as T
 from lenbench.report.collect import collect
-from lenbench.tables import population as POP
-from lenbench.tables import stats as S
 
 REF = Path(__file__).resolve().parents[1] / "results" / "reference"
 RATES = (1e-4, 3e-4, 5e-4)

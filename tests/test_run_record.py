@@ -12,7 +12,7 @@ import torch
 from lenbench.pe import PEContext
 from lenbench.pe.base import overflow_lengths, position_limits, reset_overflow
 from lenbench.pe.bias import RandomizedALiBi
-from lenbench.tables.conditions import run_conditions
+from lenbench.present.conditions import run_conditions
 
 
 def test_overflow_is_remembered_per_sequence_length() -> None:

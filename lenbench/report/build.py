@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from lenbench.errors import LenbenchError
+from lenbench.present.render import FORMATS, WRITERS
 from lenbench.report.collect import collect, save_long
 from lenbench.report.index import Section, index_html, index_markdown
 from lenbench.report.tables import (
@@ -30,7 +31,6 @@ from lenbench.report.tables import (
     timing_report_tables,
 )
 from lenbench.results import atomic_write_text
-from lenbench.tables.render import FORMATS, WRITERS
 
 SUITE_TITLES = {
     "che": "CHE: accuracy on longer inputs",

@@ -48,10 +48,10 @@ import pandas as pd
 
 from lenbench.errors import LenbenchError
 from lenbench.pe.registry import canonical_pe_label, pe_label
+from lenbench.present.population import in_population
 from lenbench.report.protocol import differences, fingerprint, flatten, protocol_of, varying_keys
 from lenbench.results import CellDir, ResultStore
 from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL
-from lenbench.tables.population import in_population
 
 COLUMNS = [
     "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
@@ -301,7 +301,7 @@ def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:
     ``ci95 = mean -+ t_{0.975, n-1} * std / sqrt(n)`` (n >= 2); over every finished run:
     ``runs_n``, ``all_runs_mean``, ``all_runs_std``.
     """
-    from lenbench.tables.stats import t_quantile
+    from lenbench.present.stats import t_quantile
 
     out = frame.copy()
     for col in UNCERTAINTY:

@@ -34,6 +34,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from lenbench.errors import LenbenchError  # noqa: E402
+from lenbench.present.population import NOT_CHOSEN, in_population  # noqa: E402
+from lenbench.present.stats import pe_name  # noqa: E402
 from lenbench.report.tables import (  # noqa: E402
     CheView,
     PplView,
@@ -46,8 +48,6 @@ from lenbench.report.tables import (  # noqa: E402
     timing_data,
 )
 from lenbench.results import slug  # noqa: E402
-from lenbench.tables.population import NOT_CHOSEN, in_population  # noqa: E402
-from lenbench.tables.stats import pe_name  # noqa: E402
 
 PE_COLORS = {
     "nope": "#7f7f7f",

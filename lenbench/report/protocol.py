@@ -3,7 +3,7 @@
 A cell's **protocol** is its resolved ``config.yaml`` flattened to dotted keys, minus
 
 - what a table cell varies over or lays out: ``seed`` (the replicate), ``train.lr`` (chosen per
-  PE on in-distribution data, :func:`lenbench.tables.population.choose_lr`), the PE (``pe`` and every
+  PE on in-distribution data, :func:`lenbench.present.population.choose_lr`), the PE (``pe`` and every
   ``pe_*`` key, e.g. ``pe_identity``: the table's columns) and the CHE ``task`` (its rows);
 - :data:`OPERATIONAL` keys, which change when and how a computation is carried out but not what
   it computes (how often checkpoints and logs are written, ``torch.compile``, gradient

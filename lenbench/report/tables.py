@@ -1,6 +1,6 @@
-"""The long table -> report tables (format-neutral; :mod:`lenbench.tables.render` writes them out).
+"""The long table -> report tables (format-neutral; :mod:`lenbench.present.render` writes them out).
 
-CHE and ppl tables follow the rules of :mod:`lenbench.tables.population` (docs/statistics.md): one
+CHE and ppl tables follow the rules of :mod:`lenbench.present.population` (docs/statistics.md): one
 population (the runs that fit), the learning rate chosen on in-distribution data, bold from
 paired Holm-corrected tests, and one set of tables per protocol fingerprint (never pooled).
 
@@ -16,7 +16,7 @@ paired Holm-corrected tests, and one set of tables per protocol fingerprint (nev
   bootstrap 95% interval, ``≈ 1`` where it cannot be told from identical work (built by
   :func:`lenbench.suites.timing.ratios.timing_tables` from the stored records); the noise floor of
   the identical-work control under each table; then peak memory per size.
-- significance: the paired tests of :mod:`lenbench.tables.stats`, each PE at its chosen rate.
+- significance: the paired tests of :mod:`lenbench.present.stats`, each PE at its chosen rate.
 
 A cell never run shows ``—``; a cell whose every seed failed shows ``FAILED``; some failed seeds
 add ``k FAILED`` to the statistics of the others; a cell none of whose runs fit shows ``DNF``; a
@@ -34,10 +34,8 @@ from typing import Any
 
 import pandas as pd
 
-from lenbench.results import slug
-from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL, PROTOCOL_TEXT
-from lenbench.tables.conditions import run_conditions
-from lenbench.tables.population import (
+from lenbench.present.conditions import run_conditions
+from lenbench.present.population import (
     MIN_PAIRS,
     NOT_CHOSEN,
     Bold,
@@ -46,7 +44,7 @@ from lenbench.tables.population import (
     choose_lr,
     pooled,
 )
-from lenbench.tables.stats import (
+from lenbench.present.stats import (
     ALPHA,
     PairedTest,
     dape_pairs,
@@ -55,7 +53,9 @@ from lenbench.tables.stats import (
     pe_name,
     resolve_label,
 )
-from lenbench.tables.table import Section, Table, TCell
+from lenbench.present.table import Section, Table, TCell
+from lenbench.results import slug
+from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL, PROTOCOL_TEXT
 from lenbench.tasks.che import TASKS
 
 MISSING = "—"
@@ -195,7 +195,7 @@ def below(value: float | None, baseline: float | None, higher: bool) -> bool:
 
 
 def mark_best(cells: list[TCell], stats: Sequence[SeedStats | None], higher: bool, digits: int) -> Bold:
-    """Bold ``cells`` by :func:`lenbench.tables.population.bold_by_tests`; returns the decision."""
+    """Bold ``cells`` by :func:`lenbench.present.population.bold_by_tests`; returns the decision."""
     decision = bold_by_tests(stats, higher, digits)
     for cell, flag in zip(cells, decision.flags, strict=True):
         cell.bold = flag

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lenbench.tables.stats import ALPHA, holm, paired_test
+from lenbench.present.stats import ALPHA, holm, paired_test
 
 MIN_PAIRS = 3  # paired seeds below which only the best is bold ("n < 3: best only")
 NOT_CHOSEN = "not chosen"  # several rates and no in-distribution score to choose among them
@@ -169,7 +169,7 @@ def bold_by_tests(cells: Sequence[SeedStats | None], higher: bool, digits: int) 
     """Bold the best population mean and every mean the paired, Holm-corrected test cannot call worse.
 
     Each candidate is compared with the best over the seeds both populations share (paired t-test,
-    :func:`lenbench.tables.stats.paired_test`), the row's p-values Holm-adjusted together. A
+    :func:`lenbench.present.stats.paired_test`), the row's p-values Holm-adjusted together. A
     candidate is not bold when it has fewer than :data:`MIN_PAIRS` shared seeds (best only), or when
     ``p_holm < ALPHA`` and it is on the worse side; a zero-variance difference (no t-test) counts as
     separated unless the values are identical. Values equal to the best at display precision are

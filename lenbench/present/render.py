@@ -12,7 +12,7 @@ from rich.console import Group
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from lenbench.tables.table import Section, Table, TCell
+from lenbench.present.table import Section, Table, TCell
 
 FORMATS = ("md", "csv", "tex", "html")
 

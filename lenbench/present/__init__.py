@@ -1,0 +1,1 @@
+"""What every suite presents with: the table model, statistics over seeds, renderers (below the suites)."""
