@@ -141,11 +141,11 @@ def run(
     Under torchrun (``torchrun --nproc-per-node N -m lenbench run --suite ppl ...``) each ppl cell trains
     data-parallel over the N ranks and only rank 0 writes and prints.
     """
-    from lenbench.execute.ranks import detect
     from lenbench.execute.select import make_executor
     from lenbench.execute.torchrun import DataParallelExecutor
     from lenbench.execute.tracking import parse_log
     from lenbench.results import ResultStore
+    from lenbench.train.parallel import detect
 
     rank = detect()
     if rank is not None and rank.rank != 0:

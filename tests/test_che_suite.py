@@ -16,6 +16,7 @@ from lenbench.config import load_suite
 from lenbench.execute.inprocess import run_in_process
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites.base import RunContext
 from lenbench.suites.che import run as che
 from lenbench.tasks.che import TASKS
 
@@ -191,5 +192,5 @@ def test_batches_and_model_follow_the_compute_device(monkeypatch: pytest.MonkeyP
     cell_dir = ResultStore(tmp_path).cell("che", cell.label, cell.config)
     cell_dir.path.mkdir(parents=True)
     with pytest.raises(KeyboardInterrupt):
-        che.run_cell(cell, cell_dir, SilentReporter())
+        che.run_cell(cell, cell_dir, RunContext(SilentReporter()))
     assert seen == {"model": "meta", "loss": "meta"}

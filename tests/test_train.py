@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from lenbench.errors import LenbenchError
-from lenbench.execute.ranks import BatchSplit, split_batch
 from lenbench.model.transformer import Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec
 from lenbench.suites.ppl import run as ppl
 from lenbench.train import OptimConfig, train
+from lenbench.train.parallel import BatchSplit, split_batch
 
 
 def decoder() -> Transformer:

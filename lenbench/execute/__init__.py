@@ -1,9 +1,9 @@
 """Where and how cells run. Its modules import downwards only (``tests/test_imports.py`` checks it):
 
 - bottom: :mod:`~lenbench.execute.cell` (:func:`~lenbench.execute.cell.run_cell_once`, the one-cell
-  runner every executor goes through, and its :class:`~lenbench.execute.cell.Outcome`) and
-  :mod:`~lenbench.execute.ranks` (a torchrun launch's ranks and collectives, which the suites hand to
-  the training loop);
+  runner every executor goes through, and its :class:`~lenbench.execute.cell.Outcome`); a torchrun
+  launch's ranks and collectives live below the suites (:mod:`lenbench.train.parallel`) and reach a
+  cell through its ``RunContext``;
 - beside them: :mod:`~lenbench.execute.status` (a grid's state read from its folders),
   :mod:`~lenbench.execute.tracking` (optional TensorBoard / W&B logging of a cell) and
   :mod:`~lenbench.execute.lifeline` (a worker process ends with its parent);
@@ -12,5 +12,6 @@
   array) and :mod:`~lenbench.execute.torchrun` (data-parallel ppl cells);
 - top: :mod:`~lenbench.execute.select` (``--executor`` name -> executor).
 
-This file imports nothing, so a suite importing :mod:`~lenbench.execute.ranks` pulls in no executor.
+No module here names a suite: they loop over the registered :class:`lenbench.suites.base.Suite`
+objects (docs/architecture.md).
 """

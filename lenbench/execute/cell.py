@@ -27,8 +27,9 @@ from lenbench.errors import LenbenchError
 from lenbench.execute.supersede import stale_cells, supersede_stale
 from lenbench.execute.tracking import Tracking, tracked
 from lenbench.results import CellBusy, CellDir, ResultStore, environment_manifest
-from lenbench.suites.base import Cell, Reporter
+from lenbench.suites.base import Cell, Reporter, RunContext
 from lenbench.train import NonFiniteLoss
+from lenbench.train.parallel import DataParallel
 
 LOCK_TRIES = 3  # a `lenbench status` probe holds a lock for microseconds: retry briefly before "busy"
 
@@ -140,10 +141,12 @@ def stopped_at(cell: Cell, where: Whereabouts) -> str:
 
 
 def run_cell_once(
-    cell: Cell, store: ResultStore, suite: Any, reporter: Reporter, log: bool = False, tracking: Tracking | None = None
+    cell: Cell, store: ResultStore, suite: Any, reporter: Reporter, log: bool = False, tracking: Tracking | None = None,
+    parallel: DataParallel | None = None,
 ) -> Outcome:
     """Run one cell unless it is done or locked by another process (``log``: also write ``run.log``;
-    ``tracking``: also send it to TensorBoard / W&B, :mod:`lenbench.execute.tracking`)."""
+    ``tracking``: also send it to TensorBoard / W&B, :mod:`lenbench.execute.tracking`; ``parallel``:
+    the torchrun context handed to the suite in its :class:`RunContext`)."""
     cell_dir = store.cell(cell.suite, cell.label, cell.config)
     if cell_dir.is_done(cell.config):
         return Outcome(cell, cell_dir, "skipped", _read_summary(cell_dir))
@@ -157,7 +160,7 @@ def run_cell_once(
             where = Whereabouts(reporter)
             with cell_log(cell_dir) if log else contextlib.nullcontext(), tracked(tracking, cell, cell_dir) as trackers:
                 try:
-                    summary = suite.run_cell(cell, cell_dir, trackers.reporter(where))
+                    summary = suite.run_cell(cell, cell_dir, RunContext(trackers.reporter(where), parallel))
                 except KeyboardInterrupt:
                     reporter.message(stopped_at(cell, where))
                     raise

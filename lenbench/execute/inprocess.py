@@ -9,7 +9,7 @@ from rich.console import Console
 from lenbench.execute.cell import Outcome, report_outcome, run_cell_once
 from lenbench.execute.tracking import Tracking
 from lenbench.results import CellDir, ResultStore
-from lenbench.suites.base import Cell, Reporter, SilentReporter
+from lenbench.suites.base import Cell, Reporter, RunContext, SilentReporter
 
 
 def run_in_process(
@@ -50,5 +50,5 @@ class _OneSuite:
     def __init__(self, modules: dict[str, Any]) -> None:
         self.modules = modules
 
-    def run_cell(self, cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
-        return self.modules[cell.suite].run_cell(cell, cell_dir, reporter)
+    def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
+        return self.modules[cell.suite].run_cell(cell, cell_dir, ctx)

@@ -23,7 +23,7 @@ def make_executor(
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) only ``inprocess`` is allowed, and it becomes
     the data-parallel executor.
     """
-    from lenbench.execute.ranks import detect
+    from lenbench.train.parallel import detect
 
     if name not in EXECUTORS:
         raise LenbenchError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")

@@ -81,8 +81,8 @@ class CellJob:
         return run_cell_once(self.cell, store, suite, SilentReporter(), log=True, tracking=self.tracking)
 
     def _data_parallel(self, store: ResultStore) -> Outcome:
-        from lenbench.execute.ranks import detect
         from lenbench.execute.torchrun import DataParallelExecutor
+        from lenbench.train.parallel import detect
 
         import_submitit().helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         env = detect()

@@ -2,11 +2,12 @@
 
 ``torchrun --nproc-per-node 8 -m lenbench run --suite ppl ...`` starts one process per device; each
 runs the same command and so expands the same grid. :class:`DataParallelExecutor` joins the process
-group (:func:`lenbench.execute.ranks.process_group`) and runs the cells one after another on all
+group (:func:`lenbench.train.parallel.process_group`) and runs the cells one after another on all
 ranks together:
 
 - rank 0 takes the cell's lock and decides (skip when done or busy, else run) for every rank;
-- the suite trains with the rank context (:mod:`lenbench.execute.ranks`) passed to the training loop;
+- the suite gets the rank context (:mod:`lenbench.train.parallel`) in its ``RunContext`` and passes it
+  to the training loop;
 - only rank 0 writes: results, checkpoints (holding every rank's RNG state, so resuming with the same
   number of ranks is exact) and logs. The other ranks write into a private temporary folder, deleted
   after the cell. Every rank evaluates (identical work, no collectives), so none waits on another.
@@ -24,11 +25,11 @@ from rich.console import Console
 
 from lenbench.errors import LenbenchError
 from lenbench.execute.cell import Outcome, report_outcome, run_cell_once
-from lenbench.execute.ranks import DataParallel, DistEnv, process_group, rank_split, split_batch
 from lenbench.execute.tracking import Tracking
 from lenbench.results import CellDir, ResultStore, atomic_write_json
-from lenbench.suites.base import Cell, Reporter, SilentReporter
+from lenbench.suites.base import Cell, Reporter, RunContext, SilentReporter
 from lenbench.train import NonFiniteLoss
+from lenbench.train.parallel import DataParallel, DistEnv, process_group, rank_split, split_batch
 
 
 class _Announce:
@@ -37,13 +38,13 @@ class _Announce:
     def __init__(self, suite: Any, par: DataParallel) -> None:
         self.suite, self.par, self.announced = suite, par, False
 
-    def run_cell(self, cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
         self.announced = True
         self.par.broadcast("run")
         with contextlib.suppress(OSError, json.JSONDecodeError):  # the manifest says how this run trained
             manifest = json.loads(cell_dir.manifest_path.read_text())
             train = cell.config["train"]
-            split = rank_split(train["batch_size"], train.get("micro_batch_size"))
+            split = rank_split(train["batch_size"], train.get("micro_batch_size"), self.par)
             parallel = {
                 "world_size": self.par.world_size,
                 "backend": "nccl" if self.par.cuda else "gloo",
@@ -52,7 +53,7 @@ class _Announce:
                 "accumulation": split.accumulation,
             }
             atomic_write_json(cell_dir.manifest_path, {**manifest, "data_parallel": parallel})
-        return self.suite.run_cell(cell, cell_dir, reporter)
+        return self.suite.run_cell(cell, cell_dir, ctx)
 
 
 class DataParallelExecutor:
@@ -94,7 +95,7 @@ class DataParallelExecutor:
                 for cell in cells:
                     if rank0:
                         announcing = _Announce(suite, par)
-                        outcome = run_cell_once(cell, store, announcing, reporter, tracking=tracking)
+                        outcome = run_cell_once(cell, store, announcing, reporter, tracking=tracking, parallel=par)
                         if not announcing.announced:
                             par.broadcast("skip")
                         report_outcome(outcome, reporter)
@@ -104,7 +105,7 @@ class DataParallelExecutor:
                             scratch = ResultStore(tmp).cell(cell.suite, cell.label, cell.config)
                             scratch.path.mkdir(parents=True, exist_ok=True)
                             with contextlib.suppress(NonFiniteLoss):  # rank 0 records the failure
-                                suite.run_cell(cell, scratch, SilentReporter())
+                                suite.run_cell(cell, scratch, RunContext(SilentReporter(), par))
                         status, summary, reason = par.broadcast(None)
                         cell_dir = store.cell(cell.suite, cell.label, cell.config)
                         outcome = Outcome(cell, cell_dir, status, summary, reason)

@@ -1,21 +1,56 @@
-"""What every suite shares: the cell, the progress-reporter protocol, the suite registry."""
+"""The suite contract: the cell, the run context, the progress-reporter protocol, the ``Suite``
+protocol every generic layer (execute/, report/, cli) loops over, and the ``SUITES`` registry.
+
+A suite is a package (``lenbench/suites/<name>/``) whose ``__init__`` exposes one object that
+satisfies :class:`Suite`; ``lenbench/suites/__init__.py`` registers it with one line
+(docs/architecture.md).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # annotations only: the suites' tables and frames are built above this module
+    import pandas as pd
+
+    from lenbench.present.table import Table
+    from lenbench.results import CellDir
+    from lenbench.train.parallel import DataParallel
 
 from lenbench.registry import Registry
 
 
+class CellConfig(Protocol):
+    """A suite's resolved, frozen cell config (a dataclass); ``to_dict`` is its stored form, which
+    names the cell's folder (hash) and is written as ``config.yaml``."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class Cell:
-    """The unit of work: one resolved config (hashed into its folder name) and a readable label."""
+    """The unit of work: the suite's frozen config (``spec``) and a readable label; ``config`` is the
+    plain-dict form, only for hashing, YAML and the result store."""
 
     suite: str
     label: str
-    config: dict[str, Any]
+    spec: Any = field(compare=False)
+    config: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", self.spec if isinstance(self.spec, dict) else self.spec.to_dict())
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A stored metric and its direction (``higher``: larger is better)."""
+
+    name: str
+    higher: bool
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,16 +104,63 @@ class SilentReporter:
         self.messages.append(text)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What the executor hands a cell: the progress reporter and, under torchrun, the data-parallel
+    context (None: one process)."""
+
+    reporter: Reporter
+    parallel: DataParallel | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One place where the significance table compares PEs over paired seeds: ``cells`` maps a PE
+    label to its statistics at its chosen rate (:class:`lenbench.present.population.SeedStats`),
+    ``higher`` the metric's direction, ``baseline`` a chance/majority value (None: none)."""
+
+    suite: str
+    scope: str
+    cells: Mapping[str, Any]
+    higher: bool
+    baseline: float | None = None
+
+
 class Suite(Protocol):
-    """A suite module: expand its YAML into cells and run one cell into its folder. Optionally
-    ``workload(cell) -> list[Work]`` and ``probe(cell) -> Callable[[Work], None]`` (one call of that
-    work on a model of the cell's shape) let ``run --dry-run`` measure what the grid will cost."""
+    """A suite: expand its YAML into cells, run one cell into its folder, and present its results.
+
+    - ``expand``: suite YAML + profile + overrides -> cells, each with its frozen config;
+    - ``run_cell(cell, cell_dir, ctx)``: train/measure, write metrics, return a summary;
+    - ``metrics``: what it stores, with direction; ``data_parallel``: whether ``run_cell`` may train
+      over torchrun ranks (``ctx.parallel``), with ``batch_size(cell)`` the global batch to split;
+    - ``cell_keys(config)``: the identifying columns of a cell for the long table;
+    - ``protocol_axes``/``protocol_extra(config)``: table-row keys besides the PE, and extra protocol
+      keys of a cell's fingerprint (docs/statistics.md §7);
+    - ``tables(frame, options)`` -> (tables, tidy summary); ``figures(frame, plots_dir)`` ->
+      [(caption, files)]; ``comparisons(frame)`` for the significance table;
+    - optional: ``workload``/``probe`` (``run --dry-run``'s measured estimate), ``commands`` (extra
+      CLI commands, Typer functions) and ``listing()`` (rows for ``lenbench list``).
+    """
 
     name: str
+    title: str
+    metrics: tuple[Metric, ...]
+    data_parallel: bool
 
     def expand(self, suite_file: Any, profile: str, overrides: dict[str, Any]) -> list[Cell]: ...
 
-    def run_cell(self, cell: Cell, cell_dir: Any, reporter: Reporter) -> dict[str, Any]: ...
+    def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]: ...
+
+    def cell_keys(self, config: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def tables(self, frame: pd.DataFrame, options: Mapping[str, Any]) -> tuple[list[Table], pd.DataFrame]: ...
+
+    def figures(self, frame: pd.DataFrame, plots_dir: Path) -> list[tuple[str, list[Path]]]: ...
+
+    def comparisons(self, frame: pd.DataFrame) -> list[Comparison]: ...
+
+
+CommandFunction = Callable[..., None]
 
 
 SUITES: Registry[Suite] = Registry("suite")

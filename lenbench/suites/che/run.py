@@ -47,7 +47,7 @@ from lenbench.pe.base import overflow_lengths, position_limits, reset_overflow
 from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
 from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_json
-from lenbench.suites.base import Cell, Reporter, Work
+from lenbench.suites.base import Cell, Reporter, RunContext, Work
 from lenbench.suites.che.stats import (
     Counts,
     majority_classes,
@@ -391,8 +391,9 @@ def summarize(results: dict[int, LengthResult]) -> tuple[float, float, float]:
     return score, score_se([r.se for r in values]), float(np.mean([r.majority for r in values]))
 
 
-def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
+def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     """Train (resuming from the cell's checkpoint), evaluate, write metrics; returns the summary."""
+    reporter = ctx.reporter
     cfg = cell.config
     task = TASKS.get(cfg["task"])()
     t = cfg["train"]

@@ -7,7 +7,7 @@ on weights only), warmup then cosine decay to 0.1 x lr, gradient clipping 1.0, o
 with the cell's numpy ``Generator`` (so a resumed run draws the same batches). ``train.batch_size``
 is the global batch per optimizer step (DAPE: 32 per GPU x 8 GPUs = 256); each rank (one process,
 or ``world_size`` under torchrun) runs it as ``accumulation`` forward/backward passes of
-``micro_batch_size`` sequences (:func:`lenbench.execute.ranks.split_batch`), the same update as one
+``micro_batch_size`` sequences (:func:`lenbench.train.parallel.split_batch`), the same update as one
 batch; ``tokens_per_step = batch_size x train length`` is stored in the config and ``DONE``.
 
 Evaluation at each length L scores target tokens of the validation split chosen by
@@ -70,7 +70,6 @@ from lenbench.data.corpora import (
 from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer, spec_vocab_size
 from lenbench.devices import autocast_for, check_precision, compute_device, device_and_autocast, effective_precision
 from lenbench.errors import LenbenchError
-from lenbench.execute.ranks import current, rank_split, split_batch
 from lenbench.model import selfcheck
 from lenbench.model.attention import backends_used, reset_backends
 from lenbench.model.sizes import SIZES
@@ -80,7 +79,7 @@ from lenbench.pe.defaults import split_rules, with_length_defaults
 from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
 from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json, safe_torch_load
-from lenbench.suites.base import Cell, Reporter, Work
+from lenbench.suites.base import Cell, Reporter, RunContext, Work
 from lenbench.suites.ppl.protocols import (
     DEFAULT_PROTOCOL,
     EvalPlan,
@@ -88,6 +87,7 @@ from lenbench.suites.ppl.protocols import (
     check_protocol,
 )
 from lenbench.train import CompileClock, OptimConfig, train
+from lenbench.train.parallel import rank_split, split_batch
 
 name = "ppl"
 LOGIT_BUDGET = 1 << 28  # fp32 logits elements per evaluation batch (1 GiB)
@@ -523,8 +523,9 @@ def load_cell_corpus(cfg: dict[str, Any]) -> TokenizedCorpus:
     return tokenize_corpus(corpus, load_tokenizer(data["tokenizer"], corpus))  # bpe trains on corpus.train
 
 
-def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
+def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     """Train (resuming from the cell's checkpoint), save ``model.pt``, evaluate, write metrics."""
+    reporter = ctx.reporter
     cfg = cell.config
     t = cfg["train"]
     length = t["length"]
@@ -542,7 +543,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     model = Transformer(model_config(cfg, vocab), parse_pe_spec(cfg["pe"])).to(device)
 
     # the global batch over this launch's ranks (one without torchrun), in micro-batches
-    split = rank_split(t["batch_size"], t.get("micro_batch_size"))
+    split = rank_split(t["batch_size"], t.get("micro_batch_size"), ctx.parallel)
 
     def step_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = sample_windows(stream, rng, split.micro, length).to(device)
@@ -579,7 +580,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any
     started = time.perf_counter()
     reset_overflow(model)
     train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
-          compile_clock=clock, accumulation=split.accumulation, parallel=current())
+          compile_clock=clock, accumulation=split.accumulation, parallel=ctx.parallel)
     train_seconds = time.perf_counter() - started
     train_backends, train_overflow = backends_used(model), overflow_lengths(model)
     save_model(cell_dir, model, cfg, corpus)

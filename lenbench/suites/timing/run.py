@@ -78,7 +78,7 @@ from lenbench.model.sizes import SIZES, ModelSize
 from lenbench.pe.defaults import split_rules, with_length_defaults
 from lenbench.pe.registry import PESpec, pe_identity, pe_label, resolve_pes
 from lenbench.results import CellDir
-from lenbench.suites.base import Cell, Reporter
+from lenbench.suites.base import Cell, Reporter, RunContext
 from lenbench.suites.timing.measure import (
     DTYPES,
     dape_width,
@@ -421,8 +421,9 @@ class GroupProgress:
             self.reporter.eval_step(event["round"], "s per round", event["seconds"] / event["round"])
 
 
-def run_cell(cell: Cell, cell_dir: CellDir, reporter: Reporter) -> dict[str, Any]:
+def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     """Time one group (in the worker process when ``isolate``) and write its metric records."""
+    reporter = ctx.reporter
     cfg = cell.config
     key = _embed_head_key(cfg)
     measure = measure_group_isolated if cfg["isolate"] else measure_group

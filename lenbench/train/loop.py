@@ -11,7 +11,7 @@ is that of the mean loss over the a micro-batches: with equal-sized micro-batche
 one batch a times larger (then clipping and the optimizer step, once). The logged loss and each
 metric are their means over the micro-batches. ``a = 1`` is the plain loop.
 
-Given a ``parallel`` context (the caller's, under torchrun: :mod:`lenbench.execute.ranks`; this
+Given a ``parallel`` context (the caller's, under torchrun: :mod:`lenbench.train.parallel`; this
 module imports nothing of execution) the same loop trains data-parallel: the model runs
 wrapped in DDP, each rank draws from its own RNG streams, the loss is averaged over ranks, rank 0's
 checkpoint reaches every rank on resume, and a checkpoint also holds every rank's RNG states. With
@@ -66,7 +66,7 @@ class Checkpointer(Protocol):
 
 
 class Parallel(Protocol):
-    """The collectives a data-parallel run gives the loop (:class:`lenbench.execute.ranks.DataParallel`)."""
+    """The collectives a data-parallel run gives the loop (:class:`lenbench.train.parallel.DataParallel`)."""
 
     world_size: int
 

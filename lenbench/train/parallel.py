@@ -1,8 +1,8 @@
-"""A torchrun launch's ranks and the collectives data-parallel training needs (bottom of :mod:`lenbench.execute`).
+"""A torchrun launch's ranks and the collectives data-parallel training needs (below the suites).
 
 :func:`detect` reads torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`process_group`
-joins the process group (NCCL on CUDA, gloo on CPU) and makes its :class:`DataParallel` the
-:func:`current` one while a cell runs. The suite passes it to the training loop
+joins the process group (NCCL on CUDA, gloo on CPU) and yields its :class:`DataParallel`, which the
+executor hands to each cell (``RunContext.parallel``; no module global). The suite passes it to the training loop
 (:func:`lenbench.train.train`'s ``parallel``), which then wraps the model in
 ``DistributedDataParallel``, gives each rank its own data stream (seeded by seed and rank) and
 averages the loss over ranks (so a NaN on any rank fails the cell on all of them). The suite samples
@@ -26,8 +26,6 @@ from torch import nn
 
 from lenbench.errors import LenbenchError
 
-_CURRENT: DataParallel | None = None
-
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -47,11 +45,6 @@ def detect() -> DistEnv | None:
     except ValueError as exc:
         raise LenbenchError(f"malformed torchrun environment: {exc}") from exc
     return env if env.world_size > 1 else None
-
-
-def current() -> DataParallel | None:
-    """The active process group while :class:`DataParallelExecutor` runs a cell, else None."""
-    return _CURRENT
 
 
 @dataclass(frozen=True)
@@ -83,9 +76,8 @@ def split_batch(batch_size: int, micro_batch_size: int | None, world_size: int) 
     return BatchSplit(per_rank, micro, per_rank // micro)
 
 
-def rank_split(batch_size: int, micro_batch_size: int | None = None) -> BatchSplit:
-    """:func:`split_batch` over the ranks of the current torchrun launch (one rank without it)."""
-    par = current()
+def rank_split(batch_size: int, micro_batch_size: int | None, par: DataParallel | None) -> BatchSplit:
+    """:func:`split_batch` over the ranks of ``par`` (one rank when None: no torchrun)."""
     return split_batch(batch_size, micro_batch_size, 1 if par is None else par.world_size)
 
 
@@ -135,15 +127,12 @@ class DataParallel:
 
 @contextlib.contextmanager
 def process_group(env: DistEnv) -> Iterator[DataParallel]:
-    """Join the process group (NCCL on CUDA, gloo on CPU), make it :func:`current`, leave it after."""
-    global _CURRENT
+    """Join the process group (NCCL on CUDA, gloo on CPU), yield its context, leave it after."""
     import torch.distributed as dist
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, timeout=timedelta(hours=2))  # evaluation of long lengths runs between steps
-    _CURRENT = DataParallel(env)
     try:
-        yield _CURRENT
+        yield DataParallel(env)
     finally:
-        _CURRENT = None
         dist.destroy_process_group()
