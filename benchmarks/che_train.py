@@ -40,7 +40,7 @@ def child(args: argparse.Namespace) -> None:
     from lenbench.execute.inprocess import run_in_process
     from lenbench.model import dropout, small_attention
     from lenbench.results import ResultStore
-    from lenbench.suites import SilentReporter, load_suite_module
+    from lenbench.suites import SilentReporter, get_suite
     from lenbench.suites.che.run import build_model
     from lenbench.tasks.che import TASKS
 
@@ -50,7 +50,7 @@ def child(args: argparse.Namespace) -> None:
     # compiles the C kernels a CHE step uses here (a fresh cache: see main)
     kernel = all([small_attention.available(), dropout.kernel_available()])
     kernel_seconds = time.time() - started
-    module = load_suite_module("che")
+    module = get_suite("che")
     overrides = {
         "grid": {"tasks": args.task, "pes": args.pe, "seeds": "0"},
         "profile": {

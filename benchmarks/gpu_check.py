@@ -131,8 +131,9 @@ def part_che(device: torch.device, smoke: bool, workdir: Path) -> dict[str, Any]
     from lenbench.config import load_suite
     from lenbench.execute.inprocess import run_in_process
     from lenbench.results import ResultStore
+    from lenbench.suites import get_suite
     from lenbench.suites.base import SilentReporter
-    from lenbench.suites.che import run as che
+    from lenbench.suites.che import config as che_config
 
     steps = 2 if smoke else 300
     profile: dict[str, Any] = {"train": {"steps": steps, "lr": 1e-4, "checkpoint_every": steps, "log_every": steps},
@@ -141,10 +142,10 @@ def part_che(device: torch.device, smoke: bool, workdir: Path) -> dict[str, Any]
     if smoke:
         profile["model"] = {"layers": 1, "dim": 16, "heads": 2}
         profile["train"]["batch_size"] = 4
-    cells = che.expand(load_suite("che"), "paper", {"grid": {"tasks": "even_pairs", "pes": "dape", "seeds": "0"},
-                                                      "profile": profile})
+    cells = che_config.expand(load_suite("che"), "paper",
+                              {"grid": {"tasks": "even_pairs", "pes": "dape", "seeds": "0"}, "profile": profile})
     start = time.perf_counter()
-    (outcome,) = run_in_process(cells, ResultStore(workdir / "results"), che, SilentReporter())
+    (outcome,) = run_in_process(cells, ResultStore(workdir / "results"), get_suite("che"), SilentReporter())
     summary = outcome.summary or {}
     train_s = summary.get("train_seconds_this_run")
     return {"status": outcome.status, "pe": cells[0].config["pe"], "steps": steps,
@@ -204,8 +205,9 @@ def part_timing(device: torch.device, smoke: bool, workdir: Path, deadline: floa
     from lenbench.config import load_suite
     from lenbench.execute.inprocess import run_in_process
     from lenbench.results import ResultStore
+    from lenbench.suites import get_suite
     from lenbench.suites.base import SilentReporter
-    from lenbench.suites.timing import run as timing
+    from lenbench.suites.timing import config as timing_config
 
     # Kerple and DAPE-Kerple timed as one group per (length, mode) in interleaved rounds (docs/timing.md);
     # no identical-work control here (it would double this part's time): the ratio's interval is its spread
@@ -213,7 +215,8 @@ def part_timing(device: torch.device, smoke: bool, workdir: Path, deadline: floa
                "modes": "both", "repeats": 3 if smoke else 5, "warmup": 1,
                "min_warmup_ms": 0 if smoke else 200, "min_repeat_ms": 0 if smoke else 200, "isolate": False,
                "layers": None, "control": "none", "max_seconds": 60}
-    cells = timing.expand(load_suite("timing"), "paper", {"grid": {"pes": "kerple,dape-kerple"}, "profile": profile})
+    cells = timing_config.expand(load_suite("timing"), "paper",
+                                 {"grid": {"pes": "kerple,dape-kerple"}, "profile": profile})
     cells.sort(key=lambda c: (c.config["eval_len"], c.config["mode"]))  # short lengths first
     rows: list[dict[str, Any]] = []
     store = ResultStore(workdir / "results")
@@ -223,7 +226,7 @@ def part_timing(device: torch.device, smoke: bool, workdir: Path, deadline: floa
         if time.monotonic() > deadline:
             rows.append({**where, "skipped": "past this part's deadline"})
             continue
-        (outcome,) = run_in_process([cell], store, timing, SilentReporter())
+        (outcome,) = run_in_process([cell], store, get_suite("timing"), SilentReporter())
         s = outcome.summary or {}
         timed = {r["pe"]: r for r in (outcome.cell_dir.read_metrics() or []) if r["metric"].startswith("ms_")}
         row = {**where, "layers_timed": cell.config["layers_timed"], "precision": cell.config["precision"],

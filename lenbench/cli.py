@@ -242,10 +242,10 @@ def _grid(suite: str, profile: str, **flags: Any) -> tuple[str, list[Any], str]:
     import torch
 
     from lenbench.config import choose_profile, load_suite
-    from lenbench.suites import load_suite_module
+    from lenbench.suites import get_suite
 
     suite_file = load_suite(suite)
-    module = load_suite_module(suite_file.name)
+    module = get_suite(suite_file.name)
     chosen, reason = choose_profile(suite_file, profile, torch.cuda.is_available())
     overrides: dict[str, Any] = {}
     set_values = flags.pop("set_values", None) or []
@@ -455,12 +455,12 @@ def timing(
     from lenbench.report.collect import collect_cells
     from lenbench.report.tables import timing_report_tables
     from lenbench.results import ResultStore
-    from lenbench.suites import load_suite_module
+    from lenbench.suites import get_suite
     from lenbench.suites.timing.cost import fmt_duration, machine_rate, run_seconds
     from lenbench.suites.timing.run import reference_and_pes
 
     suite_file = load_suite("timing")
-    module = load_suite_module("timing")
+    module = get_suite("timing")
     chosen, reason = choose_profile(suite_file, profile, torch.cuda.is_available())
     reference, pes, added = reference_and_pes(suite_file, pe, reference_pe)
     overrides: dict[str, Any] = {}

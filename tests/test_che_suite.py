@@ -15,8 +15,9 @@ from helpers import StopAt
 from lenbench.config import load_suite
 from lenbench.execute.inprocess import run_in_process
 from lenbench.results import ResultStore
-from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites import SilentReporter, get_suite
 from lenbench.suites.base import RunContext
+from lenbench.suites.che import config as che_config
 from lenbench.suites.che import run as che
 from lenbench.tasks.che import TASKS
 
@@ -30,11 +31,11 @@ TINY = {
 def cells(task: str, pe: str, seeds: str = "0", **profile: Any) -> list:
     suite = load_suite("che")
     overrides = {"grid": {"tasks": task, "pes": pe, "seeds": seeds}, "profile": {**TINY, **profile}}
-    return load_suite_module("che").expand(suite, "quick", overrides)
+    return get_suite("che").expand(suite, "quick", overrides)
 
 
 def run(cell_list: list, root: Path, reporter: Any = None) -> list:
-    return run_in_process(cell_list, ResultStore(root), load_suite_module("che"), reporter or SilentReporter())
+    return run_in_process(cell_list, ResultStore(root), get_suite("che"), reporter or SilentReporter())
 
 
 def test_tiny_model_learns_even_pairs(tmp_path: Path) -> None:
@@ -91,7 +92,8 @@ ENCODER = {"layers": 5, "dim": 64, "heads": 8, "dropout": 0.1}  # the reference 
 
 
 def encoder(task: str = "even_pairs", pe: str = "nope", **model: Any) -> Any:
-    cfg = {"pe": pe, "model": {**ENCODER, **model}, "train": {"max_length": 40}, "eval": {"lengths": [41]}}
+    cfg = che_config.CheCellConfig(task, pe, {}, 0, che_config.CheModel(**{**ENCODER, **model}),
+                                   che_config.CheTrain(max_length=40), che_config.CheEval(lengths=[41]))
     return che.build_model(cfg, TASKS.get(task)())
 
 

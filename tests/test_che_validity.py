@@ -18,7 +18,7 @@ from lenbench.execute.inprocess import run_in_process
 from lenbench.report import tables as T
 from lenbench.report.collect import collect
 from lenbench.results import ResultStore
-from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites import SilentReporter, get_suite
 from lenbench.suites.che.stats import Counts, majority_classes, majority_counts, pooled, ratio_se, score_se
 from lenbench.tasks.che import TASKS
 
@@ -83,11 +83,11 @@ TINY = {
 
 def cells(task: str, pe: str, **profile: Any) -> list[Any]:
     overrides = {"grid": {"tasks": task, "pes": pe, "seeds": "0"}, "profile": {**TINY, **profile}}
-    return load_suite_module("che").expand(load_suite("che"), "quick", overrides)
+    return get_suite("che").expand(load_suite("che"), "quick", overrides)
 
 
 def run(cell_list: list[Any], root: Path) -> list[Any]:
-    return run_in_process(cell_list, ResultStore(root), load_suite_module("che"), SilentReporter())
+    return run_in_process(cell_list, ResultStore(root), get_suite("che"), SilentReporter())
 
 
 def test_two_step_cell_did_not_fit_and_records_say_why(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_learning_rate_axis_makes_one_cell_per_rate() -> None:
 
 
 def test_paper_profile_sweeps_three_rates_and_ten_seeds() -> None:
-    grid = load_suite_module("che").expand(load_suite("che"), "paper", {"grid": {"tasks": "parity_check",
+    grid = get_suite("che").expand(load_suite("che"), "paper", {"grid": {"tasks": "parity_check",
                                                                                  "pes": "alibi"}})
     assert sorted({c.config["train"]["lr"] for c in grid}) == [1e-4, 3e-4, 5e-4]
     assert sorted({c.config["seed"] for c in grid}) == list(range(10))
@@ -140,7 +140,7 @@ def test_paper_profile_sweeps_three_rates_and_ten_seeds() -> None:
 
 
 def test_quick_profile_lengths_are_evenly_spaced_over_41_500() -> None:
-    grid = load_suite_module("che").expand(load_suite("che"), "quick", {"grid": {"pes": "alibi"}})
+    grid = get_suite("che").expand(load_suite("che"), "quick", {"grid": {"pes": "alibi"}})
     lengths = grid[0].config["eval"]["lengths"]
     steps = set(np.diff(lengths).tolist())
     assert lengths[0] == 41 and lengths[-1] == 500 and len(steps) == 1

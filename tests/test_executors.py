@@ -24,7 +24,7 @@ from lenbench.execute.pool import LocalPool, cpu_cores
 from lenbench.execute.slurm import CellJob, SlurmArray, parse_time
 from lenbench.execute.status import counts, folder_states, grid_states
 from lenbench.results import CellDir, ResultStore
-from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites import SilentReporter, get_suite
 
 GRID = ("even_pairs,parity_check,reverse_string", "alibi,nope", "0")  # 6 cells
 LONG = {"steps": 200, "batch_size": 16, "lr": 1e-3, "max_length": 8, "checkpoint_every": 10, "log_every": 10}
@@ -35,7 +35,7 @@ def sequential(grid: list, root: Path, threads: int) -> dict[str, str]:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        outcomes = run_in_process(grid, ResultStore(root), load_suite_module("che"), SilentReporter())
+        outcomes = run_in_process(grid, ResultStore(root), get_suite("che"), SilentReporter())
     finally:
         torch.set_num_threads(before)
     return {o.cell.label: o.cell_dir.metrics_path.read_text() for o in outcomes}
@@ -125,7 +125,7 @@ def test_parse_time() -> None:
 def test_status_reads_done_running_failed_pending(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = cells("even_pairs", "alibi,nope,sinusoidal,rope")
     store = ResultStore(tmp_path)
-    assert run_cell_once(grid[0], store, load_suite_module("che"), SilentReporter()).status == "done"
+    assert run_cell_once(grid[0], store, get_suite("che"), SilentReporter()).status == "done"
     failed = store.cell("che", grid[1].label, grid[1].config)
     failed.prepare(grid[1].config, {})
     failed.mark_failed("loss is nan", 7)
@@ -138,7 +138,7 @@ def test_status_reads_done_running_failed_pending(tmp_path: Path, capsys: pytest
         assert main(["status", "--out", str(tmp_path), "--suite", "che"]) == 0
         table = capsys.readouterr().out
         # the probe released its shared lock: the cell is still ours, and nobody else's
-        assert run_cell_once(grid[2], store, load_suite_module("che"), SilentReporter()).status == "busy"
+        assert run_cell_once(grid[2], store, get_suite("che"), SilentReporter()).status == "busy"
     assert [s.state for s in folder_states(store)] == ["done", "failed", "pending"]  # lock released: stopped
     rows = {line.split()[1].split("/")[1].rsplit("-", 1)[0]: line for line in table.splitlines() if "che/" in line}
     assert "done" in rows[grid[0].label] and "score" in rows[grid[0].label]
@@ -169,7 +169,7 @@ def test_bad_executor_input_is_one_line(
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "drop --executor local" in one_line_error([*run, "--executor", "local"], capsys)
-    assert "ppl cells" in one_line_error(run, capsys)  # before joining any process group
+    assert "suite 'che' runs without it" in one_line_error(run, capsys)  # before joining any process group
 
 
 PPL = ["--suite", "ppl", "--profile", "quick", "--pe", "dape", "--model", "tiny", "--steps", "6", "--batch-size", "4",

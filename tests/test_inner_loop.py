@@ -453,7 +453,7 @@ def test_evaluation_progress_advances_by_forward_cost(tmp_path: Path) -> None:
 
     from lenbench.config import load_suite
     from lenbench.progress import RichReporter, forward_cost
-    from lenbench.suites import SilentReporter, load_suite_module
+    from lenbench.suites import SilentReporter, get_suite
 
     assert forward_cost(10, 16, 1, 2) == 10 * (12 * 16 + 2 * 10 + 2)  # hand-computed: 2140
 
@@ -465,7 +465,7 @@ def test_evaluation_progress_advances_by_forward_cost(tmp_path: Path) -> None:
         def eval_start(self, label: str, total: int, weights: Any = None) -> None:
             self.weights.append(list(weights))
 
-    module = load_suite_module("che")
+    module = get_suite("che")
     (cell,) = module.expand(load_suite(str(tiny_suite(tmp_path))), "tiny", {})
     recorder = Recorder()
     from lenbench.execute.inprocess import run_in_process

@@ -15,7 +15,7 @@ from lenbench.errors import LenbenchError
 from lenbench.execute.inprocess import run_in_process
 from lenbench.pe import PES, parse_pe_list, pe_class
 from lenbench.results import ResultStore
-from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites import SilentReporter, get_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plugin_pe.py"
@@ -37,7 +37,7 @@ def test_readme_embeds_the_example_file() -> None:
 def train_cell(pe: str, root: Path) -> tuple[dict, list[dict]]:
     suite = load_suite("che")
     overrides = {"grid": {"tasks": "parity_check", "pes": pe, "seeds": "0"}, "profile": TINY}
-    module = load_suite_module("che")
+    module = get_suite("che")
     (cell,) = module.expand(suite, "quick", overrides)
     (outcome,) = run_in_process([cell], ResultStore(root), module, SilentReporter())
     assert outcome.status == "done"

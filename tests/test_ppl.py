@@ -22,8 +22,9 @@ from lenbench.model.transformer import Transformer
 from lenbench.pe import PES
 from lenbench.pe.registry import parse_pe_spec
 from lenbench.results import ResultStore
-from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites import SilentReporter, get_suite
 from lenbench.suites.ppl import run as ppl
+from lenbench.suites.ppl.config import PplShape
 from lenbench.suites.ppl.protocols import EvalPlan, document_windows, fixed_window_length
 
 
@@ -235,7 +236,7 @@ def test_eval_batch_adapts_to_length_and_vocab() -> None:
 
 def expand(name: str = "quick", grid: dict[str, Any] | None = None, profile: dict[str, Any] | None = None) -> list:
     overrides = {"grid": grid or {}, "profile": profile or {}}
-    return load_suite_module("ppl").expand(load_suite("ppl"), name, overrides)
+    return get_suite("ppl").expand(load_suite("ppl"), name, overrides)
 
 
 def test_expand_grid_and_errors() -> None:
@@ -275,7 +276,7 @@ SMALL = {
 
 
 def run(cells: list, root: Path, reporter: Any = None) -> list:
-    return run_in_process(cells, ResultStore(root), load_suite_module("ppl"), reporter or SilentReporter())
+    return run_in_process(cells, ResultStore(root), get_suite("ppl"), reporter or SilentReporter())
 
 
 # The real run of the issue: the `tiny` preset (2 x 128, 4 heads) as shipped, a few hundred steps.
@@ -329,7 +330,7 @@ def test_short_run_beats_unigram(tmp_path: Path) -> None:
     manifest = json.loads(outcome.cell_dir.manifest_path.read_text())
     assert manifest["corpus"]["python"] == summary["corpus"]["python"]
     model = ppl.load_model(outcome.cell_dir)
-    corpus = ppl.load_cell_corpus(outcome.cell.config)
+    corpus = ppl.load_cell_corpus(outcome.cell.spec)
     windows = ppl.sample_windows(corpus.validation.tokens, np.random.default_rng(0), 16, 64).numpy()
     _, random_windows = ppl.perplexity(model, windows, batch_size=16)
     assert random_windows < 0.7 * summary["unigram_ppl"]  # and against the corpus-wide unigram model
@@ -349,19 +350,15 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("pe", PES.names())
 def test_eval_at_eight_times_training_length(pe: str) -> None:
-    cfg = {
-        "model": {"layers": 1, "dim": 32, "heads": 4, "dropout": 0.0},
-        "train": {"length": 16},
-        "eval": {"lengths": [128]},
-    }
+    shape = PplShape("tiny", layers=1, dim=32, heads=4, dropout=0.0)
     torch.manual_seed(0)
-    model = Transformer(ppl.model_config(cfg, 257), parse_pe_spec(pe)).eval()
+    model = Transformer(ppl.model_config(shape, 16, [128], 257), parse_pe_spec(pe)).eval()
     windows = counting_windows(2, 128, 257)
     if pe == "randomized-learned":  # its table has 4 x 16 = 64 rows: longer inputs are refused, by policy
         with pytest.raises(LenbenchError, match="max_position"):
             ppl.perplexity(model, windows, batch_size=2)
         # ... and a table as long as the evaluation (the option the error names) runs at 8x
-        model = Transformer(ppl.model_config(cfg, 257), parse_pe_spec(f"{pe}:max_position=128")).eval()
+        model = Transformer(ppl.model_config(shape, 16, [128], 257), parse_pe_spec(f"{pe}:max_position=128")).eval()
     last, full = ppl.perplexity(model, windows, batch_size=2)
     assert math.isfinite(last) and math.isfinite(full) and 1 < full < 1e4
 

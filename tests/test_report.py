@@ -29,7 +29,7 @@ from lenbench.report import tables as T
 from lenbench.report import viz as V
 from lenbench.report.collect import collect
 from lenbench.results import ResultStore
-from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites import SilentReporter, get_suite
 from lenbench.suites.timing import run as timing_suite
 
 SEEDS = (0, 1, 2)
@@ -573,7 +573,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                "train": {"length": 32, "steps": 3, "batch_size": 4, "checkpoint_every": 0},
                "eval": {"lengths": [32], "samples": 2, "min_sequences": 1},
                "data": {"validation_fraction": 0.3}}
-    suite = load_suite_module("ppl")
+    suite = get_suite("ppl")
     grid = {"pes": "dape,alibi,rope,dape-v2-kerple", "datasets": str(corpus)}
     cells = suite.expand(load_suite("ppl"), "quick", {"grid": grid, "profile": profile})
     outcomes = run_in_process(cells, ResultStore(tmp), suite, SilentReporter())

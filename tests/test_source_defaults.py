@@ -21,9 +21,9 @@ from lenbench.pe.bias import FIRE, T5Bias, fire_input
 from lenbench.pe.dape import DAPEFIRE, DAPEV2FIRE
 from lenbench.pe.defaults import dape_neox_l0, split_rules, with_length_defaults
 from lenbench.pe.registry import resolve_pes
-from lenbench.suites.che import run as che
-from lenbench.suites.ppl import run as ppl
-from lenbench.suites.timing import run as timing
+from lenbench.suites.che import config as che_config
+from lenbench.suites.ppl import config as ppl_config
+from lenbench.suites.timing import config as timing_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,12 +103,12 @@ def test_length_rules_resolve_to_numbers_per_training_length() -> None:
 def test_ppl_and_timing_cells_carry_the_neox_l0() -> None:
     """The ppl paper profile trains at 128 and 512: FIRE's cells say l0=16 and l0=64; timing (trained
     length 512) l0=64. The quick profile (128) l0=16."""
-    cells = ppl.expand(load_suite("ppl"), "paper", {"grid": {"pes": "fire,t5", "datasets": "default"}})
+    cells = ppl_config.expand(load_suite("ppl"), "paper", {"grid": {"pes": "fire,t5", "datasets": "default"}})
     got = {(c.config["pe"], c.config["train"]["length"]) for c in cells}
     assert got == {("fire:l0=16", 128), ("fire:l0=64", 512), ("t5", 128), ("t5", 512)}
-    quick = ppl.expand(load_suite("ppl"), "quick", {"grid": {"pes": "dape-fire"}})
+    quick = ppl_config.expand(load_suite("ppl"), "quick", {"grid": {"pes": "dape-fire"}})
     assert {c.config["pe"] for c in quick} == {"dape-fire:l0=16"}
-    tcells = timing.expand(load_suite("timing"), "quick", {"grid": {"pes": "fire,rope"}})
+    tcells = timing_config.expand(load_suite("timing"), "quick", {"grid": {"pes": "fire,rope"}})
     assert {pe for c in tcells for pe in c.config["pes"]} == {"fire:l0=64", "rope", "rope:base=10001"}  # + control
 
 
@@ -137,21 +137,21 @@ def test_dape_fire_inner_width_is_hidden() -> None:
 
 def test_dape_task_group_is_dapes_fourteen() -> None:
     """DAPE Table 2 / Table 4: Ruoss et al.'s 15 tasks without binary_multiplication."""
-    tasks = che.resolve_tasks("dape")
+    tasks = che_config.resolve_tasks("dape")
     assert len(tasks) == 14 and "binary_multiplication" not in tasks
-    assert set(tasks) | {"binary_multiplication"} == set(che.resolve_tasks("all"))
+    assert set(tasks) | {"binary_multiplication"} == set(che_config.resolve_tasks("all"))
     with pytest.raises(LenbenchError):
-        che.resolve_tasks("dape,nonsense")
+        che_config.resolve_tasks("dape,nonsense")
 
 
 def test_che_paper_profile_runs_dapes_tasks_in_fp32() -> None:
-    cells = che.expand(load_suite("che"), "paper", {"grid": {"pes": "fire,t5", "seeds": "0"}})
-    assert {c.config["task"] for c in cells} == set(che.resolve_tasks("dape"))
+    cells = che_config.expand(load_suite("che"), "paper", {"grid": {"pes": "fire,t5", "seeds": "0"}})
+    assert {c.config["task"] for c in cells} == set(che_config.resolve_tasks("dape"))
     assert {c.config["train"]["precision"] for c in cells} == {"fp32"}
     assert {c.config["pe"] for c in cells} == {"fire", "t5"}  # no DeepMind FIRE: the class default l0=512
-    quick = che.expand(load_suite("che"), "quick", {"grid": {"pes": "alibi"}})
+    quick = che_config.expand(load_suite("che"), "quick", {"grid": {"pes": "alibi"}})
     assert {c.config["train"]["precision"] for c in quick} == {"fp32"}
-    assert che.CheTrain().precision == "fp32"
+    assert che_config.CheTrain().precision == "fp32"
 
 
 def test_suite_yamls_name_published_and_reconstructed_items() -> None:

@@ -16,19 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lenbench import bench
 from lenbench.cli import main
 from lenbench.config import load_suite
+from lenbench.errors import LenbenchError
 from lenbench.execute.inprocess import run_in_process
 from lenbench.pe import PES
 from lenbench.present.render import fit_columns
 from lenbench.report.collect import collect, collect_cells
 from lenbench.report.tables import Section, Table, TCell, ratio_text, timing_report_tables
 from lenbench.results import ResultStore
-from lenbench.suites import SilentReporter, load_suite_module
+from lenbench.suites import SilentReporter, get_suite
+from lenbench.suites.timing import config as TC
 from lenbench.suites.timing import cost as C
 from lenbench.suites.timing import measure as M
+from lenbench.suites.timing import ratios as TR
 from lenbench.suites.timing import run as T
 
 FAST = {"sizes": "tiny", "repeats": 3, "warmup": 1, "min_warmup_ms": 0, "min_repeat_ms": 0, "isolate": False}
@@ -45,11 +49,11 @@ def fresh_caches() -> None:
 
 def cells(pes: str, lengths: str = "16,32", modes: str = "both", **profile: Any) -> list[T.Cell]:
     overrides = {"grid": {"pes": pes}, "profile": {**FAST, "lengths": lengths, "modes": modes, **profile}}
-    return T.expand(load_suite("timing"), "quick", overrides)
+    return TC.expand(load_suite("timing"), "quick", overrides)
 
 
 def run(cell_list: list[T.Cell], root: Path) -> list[Any]:
-    return run_in_process(cell_list, ResultStore(root), load_suite_module("timing"), SilentReporter())
+    return run_in_process(cell_list, ResultStore(root), get_suite("timing"), SilentReporter())
 
 
 def records_of(outcomes: list[Any]) -> list[dict[str, Any]]:
@@ -161,8 +165,8 @@ def test_bootstrap_interval_of_the_median_matches_its_exact_distribution() -> No
     stat = bench.RatioStat(1.02, 0.97, 1.04, 11)
     assert stat.contains_one and stat.reach == pytest.approx(0.04)
     assert not bench.RatioStat(0.9, 0.85, 0.95, 10).contains_one
-    assert T.approx_one(bench.RatioStat(0.97, 0.96, 0.98, 10), floor=0.04)  # inside the noise floor
-    assert not T.approx_one(bench.RatioStat(0.9, 0.85, 0.95, 10), floor=0.04)
+    assert TR.approx_one(bench.RatioStat(0.97, 0.96, 0.98, 10), floor=0.04)  # inside the noise floor
+    assert not TR.approx_one(bench.RatioStat(0.9, 0.85, 0.95, 10), floor=0.04)
     assert ratio_text(bench.RatioStat(0.9, 0.85, 0.95, 10), 0.04) == "0.90 (0.85–0.95)"
     assert ratio_text(stat, None) == "≈ 1 (0.97–1.04)"
     with pytest.raises(ValueError, match="same rounds"):
@@ -216,14 +220,14 @@ def test_a_group_times_every_pe_in_one_folder_with_paired_ratios(tmp_path: Path,
         assert r["times_ms"] == pytest.approx([1000 * COSTS[pe] * LOADS[k] for k in range(4)])
         assert r["value"] == pytest.approx(1000 * COSTS[pe] * 1.75) and r["rounds"] == 4  # median of 1,2,1.5,3
         assert r["calls_per_repeat"] == math.ceil(0.020 / COSTS[pe]) and r["group"] == outcome.cell_dir.cell_id
-        assert r["estimated_full_ms"] == pytest.approx(T.estimate_full_ms(r["value"], 2, 1, 1000 * 0.002 * 1.75))
+        assert r["estimated_full_ms"] == pytest.approx(M.estimate_full_ms(r["value"], 2, 1, 1000 * 0.002 * 1.75))
     assert timing["rope:base=10001"]["control_role"] == "twin" and timing["rope"]["control_role"] == "base"
-    (table,) = T.timing_tables(records)
+    (table,) = TR.timing_tables(records)
     assert table.reference == "dape-kerple" and table.control == ("rope", "rope:base=10001")
     alibi = table.entries[("alibi", "tiny", 16)].ratio
     assert (alibi.median, alibi.low, alibi.high) == pytest.approx((0.5, 0.5, 0.5))  # 4 ms / 8 ms every round
     assert table.noise[("tiny", 16)].median == pytest.approx(1.0) and table.floor("tiny", 16) == pytest.approx(0.0)
-    kerple = T.timing_tables(records, reference="alibi")[0].entries[("dape-kerple", "tiny", 16)].ratio
+    kerple = TR.timing_tables(records, reference="alibi")[0].entries[("dape-kerple", "tiny", 16)].ratio
     assert kerple.median == pytest.approx(2.0)
     # the report rebuilds the same ratios from the store alone
     tables, summary = timing_report_tables(collect(tmp_path).frame)
@@ -247,7 +251,7 @@ def test_every_registered_pe_times_in_one_group(tmp_path: Path, fake_timer: None
     assert [o.status for o in outcomes] == ["done", "done"]
     for o in outcomes:
         timing = [r for r in o.cell_dir.read_metrics() if r["metric"].startswith("ms_")]
-        timed = {*(s.label for s in T.resolve_pes(",".join(names))), "rope:base=10001"}
+        timed = {*(s.label for s in TC.resolve_pes(",".join(names))), "rope:base=10001"}
         neox_l0 = {"fire": "fire:l0=64", "dape-fire": "dape-fire:l0=64", "dape-v2-fire": "dape-v2-fire:l0=256"}
         assert {r["pe"] for r in timing} == {neox_l0.get(p, p) for p in timed}  # DAPE's NeoX l0 at length 512
         bad = [(r["pe"], r.get("reason")) for r in timing if r["status"] != "ok" or not r["backend"]]
@@ -255,12 +259,12 @@ def test_every_registered_pe_times_in_one_group(tmp_path: Path, fake_timer: None
 
 
 def test_sizes_are_ordered_by_size_everywhere() -> None:
-    todo = T.expand(load_suite("timing"), "paper", {"grid": {"pes": "alibi"}, "profile": {"sizes": "6.7b,350m,2.7b"}})
+    todo = TC.expand(load_suite("timing"), "paper", {"grid": {"pes": "alibi"}, "profile": {"sizes": "6.7b,350m,2.7b"}})
     assert list(dict.fromkeys(c.config["size"] for c in todo)) == ["350m", "2.7b", "6.7b"]
-    assert T.size_order(["6.7b", "tiny", "2.7b", "350m", "zzz"]) == ["tiny", "350m", "2.7b", "6.7b", "zzz"]
+    assert TR.size_order(["6.7b", "tiny", "2.7b", "350m", "zzz"]) == ["tiny", "350m", "2.7b", "6.7b", "zzz"]
     common = {"suite": "timing", "pe": "alibi", "metric": "ms_fwd", "status": "ok", "eval_len": 512, "layers": 32,
               "layers_timed": 1, "value": 1.0}
-    (table,) = T.timing_tables([{**common, "size": s} for s in ("6.7b", "350m", "2.7b")])
+    (table,) = TR.timing_tables([{**common, "size": s} for s in ("6.7b", "350m", "2.7b")])
     assert table.sizes == ["350m", "2.7b", "6.7b"]
 
 
@@ -271,7 +275,7 @@ def test_a_pe_that_runs_out_of_memory_is_oom_and_the_group_is_timed_without_it(
 
     def failing_rope(module: Any, inputs: Any, mode: str, targets: Any) -> Any:
         fn, reset = real(module, inputs, mode, targets)
-        pe = module[0].attn.pe if isinstance(module, T.torch.nn.Sequential) else None
+        pe = module[0].attn.pe if isinstance(module, torch.nn.Sequential) else None
         if pe is not None and pe.name == "rope" and getattr(pe, "base", 0) == 10000.0:
             def oom() -> None:
                 raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
@@ -284,7 +288,7 @@ def test_a_pe_that_runs_out_of_memory_is_oom_and_the_group_is_timed_without_it(
     timing = {r["pe"]: r for r in outcome.cell_dir.read_metrics() if r["metric"] == "ms_fwd"}
     assert timing["rope"]["status"] == "oom" and "can't allocate" in timing["rope"]["reason"]
     assert all(timing[pe]["status"] == "ok" for pe in ("alibi", "dape-kerple", "rope:base=10001"))
-    (table,) = T.timing_tables(list(timing.values()))
+    (table,) = TR.timing_tables(list(timing.values()))
     assert table.entries[("rope", "tiny", 16)].oom and table.entries[("alibi", "tiny", 16)].ratio is not None
     assert ("tiny", 16) not in table.noise  # the control's base did not fit: no noise floor
     monkeypatch.setattr(bench, "available_bytes", lambda device: 1)
@@ -314,13 +318,13 @@ def test_worker_killed_during_a_turn_makes_that_pe_oom_and_retimes_the_rest() ->
 
 
 def test_dape_is_timed_with_d_dape_32_on_the_real_shapes() -> None:
-    by_size = {c.config["size"]: c.config for c in T.expand(load_suite("timing"), "paper", {"grid": {"pes": "dape"}})}
+    by_size = {c.config["size"]: c.config for c in TC.expand(load_suite("timing"), "paper", {"grid": {"pes": "dape"}})}
     assert {s: (c["layers"], c["dim"], c["heads"]) for s, c in by_size.items()} == {
         "350m": (24, 1024, 16), "2.7b": (32, 2560, 32), "6.7b": (32, 4096, 32)
     }
     assert all(c["batch_size"] == 1 and c["train_len"] == 512 for c in by_size.values())
     cfg = M.pe_config(cells("dape-kerple", lengths="16", modes="fwd")[0].config, "dape-kerple")
-    block = M.build_timed_module(cfg, T.torch.device("cpu"), T.torch.float32)[0]
+    block = M.build_timed_module(cfg, torch.device("cpu"), torch.float32)[0]
     assert block.attn.pe.hidden == 32 and block.attn.causal
     assert M.dape_width("dape-kerple") == 32 and M.dape_width("dape:hidden=64") == 64 and M.dape_width("alibi") is None
 
@@ -332,14 +336,14 @@ def test_fire_is_timed_with_dape_neox_l0_for_the_trained_length() -> None:
 
 
 def test_profiles_expand(monkeypatch: pytest.MonkeyPatch) -> None:
-    paper = T.expand(load_suite("timing"), "paper", {"grid": {"pes": "alibi"}})
+    paper = TC.expand(load_suite("timing"), "paper", {"grid": {"pes": "alibi"}})
     assert len(paper) == 3 * 5 * 2  # groups: sizes x lengths x modes
     assert {c.config["size"] for c in paper} == {"350m", "2.7b", "6.7b"}
     assert {c.config["layers_timed"] for c in paper} == {1}  # CPU here: a 1-layer slice
     assert all(c.config["repeats"] >= 10 and c.config["min_repeat_ms"] >= 200 for c in paper)
     assert paper[0].config["pes"] == ["alibi", "rope", "rope:base=10001"]
-    monkeypatch.setattr(T.torch.cuda, "is_available", lambda: True)
-    cuda = T.expand(load_suite("timing"), "paper", {"grid": {"pes": "alibi"}})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = TC.expand(load_suite("timing"), "paper", {"grid": {"pes": "alibi"}})
     assert {(c.config["size"], c.config["layers_timed"], c.config["precision"]) for c in cuda} == {
         ("350m", 24, "bf16"), ("2.7b", 32, "bf16"), ("6.7b", 32, "bf16")
     }
@@ -351,7 +355,7 @@ def test_reference_pe_is_the_default_or_chosen_and_always_timed() -> None:
     assert T.reference_and_pes(suite, None, None) == ("dape-kerple", "rope,t5,alibi,kerple,fire,dape-kerple", False)
     assert T.reference_and_pes(suite, "alibi,rope", None) == ("alibi", "alibi,rope", False)  # no DAPE: first PE
     assert T.reference_and_pes(suite, "alibi,rope", "kerple") == ("kerple", "alibi,rope,kerple", True)
-    with pytest.raises(T.LenbenchError, match="one PE"):
+    with pytest.raises(LenbenchError, match="one PE"):
         T.reference_and_pes(suite, "alibi", "rope,kerple")
 
 
@@ -363,7 +367,7 @@ def test_cost_estimate_is_the_arithmetic_count_at_the_given_rate() -> None:
     assert C.call_flops(M.pe_config(cfg, "dape-kerple")) == pytest.approx(3 * (block + 0.5 * 6 * 4 * 32 * 100**2))
     rate = 1e9
     calls = [max(C.MIN_CALL_S, C.call_flops(M.pe_config(cfg, pe)) / rate) for pe in cfg["pes"]]
-    head = max(C.MIN_CALL_S, 3 * 2 * 100 * T.GPT2_VOCAB * 128 / rate)
+    head = max(C.MIN_CALL_S, 3 * 2 * 100 * TC.GPT2_VOCAB * 128 / rate)
     # per PE: warm-up (1 call, no minimum) + the memory call + 3 rounds of max(call, 0 ms); the head: no memory call
     expected = sum(5 * c for c in calls) + 4 * head
     assert C.group_seconds(cfg, rate) == pytest.approx(expected)
@@ -472,7 +476,7 @@ TABLE1_PES = ["rope", "t5", "alibi", "kerple", "fire", "dape-kerple"]
 
 
 def _lm(pe: str, backend: str, dim: int) -> M.Transformer:
-    T.torch.manual_seed(0)
+    torch.manual_seed(0)
     cfg = M.ModelConfig(vocab_size=11, out_size=11, dim=dim, layers=2, heads=4, causal=True, max_length=64,
                         train_length=16, attention_backend=backend)
     return M.Transformer(cfg, M.parse_pe_spec(pe))
@@ -480,11 +484,11 @@ def _lm(pe: str, backend: str, dim: int) -> M.Transformer:
 
 @pytest.mark.parametrize("pe", TABLE1_PES)
 def test_paper_backend_equals_the_fastest_backend(pe: str) -> None:
-    ids = T.torch.randint(0, 11, (2, 24), generator=T.torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(1))
     got = {}
     for backend in ("auto", "paper"):
         model = _lm(pe, backend, 32)
-        with T.torch.no_grad():
+        with torch.no_grad():
             logits = model(ids)
         out = model(ids)
         out.square().sum().backward()
@@ -493,12 +497,12 @@ def test_paper_backend_equals_the_fastest_backend(pe: str) -> None:
         got[backend] = (logits, out, grads, used)
     (fast, fast_train, fast_grads, fast_used), (paper, paper_train, paper_grads, paper_used) = got.values()
     assert paper_used == {"paper"} and "paper" not in fast_used
-    assert T.torch.allclose(paper, fast, atol=1e-5, rtol=1e-5), (pe, fast_used)
-    assert T.torch.allclose(paper_train, fast_train, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(paper, fast, atol=1e-5, rtol=1e-5), (pe, fast_used)
+    assert torch.allclose(paper_train, fast_train, atol=1e-5, rtol=1e-5)
     assert len(paper_grads) == len(fast_grads)
     scale = max(float(g.abs().max()) for g in fast_grads)  # float noise relative to the largest gradient
     for a, b in zip(paper_grads, fast_grads, strict=True):
-        assert T.torch.allclose(a, b, atol=1e-5 * scale, rtol=1e-4)
+        assert torch.allclose(a, b, atol=1e-5 * scale, rtol=1e-4)
 
 
 def test_paper_backend_runs_the_pe_on_the_full_unblocked_scores(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -513,8 +517,8 @@ def test_paper_backend_runs_the_pe_on_the_full_unblocked_scores(monkeypatch: pyt
 
     monkeypatch.setattr(attn.pe, "scores", spy)
     monkeypatch.setattr(M.Attention, "block_size", lambda self, batch, n_keys: 4)  # would block explicit
-    with T.torch.no_grad():
-        model(T.torch.zeros(1, 24, dtype=T.torch.long))
+    with torch.no_grad():
+        model(torch.zeros(1, 24, dtype=torch.long))
     assert shapes == [(1, 4, 24, 24)]  # one call on every query x every key, future keys included
 
 
@@ -526,15 +530,15 @@ def test_backend_policy_and_precision_are_in_every_group(tmp_path: Path, fake_ti
     store = ResultStore(tmp_path)
     assert store.cell("timing", fastest[0].label, fastest[0].config).path != store.cell(
         "timing", paper[0].label, paper[0].config).path  # never the same folder
-    assert T.resolve_backend("explicit") == "explicit" and M.attention_backend("fastest") == "auto"
-    with pytest.raises(T.LenbenchError, match="unknown timing backend"):
-        T.resolve_backend("fused")
-    with pytest.raises(T.LenbenchError, match="needs CUDA"):
-        T.resolve_precision("fp16", cuda=False)
-    assert T.resolve_precision("fp16", cuda=True) == "fp16" and T.resolve_precision("auto", cuda=False) == "fp32"
+    assert TC.resolve_backend("explicit") == "explicit" and M.attention_backend("fastest") == "auto"
+    with pytest.raises(LenbenchError, match="unknown timing backend"):
+        TC.resolve_backend("fused")
+    with pytest.raises(LenbenchError, match="needs CUDA"):
+        TC.resolve_precision("fp16", cuda=False)
+    assert TC.resolve_precision("fp16", cuda=True) == "fp16" and TC.resolve_precision("auto", cuda=False) == "fp32"
     records = records_of(run(fastest + paper, tmp_path))
     assert {(r["backend_policy"], r["precision"]) for r in records} == {("fastest", "fp32"), ("paper", "fp32")}
-    tables = T.timing_tables(records, reference="alibi")
+    tables = TR.timing_tables(records, reference="alibi")
     assert [(t.mode, t.policy) for t in tables] == [("fwd", "fastest"), ("fwd", "paper")]
     assert tables[1].backends == {"alibi": "paper"} and tables[1].precisions == ["fp32"]
     assert "unfused" in tables[1].policy_text
@@ -548,12 +552,12 @@ def test_estimate_check_hand_computed() -> None:
         {**common, "layers_timed": 2, "value": 21.0, "estimate_check": True},
         {**common, "layers_timed": 4, "value": 38.0, "estimate_check": True},
     ]
-    checks = {(c.k, c.m): c for c in T.estimate_checks(records)}
+    checks = {(c.k, c.m): c for c in TR.estimate_checks(records)}
     assert set(checks) == {(1, 2), (1, 4), (2, 4)}
     assert checks[(1, 4)].predicted_ms == 40.0 and checks[(1, 4)].rel_error == pytest.approx(2 / 38)  # +5.3%
     assert checks[(1, 2)].rel_error == pytest.approx(-1 / 21)  # 20 vs 21: -4.8%
     assert checks[(2, 4)].rel_error == pytest.approx(4 / 38)  # 42 vs 38: +10.5%
-    (table,) = T.timing_tables(records)  # the check slices stay out of Table 1
+    (table,) = TR.timing_tables(records)  # the check slices stay out of Table 1
     assert table.layers["350m"] == (1, 24) and table.entries[("kerple", "350m", 512)].ms == 10.0
 
 

@@ -11,17 +11,17 @@ from lenbench.errors import LenbenchError
 from lenbench.model.transformer import Transformer, cross_entropy
 from lenbench.pe.registry import parse_pe_spec
 from lenbench.suites.ppl import run as ppl
+from lenbench.suites.ppl.config import PplShape
 from lenbench.train import OptimConfig, train
 from lenbench.train.parallel import BatchSplit, split_batch
 
 
 def decoder() -> Transformer:
-    cfg = {"model": {"layers": 2, "dim": 32, "heads": 4, "dropout": 0.0}, "train": {"length": 16},
-           "eval": {"lengths": [16]}}
+    shape = PplShape("tiny", layers=2, dim=32, heads=4, dropout=0.0)
     torch.manual_seed(0)
     # float64: Adam's first update is about lr x sign(g), so a float32 rounding difference in a
     # gradient near zero would move a parameter visibly; in float64 sums in any order agree
-    return Transformer(ppl.model_config(cfg, 50), parse_pe_spec("kerple")).double()
+    return Transformer(ppl.model_config(shape, 16, [16], 50), parse_pe_spec("kerple")).double()
 
 
 Step = tuple[dict[str, torch.Tensor], list[float], np.ndarray]

@@ -9,7 +9,7 @@
   :mod:`~lenbench.execute.lifeline` (a worker process ends with its parent);
 - above them, the executors: :mod:`~lenbench.execute.inprocess` (the default),
   :mod:`~lenbench.execute.pool` (a local worker pool), :mod:`~lenbench.execute.slurm` (a submitit job
-  array) and :mod:`~lenbench.execute.torchrun` (data-parallel ppl cells);
+  array) and :mod:`~lenbench.execute.torchrun` (data-parallel cells of suites that train that way);
 - top: :mod:`~lenbench.execute.select` (``--executor`` name -> executor).
 
 No module here names a suite: they loop over the registered :class:`lenbench.suites.base.Suite`

@@ -137,12 +137,12 @@ def dry_run_rows(cells: list[Cell], store: ResultStore, rerun: bool = False,
     the run would compute, the measured estimate; plus their total seconds. Writes nothing."""
     from lenbench.execute.status import grid_states
     from lenbench.execute.supersede import stale_cells
-    from lenbench.suites import load_suite_module
+    from lenbench.suites import get_suite
 
     states = grid_states(cells, store)
     runs = [rerun or s.state in ("pending", "failed") for s in states]
     todo = [c for c, r in zip(cells, runs, strict=True) if r]
-    modules = {c.suite: load_suite_module(c.suite) for c in todo}
+    modules = {c.suite: get_suite(c.suite) for c in todo}
     timed = estimate(todo, modules, on_shape)
     rows, total = [], 0.0
     for cell, st, run in zip(cells, states, runs, strict=True):

@@ -34,9 +34,9 @@ class InProcess:
 
     def run(self, cells: list[Cell], store: ResultStore, console: Console | None = None) -> list[Outcome]:
         from lenbench.progress import RichReporter
-        from lenbench.suites import load_suite_module
+        from lenbench.suites import get_suite
 
-        by_suite: dict[str, Any] = {c.suite: load_suite_module(c.suite) for c in cells}
+        by_suite: dict[str, Any] = {c.suite: get_suite(c.suite) for c in cells}
         suite = _OneSuite(by_suite)
         if console is None:
             return run_in_process(cells, store, suite, SilentReporter(), self.tracking)

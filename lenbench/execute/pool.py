@@ -107,11 +107,11 @@ def _init_worker(slots: Any, threads: int, events: Any, parent: int) -> None:
 
 
 def _run_in_worker(cell: Cell, root: str, tracking: Tracking | None = None) -> Outcome:
-    from lenbench.suites import load_suite_module
+    from lenbench.suites import get_suite
 
     reporter = QueueReporter(cell.label, _EVENTS)
     reporter.send("started", os.getpid())
-    return run_cell_once(cell, ResultStore(root), load_suite_module(cell.suite), reporter, log=True, tracking=tracking)
+    return run_cell_once(cell, ResultStore(root), get_suite(cell.suite), reporter, log=True, tracking=tracking)
 
 
 class LocalPool:

@@ -6,7 +6,8 @@ each task runs its cell under the cell's lock, so resubmitting a grid is always 
 timed-out task is requeued by submitit (:meth:`CellJob.checkpoint`, its checkpointing protocol) and
 resumes from the cell's last checkpoint, which makes the continued training bit-identical to an
 uninterrupted run (the steps since that checkpoint are redone). ``--gpus-per-cell N`` with N > 1
-starts N tasks per cell that train it data-parallel (ppl cells; :mod:`lenbench.execute.torchrun`).
+starts N tasks per cell that train it data-parallel (suites whose ``data_parallel`` is true;
+:mod:`lenbench.execute.torchrun`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class CellJob:
     def __call__(self) -> Outcome:
         import torch
 
-        from lenbench.suites import load_suite_module
+        from lenbench.suites import get_suite
 
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
         if threads:
@@ -77,7 +78,7 @@ class CellJob:
         store = ResultStore(self.root)
         if int(os.environ.get("SUBMITIT_LOCAL_NTASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1:
             return self._data_parallel(store)
-        suite = load_suite_module(self.cell.suite)
+        suite = get_suite(self.cell.suite)
         return run_cell_once(self.cell, store, suite, SilentReporter(), log=True, tracking=self.tracking)
 
     def _data_parallel(self, store: ResultStore) -> Outcome:
@@ -130,8 +131,13 @@ class SlurmArray:
     def run(self, cells: list[Cell], store: ResultStore, console: Console | None = None) -> list[Outcome]:
         store.check_writable()
         tasks = max(1, self.gpus)
-        if tasks > 1 and any(c.suite != "ppl" for c in cells):
-            raise LenbenchError("--gpus-per-cell above 1 trains one cell data-parallel: ppl cells only")
+        if tasks > 1:
+            from lenbench.suites import get_suite
+
+            serial = sorted({c.suite for c in cells if not get_suite(c.suite).data_parallel})
+            if serial:
+                raise LenbenchError(f"--gpus-per-cell above 1 trains one cell data-parallel; suite {serial[0]!r} "
+                                    "does not train data-parallel")
         outcomes: list[Outcome] = []
         todo: list[int] = []
         for cell in cells:

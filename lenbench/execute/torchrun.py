@@ -1,6 +1,7 @@
-"""Data-parallel training of ppl cells under ``torchrun`` (DDP): every rank runs each cell together.
+"""Data-parallel training under ``torchrun`` (DDP): every rank runs each cell together, for suites
+whose ``data_parallel`` is true.
 
-``torchrun --nproc-per-node 8 -m lenbench run --suite ppl ...`` starts one process per device; each
+``torchrun --nproc-per-node 8 -m lenbench run --suite <suite> ...`` starts one process per device; each
 runs the same command and so expands the same grid. :class:`DataParallelExecutor` joins the process
 group (:func:`lenbench.train.parallel.process_group`) and runs the cells one after another on all
 ranks together:
@@ -43,8 +44,7 @@ class _Announce:
         self.par.broadcast("run")
         with contextlib.suppress(OSError, json.JSONDecodeError):  # the manifest says how this run trained
             manifest = json.loads(cell_dir.manifest_path.read_text())
-            train = cell.config["train"]
-            split = rank_split(train["batch_size"], train.get("micro_batch_size"), self.par)
+            split = rank_split(*self.suite.batch_split(cell), self.par)
             parallel = {
                 "world_size": self.par.world_size,
                 "backend": "nccl" if self.par.cuda else "gloo",
@@ -64,25 +64,25 @@ class DataParallelExecutor:
 
     def check(self, cells: list[Cell]) -> None:
         """Refuse, before any process group is joined, cells this executor cannot split over the ranks."""
-        other = sorted({c.suite for c in cells} - {"ppl"})
-        if other:
-            raise LenbenchError(f"torchrun trains ppl cells data-parallel; suite {other[0]!r} runs without it")
+        from lenbench.suites import get_suite
+
+        serial = sorted({c.suite for c in cells if not get_suite(c.suite).data_parallel})
+        if serial:
+            raise LenbenchError(f"torchrun trains cells data-parallel; suite {serial[0]!r} runs without it")
         for cell in cells:
-            train = cell.config["train"]
             try:
-                split_batch(train["batch_size"], train.get("micro_batch_size"), self.env.world_size)
+                split_batch(*get_suite(cell.suite).batch_split(cell), self.env.world_size)
             except LenbenchError as exc:
                 raise LenbenchError(f"{cell.label}: {exc}") from exc
 
     def run(self, cells: list[Cell], store: ResultStore, console: Console | None = None) -> list[Outcome]:
         from lenbench.progress import RichReporter
-        from lenbench.suites import load_suite_module
+        from lenbench.suites import get_suite
 
         self.check(cells)
         rank0 = self.env.rank == 0
         if rank0:
             store.check_writable()
-        suite = load_suite_module("ppl")
         outcomes = []
         tracking = self.tracking.for_grid(cells) if self.tracking is not None else None  # rank 0 alone tracks
         with process_group(self.env) as par, tempfile.TemporaryDirectory(prefix=f"lenbench-rank{par.rank}-") as tmp:
@@ -93,6 +93,7 @@ class DataParallelExecutor:
                     console.print(f"[dim]data-parallel over {par.world_size} ranks ({backend})[/dim]")
                     reporter = stack.enter_context(RichReporter(console))
                 for cell in cells:
+                    suite = get_suite(cell.suite)
                     if rank0:
                         announcing = _Announce(suite, par)
                         outcome = run_cell_once(cell, store, announcing, reporter, tracking=tracking, parallel=par)

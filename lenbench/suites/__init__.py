@@ -1,24 +1,34 @@
-"""Suites: expand a suite YAML into cells and run one cell. Registered by name in ``SUITES``."""
+"""Suites: each a package whose ``SUITE`` object satisfies :class:`lenbench.suites.base.Suite`.
+
+Adding a suite: write its package and add one line to :data:`SUITE_PACKAGES` (or register an object
+with ``SUITES.add(name, suite)``, or from another distribution through the ``lenbench.suites``
+entry-point group). Packages are imported on first use: they pull in torch.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
-from lenbench.suites.base import SUITES, Cell, Reporter, SilentReporter
+from lenbench.suites.base import SUITES, Cell, Reporter, RunContext, SilentReporter, Suite
 
-__all__ = ["SUITES", "Cell", "Reporter", "SilentReporter", "load_suite_module"]
+__all__ = ["SUITES", "SUITE_PACKAGES", "Cell", "Reporter", "RunContext", "SilentReporter", "Suite", "get_suite",
+           "suite_names"]
 
-# Suite name -> module implementing the Suite protocol (imported lazily: they pull in torch).
-SUITE_MODULES = {
-    "che": "lenbench.suites.che.run",
-    "ppl": "lenbench.suites.ppl.run",
-    "timing": "lenbench.suites.timing.run",
+SUITE_PACKAGES = {  # suite name -> package holding its SUITE object
+    "che": "lenbench.suites.che",
+    "ppl": "lenbench.suites.ppl",
+    "timing": "lenbench.suites.timing",
 }
 
 
-def load_suite_module(name: str) -> Any:
-    """The module that runs suite ``name`` (one of :data:`SUITE_MODULES`)."""
-    if name not in SUITES and name in SUITE_MODULES:
-        SUITES.add(name, importlib.import_module(SUITE_MODULES[name]))
+def get_suite(name: str) -> Suite:
+    """The registered suite ``name`` (a package of :data:`SUITE_PACKAGES` is imported on first use);
+    an unknown name is a one-line error with a suggestion."""
+    if name not in SUITES and name in SUITE_PACKAGES:
+        SUITES.add(name, importlib.import_module(SUITE_PACKAGES[name]).SUITE)
     return SUITES.get(name)
+
+
+def suite_names() -> list[str]:
+    """Every known suite: the packages listed here, then any registered otherwise."""
+    return list(dict.fromkeys([*SUITE_PACKAGES, *SUITES.names()]))

@@ -163,4 +163,4 @@ class Suite(Protocol):
 CommandFunction = Callable[..., None]
 
 
-SUITES: Registry[Suite] = Registry("suite")
+SUITES: Registry[Suite] = Registry("suite", "lenbench.suites")

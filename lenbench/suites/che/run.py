@@ -31,23 +31,22 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
-from lenbench.devices import autocast_for, check_precision, compute_device, effective_precision
-from lenbench.errors import LenbenchError
+from lenbench.devices import autocast_for, compute_device, effective_precision
 from lenbench.model import selfcheck
 from lenbench.model.attention import backends_used, reset_backends
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.base import overflow_lengths, position_limits, reset_overflow
-from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
+from lenbench.pe.registry import parse_pe_spec, pe_label
 from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_json
 from lenbench.suites.base import Cell, Reporter, RunContext, Work
+from lenbench.suites.che.config import CheCellConfig, name
 from lenbench.suites.che.stats import (
     Counts,
     majority_classes,
@@ -59,189 +58,6 @@ from lenbench.suites.che.stats import (
 )
 from lenbench.tasks.che import TASKS, CheTask
 from lenbench.train import CompileClock, OptimConfig, train
-
-name = "che"
-
-
-@dataclass(frozen=True)
-class CheModel:
-    layers: int = 5
-    dim: int = 64
-    heads: int = 8
-    dropout: float = 0.1
-
-
-@dataclass(frozen=True)
-class CheTrain:
-    steps: int = 10000
-    batch_size: int = 128
-    lr: float | list[float] | str = 1e-4  # a list is a grid axis: one cell per learning rate
-    grad_clip: float = 1.0
-    min_length: int = 1
-    max_length: int = 40
-    checkpoint_every: int = 500
-    log_every: int = 25
-    precision: str = "fp32"  # fp32 everywhere, as the JAX reference; bf16 (or auto): bf16 autocast on CUDA
-    compile: bool = False  # torch.compile the model for training (compile seconds reported apart)
-
-
-@dataclass(frozen=True)
-class CheEval:
-    lengths: str | list[int] = "41-500"
-    samples: int = 512
-    batch_size: int = 64
-    dropout: bool = True  # the reference evaluates with dropout on (docs/che.md §2.6)
-    train_lengths: str | list[int] | None = None  # in-distribution accuracy; None: every training length
-    train_samples: int = 64
-    fit_threshold: float = 0.9  # in-distribution score below this: "did not fit"
-
-
-@dataclass(frozen=True)
-class CheProfile:
-    model: CheModel = field(default_factory=CheModel)
-    train: CheTrain = field(default_factory=CheTrain)
-    eval: CheEval = field(default_factory=CheEval)
-    pe_defaults: dict[str, Any] = field(default_factory=dict)
-    tasks: str | list[str] | None = None  # the profile's tasks and seeds, unless --task/--seeds say
-    seeds: str | int | list[int] | None = None
-
-
-@dataclass(frozen=True)
-class CheGrid:
-    tasks: str | list[str] = "all"
-    pes: str | list[str] = "dape"
-    seeds: str | int | list[int] = 0
-
-
-# Named task sets for ``--task``/``tasks:`` besides ``all`` (Ruoss et al.'s 15).
-TASK_GROUPS: dict[str, tuple[str, ...]] = {
-    # DAPE's CHE table (NeurIPS 2024, Table 2 / Table 4; dape.md §3(a)): 14 tasks, Ruoss et al.'s 15
-    # without binary_multiplication ("14 tasks", "11 permutation-variant" in its prose).
-    "dape": (
-        "even_pairs", "modular_arithmetic", "parity_check", "cycle_navigation",
-        "stack_manipulation", "reverse_string", "modular_arithmetic_brackets", "solve_equation",
-        "duplicate_string", "missing_duplicate_string", "odds_first", "binary_addition", "compute_sqrt",
-        "bucket_sort",
-    ),
-}
-
-
-def _as_list(value: str | list[str]) -> list[str]:
-    return [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v) for v in value]
-
-
-def resolve_tasks(value: str | list[str]) -> list[str]:
-    """Task names, ``all``, or a group of :data:`TASK_GROUPS` (e.g. ``dape``), in the registry's order
-    for the named sets; unknown names are a one-line error."""
-    names = _as_list(value)
-    if names == ["all"]:
-        return TASKS.names()
-    if len(names) == 1 and names[0] in TASK_GROUPS:
-        return [t for t in TASKS.names() if t in TASK_GROUPS[names[0]]]
-    for n in names:
-        TASKS.get(n)
-    return names
-
-
-def check_model(model: CheModel) -> None:
-    """Reject encoder shapes that cannot be built, before any cell starts."""
-    for what, value in (("layers", model.layers), ("width (dim)", model.dim), ("heads", model.heads)):
-        if value < 1:
-            raise LenbenchError(f"{what} must be >= 1, got {value}")
-    if model.dim % model.heads:
-        raise LenbenchError(f"width {model.dim} is not divisible by {model.heads} heads")
-    if not 0.0 <= model.dropout < 1.0:
-        raise LenbenchError(f"dropout must be in [0, 1), got {model.dropout}")
-
-
-def check_lengths(train_cfg: CheTrain, lengths: list[int]) -> None:
-    if train_cfg.min_length < 1 or train_cfg.max_length < train_cfg.min_length:
-        raise LenbenchError(
-            f"training lengths {train_cfg.min_length}..{train_cfg.max_length} are impossible (need 1 <= min <= max)"
-        )
-    bad = [n for n in lengths if n <= train_cfg.max_length]
-    if bad:
-        raise LenbenchError(
-            f"test lengths must exceed the training maximum {train_cfg.max_length}; got {bad[:5]}"
-        )
-    for what, value in (("steps", train_cfg.steps), ("batch size", train_cfg.batch_size)):
-        if value < 1:
-            raise LenbenchError(f"{what} must be >= 1, got {value}")
-    for lr in learning_rates(train_cfg.lr):
-        if lr <= 0:
-            raise LenbenchError(f"learning rate must be > 0, got {lr}")
-    check_precision(train_cfg.precision)
-
-
-def learning_rates(value: float | list[float] | str) -> list[float]:
-    """``train.lr`` as a list: a number, a YAML list, or ``--lr 1e-4,3e-4,5e-4`` text."""
-    items = value if isinstance(value, list) else [value] if isinstance(value, int | float) else str(value).split(",")
-    out = []
-    for item in items:
-        try:
-            out.append(float(item))
-        except (TypeError, ValueError) as exc:
-            raise LenbenchError(f"learning rates must be numbers, got {item!r}") from exc
-    if not out:
-        raise LenbenchError("no learning rate given")
-    return list(dict.fromkeys(out))
-
-
-def check_eval(ev: CheEval, train_cfg: CheTrain, train_lengths: list[int]) -> None:
-    if ev.samples < 2 or ev.batch_size < 1 or ev.train_samples < 2:
-        raise LenbenchError("evaluation samples must be >= 2 (a standard error needs two) and batch size >= 1")
-    outside = [n for n in train_lengths if not train_cfg.min_length <= n <= train_cfg.max_length]
-    if outside:
-        raise LenbenchError(
-            f"eval.train_lengths must lie in the training range {train_cfg.min_length}..{train_cfg.max_length}; "
-            f"got {outside[:5]}"
-        )
-    if not 0.0 <= ev.fit_threshold <= 1.0:
-        raise LenbenchError(f"eval.fit_threshold must be in [0, 1], got {ev.fit_threshold}")
-
-
-def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
-    """Suite YAML + profile + CLI overrides -> one cell per (task, PE, seed)."""
-    where = f"{suite_file.path} profiles.{profile}"
-    prof = from_dict(CheProfile, merge(suite_file.profiles[profile], overrides.get("profile", {})), where)
-    grid_raw = dict(suite_file.grid)
-    given = overrides.get("grid", {})
-    for key in ("tasks", "seeds"):  # the profile's choice beats the suite grid; a flag beats both
-        if getattr(prof, key) is not None and key not in given:
-            grid_raw[key] = getattr(prof, key)
-    grid = from_dict(CheGrid, merge(grid_raw, given), f"{suite_file.path} grid")
-    tasks = resolve_tasks(grid.tasks)
-    pes = resolve_pes(grid.pes, prof.pe_defaults)
-    seeds = parse_int_list(grid.seeds, "seeds")
-    if any(seed < 0 for seed in seeds):
-        raise LenbenchError(f"seeds must be >= 0, got {min(seeds)}")
-    lengths = parse_int_list(prof.eval.lengths, "test lengths")
-    train_lengths = (
-        parse_int_list(prof.eval.train_lengths, "eval.train_lengths") if prof.eval.train_lengths is not None
-        else list(range(prof.train.min_length, prof.train.max_length + 1))
-    )
-    lrs = learning_rates(prof.train.lr)
-    check_model(prof.model)
-    check_lengths(prof.train, lengths)
-    check_eval(prof.eval, prof.train, train_lengths)
-    evaluation = {**asdict(prof.eval), "lengths": lengths, "train_lengths": train_lengths}
-    cells = []
-    for task in tasks:
-        for spec in pes:
-            for lr in lrs:
-                for seed in seeds:
-                    config = {
-                        "suite": name,
-                        "task": task,
-                        **pe_entries(spec),
-                        "seed": seed,
-                        "model": asdict(prof.model),
-                        "train": {**asdict(prof.train), "lr": lr},
-                        "eval": evaluation,
-                    }
-                    lr_part = f"-lr{lr:g}" if len(lrs) > 1 else ""
-                    cells.append(Cell(name, f"{task}-{spec.label}{lr_part}-s{seed}", config))
-    return cells
 
 
 def pack(task: CheTask, inputs: torch.Tensor, out_len: int) -> torch.Tensor:
@@ -271,20 +87,21 @@ def max_total_length(task: CheTask, lengths: list[int]) -> int:
     return max(n + task.output_length(n) for n in lengths)
 
 
-def build_model(cfg: dict[str, Any], task: CheTask) -> Transformer:
-    m, t = cfg["model"], cfg["train"]
+def build_model(cfg: CheCellConfig, task: CheTask) -> Transformer:
+    """The encoder of docs/che.md §2.3 for one cell: one-hot-equivalent token embedding, the cell's PE."""
+    m = cfg.model
     model_cfg = ModelConfig(
         vocab_size=task.input_size + 1,
         out_size=task.output_size,
-        dim=m["dim"],
-        layers=m["layers"],
-        heads=m["heads"],
-        dropout=m["dropout"],
+        dim=m.dim,
+        layers=m.layers,
+        heads=m.heads,
+        dropout=m.dropout,
         causal=False,
-        train_length=max_total_length(task, [t["max_length"]]),
-        max_length=max_total_length(task, cfg["eval"]["lengths"]),
+        train_length=max_total_length(task, [cfg.train.max_length]),
+        max_length=max_total_length(task, cfg.lengths),
     )
-    return Transformer(model_cfg, parse_pe_spec(cfg["pe"]))
+    return Transformer(model_cfg, parse_pe_spec(cfg.pe))
 
 
 @dataclass(frozen=True)
@@ -339,14 +156,14 @@ def evaluate_length(
 
 
 def evaluate(
-    model: Transformer, task: CheTask, cfg: dict[str, Any], cell_dir: CellDir | None, reporter: Reporter, label: str,
+    model: Transformer, task: CheTask, cfg: CheCellConfig, cell_dir: CellDir | None, reporter: Reporter, label: str,
     autocast: Callable[[], Any] = contextlib.nullcontext, which: str = "test",
 ) -> dict[int, LengthResult]:
     """Results per test length (``which="test"``) or training length (``"train"``, fresh samples
     from a separate stream); progress is saved after each length so a kill resumes there."""
-    ev = cfg["eval"]
+    ev = cfg.eval
     lengths, samples, stream = (
-        (ev["lengths"], ev["samples"], 1) if which == "test" else (ev["train_lengths"], ev["train_samples"], 2)
+        (cfg.lengths, ev.samples, 1) if which == "test" else (cfg.train_lengths, ev.train_samples, 2)
     )
     partial_name = "eval_partial.json" if which == "test" else "eval_partial_train.json"
     partial_path = cell_dir.path / partial_name if cell_dir is not None else None
@@ -357,25 +174,24 @@ def evaluate(
             done = {int(k): r for k, v in stored.items() if (r := LengthResult.from_json(v)) is not None}
         except (json.JSONDecodeError, ValueError, AttributeError):
             done = {}
-    model.train(ev["dropout"])
+    model.train(ev.dropout)
     device = next(model.parameters()).device
-    m = cfg["model"]
     tokens = [n + task.output_length(n) for n in lengths]
-    costs = [forward_cost(t, m["dim"], m["layers"], task.output_size) for t in tokens]
+    costs = [forward_cost(t, cfg.model.dim, cfg.model.layers, task.output_size) for t in tokens]
     reporter.eval_start(f"{label} ({which} lengths)", len(lengths), costs)
     with torch.no_grad():
         for i, length in enumerate(lengths):
             if length not in done:
-                rng = np.random.default_rng([cfg["seed"], stream, length])
-                fit_rng = np.random.default_rng([cfg["seed"], stream + 2, length])
+                rng = np.random.default_rng([cfg.seed, stream, length])
+                fit_rng = np.random.default_rng([cfg.seed, stream + 2, length])
                 # Dropout masks and randomized positions draw from torch's RNG: seed it per length, so
                 # a run resumed mid-evaluation scores every length exactly as an uninterrupted one.
                 cuda = [device.index or 0] if device.type == "cuda" else []
                 reset_overflow(model)
                 reset_backends(model)
                 with torch.random.fork_rng(devices=cuda):
-                    torch.manual_seed(int(np.random.default_rng([cfg["seed"], stream + 4, length]).integers(2**62)))
-                    result = evaluate_length(model, task, rng, length, samples, ev["batch_size"], autocast, fit_rng)
+                    torch.manual_seed(int(np.random.default_rng([cfg.seed, stream + 4, length]).integers(2**62)))
+                    result = evaluate_length(model, task, rng, length, samples, ev.batch_size, autocast, fit_rng)
                 done[length] = replace(result, overflow=bool(overflow_lengths(model)),
                                        backend="+".join(backends_used(model)) or None)
                 if partial_path is not None:
@@ -394,40 +210,40 @@ def summarize(results: dict[int, LengthResult]) -> tuple[float, float, float]:
 def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     """Train (resuming from the cell's checkpoint), evaluate, write metrics; returns the summary."""
     reporter = ctx.reporter
-    cfg = cell.config
-    task = TASKS.get(cfg["task"])()
-    t = cfg["train"]
-    torch.manual_seed(cfg["seed"])
+    cfg: CheCellConfig = cell.spec
+    task = TASKS.get(cfg.task)()
+    t = cfg.train
+    torch.manual_seed(cfg.seed)
     device = compute_device()
-    precision = effective_precision(t["precision"], device)  # bf16 only once proven on this device
+    precision = effective_precision(t.precision, device)  # bf16 only once proven on this device
     autocast = autocast_for(precision, device)
     model = build_model(cfg, task).to(device)
 
     def step_fn(model: Transformer, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        length = int(rng.integers(t["min_length"], t["max_length"] + 1))
-        inputs, targets = (x.to(device) for x in task.sample(rng, t["batch_size"], length))
+        length = int(rng.integers(t.min_length, t.max_length + 1))
+        inputs, targets = (x.to(device) for x in task.sample(rng, t.batch_size, length))
         with autocast():
             logits = predict(model, task, inputs, length)
         loss = cross_entropy(logits, targets)
         return loss, {"acc": masked_accuracy(task, logits.detach(), targets), "length": length}
 
     resumed = {"from": 0}
-    clock = CompileClock() if t["compile"] else None
+    clock = CompileClock() if t.compile else None
 
     def on_start(step: int) -> None:
         resumed["from"] = step
         cell_dir.truncate_log(step)
-        reporter.train_start(cell.label, t["steps"], step)
+        reporter.train_start(cell.label, t.steps, step)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         reporter.train_step(step, metrics)
-        if step % t["log_every"] == 0 or step == t["steps"]:
+        if step % t.log_every == 0 or step == t.steps:
             cell_dir.append_log({"step": step, **metrics})
 
-    optim = OptimConfig(steps=t["steps"], lr=t["lr"], grad_clip=t["grad_clip"])
+    optim = OptimConfig(steps=t.steps, lr=cfg.lr, grad_clip=t.grad_clip)
     started = time.perf_counter()
     reset_overflow(model)
-    train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
+    train(model, step_fn, optim, cfg.seed, cell_dir, t.checkpoint_every, on_step, on_start,
           compile_clock=clock)
     trained = time.perf_counter()
     train_backends, train_overflow = backends_used(model), overflow_lengths(model)
@@ -436,7 +252,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     seconds = {"train_seconds_this_run": round(trained - started, 2),
                "compile_seconds_this_run": round(clock.seconds if clock is not None else 0.0, 2),
                "eval_seconds_this_run": round(time.perf_counter() - trained, 2)}
-    run = run_record(device, t["precision"], precision, train_backends,
+    run = run_record(device, t.precision, precision, train_backends,
                      joined_backends(r.backend for r in [*in_dist.values(), *tests.values()]))
     records, summary = cell_records(cfg, in_dist, tests, run, randomized=bool(position_limits(model)))
     cell_dir.write_metrics(records)
@@ -464,7 +280,7 @@ def run_record(device: torch.device, requested: str, precision: str, train_backe
 
 
 def cell_records(
-    cfg: dict[str, Any], in_dist: dict[int, LengthResult], tests: dict[int, LengthResult],
+    cfg: CheCellConfig, in_dist: dict[int, LengthResult], tests: dict[int, LengthResult],
     run: dict[str, Any] | None = None, randomized: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """metrics.json records (per length: accuracy, its SE, majority, and with a randomized PE whether it
@@ -472,12 +288,11 @@ def cell_records(
     and the cell's summary. Every record carries ``run``'s precision (:func:`run_record`) and the
     evaluation backends (per length: that length's; per cell: all lengths'), which a resumed run
     reproduces (they are kept with each length's partial result)."""
-    t = cfg["train"]
     score, se, majority = summarize(tests)
     train_score, train_se, train_majority = summarize(in_dist)
-    fit = bool(train_score >= cfg["eval"]["fit_threshold"])
-    common = {"suite": name, "task": cfg["task"], "pe": pe_label(cfg), "seed": cfg["seed"],
-              "train_len": t["max_length"], "lr": t["lr"]}
+    fit = bool(train_score >= cfg.eval.fit_threshold)
+    common = {"suite": name, "task": cfg.task, "pe": pe_label(cfg.to_dict()), "seed": cfg.seed,
+              "train_len": cfg.train.max_length, "lr": cfg.lr}
     if run is not None:
         common.update(precision=run["precision"], backend=run["backend"])
     records = []
@@ -487,7 +302,7 @@ def cell_records(
             records.append({**common, "eval_len": n, "metric": metric, "value": r.accuracy, "se": r.se,
                             "majority": r.majority, "samples": r.samples, **per_length,
                             **({"overflow": r.overflow} if randomized else {})})
-    per_cell = {"fit": fit, "fit_threshold": cfg["eval"]["fit_threshold"], "train_score": train_score}
+    per_cell = {"fit": fit, "fit_threshold": cfg.eval.fit_threshold, "train_score": train_score}
     records += [
         {**common, "eval_len": None, "metric": "score", "value": score, "se": se, **per_cell},
         {**common, "eval_len": None, "metric": "train_score", "value": train_score, "se": train_se, **per_cell},
@@ -504,20 +319,20 @@ def workload(cell: Cell) -> list[Work]:
     """The cell's work for ``run --dry-run`` (:mod:`lenbench.execute.estimate`): ``steps`` training
     steps spread evenly over the training lengths (drawn uniformly), and the evaluation batches at
     every training and test length; each item's cost is its batch x forward cost of ``N + output_length(N)``."""
-    cfg = cell.config
-    task = TASKS.get(cfg["task"])()
-    t, ev, m = cfg["train"], cfg["eval"], cfg["model"]
+    cfg: CheCellConfig = cell.spec
+    task = TASKS.get(cfg.task)()
+    t, ev, m = cfg.train, cfg.eval, cfg.model
 
     def item(kind: str, n: int, batch: int, repeats: float) -> Work:
-        cost = batch * forward_cost(n + task.output_length(n), m["dim"], m["layers"], task.output_size)
+        cost = batch * forward_cost(n + task.output_length(n), m.dim, m.layers, task.output_size)
         return Work(kind, n, batch, cost, repeats)
 
-    lengths = range(t["min_length"], t["max_length"] + 1)
-    works = [item("train", n, t["batch_size"], t["steps"] / len(lengths)) for n in lengths]
-    for eval_lengths, samples in ((ev["train_lengths"], ev["train_samples"]), (ev["lengths"], ev["samples"])):
-        full, rest = divmod(samples, ev["batch_size"])
+    lengths = range(t.min_length, t.max_length + 1)
+    works = [item("train", n, t.batch_size, t.steps / len(lengths)) for n in lengths]
+    for eval_lengths, samples in ((cfg.train_lengths, ev.train_samples), (cfg.lengths, ev.samples)):
+        full, rest = divmod(samples, ev.batch_size)
         for n in eval_lengths:
-            works.append(item("eval", n, ev["batch_size"], full))
+            works.append(item("eval", n, ev.batch_size, full))
             if rest:
                 works.append(item("eval", n, rest, 1))
     return works
@@ -526,13 +341,13 @@ def workload(cell: Cell) -> list[Work]:
 def probe(cell: Cell) -> Callable[[Work], None]:
     """One training step (forward, backward, clipping, Adam) or one evaluation batch of a :class:`Work`
     item, on a model of the cell's shape and device, with task samples from a fixed generator."""
-    cfg = cell.config
-    task = TASKS.get(cfg["task"])()
-    t = cfg["train"]
+    cfg: CheCellConfig = cell.spec
+    task = TASKS.get(cfg.task)()
+    t = cfg.train
     device = compute_device()
-    autocast = autocast_for(t["precision"], device)
+    autocast = autocast_for(t.precision, device)
     model = build_model(cfg, task).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(t["lr"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(0)
 
     def run(work: Work) -> None:
@@ -543,10 +358,10 @@ def probe(cell: Cell) -> Callable[[Work], None]:
             with autocast():
                 logits = predict(model, task, inputs, work.size)
             cross_entropy(logits, targets).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
         else:
-            model.train(cfg["eval"]["dropout"])
+            model.train(cfg.eval.dropout)
             with torch.no_grad(), autocast():
                 predict(model, task, inputs, work.size)
         if device.type == "cuda":

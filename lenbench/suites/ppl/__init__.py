@@ -1,1 +1,74 @@
-"""The ppl suite."""
+"""The ppl suite (docs/dape.md §3(d), §4.2): a causal LM per (dataset, PE, training length, seed),
+trained at 128 or 512 tokens and evaluated at every length up to 8192; perplexity per length.
+
+The package: :mod:`~lenbench.suites.ppl.config` (profile dataclasses, :func:`expand`),
+:mod:`~lenbench.suites.ppl.run` (training, evaluation, the saved model),
+:mod:`~lenbench.suites.ppl.protocols` (which target tokens each length scores), ``tables`` and
+``plots`` (what the report shows). :data:`SUITE` is what the registry holds. Its cells may train
+data-parallel under torchrun (``data_parallel``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lenbench.suites.base import Cell, Comparison, Metric, RunContext, Work
+from lenbench.suites.ppl.config import PplCellConfig, expand, name
+
+
+class PplSuite:
+    """The :class:`lenbench.suites.base.Suite` of perplexity extrapolation."""
+
+    name = name
+    title = "Perplexity extrapolation"
+    metrics = (
+        Metric("ppl_last256", False, "perplexity of the last min(256, L) tokens (DAPE's protocol)"),
+        Metric("ppl_all", False, "perplexity of every predicted token"),
+    )
+    data_parallel = True
+    expand = staticmethod(expand)
+
+    def batch_split(self, cell: Cell) -> tuple[int, int | None]:
+        """(global batch, micro batch) that a data-parallel run splits over its ranks."""
+        spec: PplCellConfig = cell.spec
+        return spec.train.batch_size, spec.train.micro_batch_size
+
+    def run_cell(self, cell: Cell, cell_dir: Any, ctx: RunContext) -> dict[str, Any]:
+        from lenbench.suites.ppl.run import run_cell
+
+        return run_cell(cell, cell_dir, ctx)
+
+    def workload(self, cell: Cell) -> list[Work]:
+        from lenbench.suites.ppl.run import workload
+
+        return workload(cell)
+
+    def probe(self, cell: Cell) -> Callable[[Work], None]:
+        from lenbench.suites.ppl.run import probe
+
+        return probe(cell)
+
+    def cell_keys(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        from lenbench.suites.ppl.keys import cell_keys
+
+        return cell_keys(config)
+
+    def tables(self, frame: Any, options: Mapping[str, Any]) -> tuple[list[Any], Any]:
+        from lenbench.suites.ppl.tables import suite_tables
+
+        return suite_tables(frame, options)
+
+    def figures(self, frame: Any, plots_dir: Path) -> list[tuple[str, list[Path]]]:
+        from lenbench.suites.ppl.plots import figures
+
+        return figures(frame, plots_dir)
+
+    def comparisons(self, frame: Any) -> list[Comparison]:
+        from lenbench.suites.ppl.tables import comparisons
+
+        return comparisons(frame)
+
+
+SUITE = PplSuite()

@@ -46,8 +46,8 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -56,213 +56,47 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenbench.bench import is_oom, release_memory
-from lenbench.config import SuiteFile, from_dict, merge, parse_int_list
 from lenbench.data.corpora import (
-    SPLIT_RULE,
     DatasetSpec,
     TokenizedCorpus,
     TokenSplit,
     load_corpus,
-    parse_dataset,
-    python_version,
     tokenize_corpus,
 )
-from lenbench.data.tokenizer import check_tokenizer_spec, load_tokenizer, spec_vocab_size
-from lenbench.devices import autocast_for, check_precision, compute_device, device_and_autocast, effective_precision
+from lenbench.data.tokenizer import load_tokenizer, spec_vocab_size
+from lenbench.devices import autocast_for, compute_device, device_and_autocast, effective_precision
 from lenbench.errors import LenbenchError
 from lenbench.model import selfcheck
 from lenbench.model.attention import backends_used, reset_backends
-from lenbench.model.sizes import SIZES
 from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.base import overflow_lengths, position_limits, reset_overflow
-from lenbench.pe.defaults import split_rules, with_length_defaults
-from lenbench.pe.registry import parse_pe_spec, pe_entries, pe_label, resolve_pes
+from lenbench.pe.registry import parse_pe_spec, pe_label
 from lenbench.progress import forward_cost
 from lenbench.results import CellDir, atomic_write_bytes, atomic_write_json, safe_torch_load
 from lenbench.suites.base import Cell, Reporter, RunContext, Work
+from lenbench.suites.ppl.config import PplCellConfig, PplShape, name
 from lenbench.suites.ppl.protocols import (
-    DEFAULT_PROTOCOL,
     EvalPlan,
     EvalSet,
-    check_protocol,
 )
 from lenbench.train import CompileClock, OptimConfig, train
 from lenbench.train.parallel import rank_split, split_batch
 
-name = "ppl"
 LOGIT_BUDGET = 1 << 28  # fp32 logits elements per evaluation batch (1 GiB)
 EVAL_FIELDS = ("protocol", "n_sequences", "n_targets", "concatenated", "long_documents", "batch_size",
                "unigram_ppl_last256", "unigram_ppl_all")
 
 
-@dataclass(frozen=True)
-class PplModel:
-    """A preset from ``model/sizes.py``; ``layers``/``dim``/``heads`` override its shape."""
-
-    size: str = "tiny"
-    layers: int | None = None
-    dim: int | None = None
-    heads: int | None = None
-    dropout: float = 0.0
-
-
-@dataclass(frozen=True)
-class PplTrain:
-    length: int | list[int] = 128  # a list makes one cell per training length
-    steps: int = 2000
-    batch_size: int = 32  # global batch: sequences per optimizer step, over all ranks
-    micro_batch_size: int | None = None  # sequences per forward on a rank; None: the rank's whole share
-    lr: float = 6e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1
-    warmup_frac: float = 0.01
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    checkpoint_every: int = 500
-    log_every: int = 25
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model for training (compile seconds reported apart)
-
-
-@dataclass(frozen=True)
-class PplEval:
-    lengths: str | list[int] = "128,256,512,1024,2048,4096,8192"
-    protocol: str = DEFAULT_PROTOCOL  # fixed_targets | dape | documents (ppl_protocols.py)
-    samples: int = 64  # at most this many fixed windows (fixed_targets) or sequences per length
-    min_sequences: int = 8  # documents protocol: fewer long-enough documents -> concatenate documents
-    last_tokens: int = 256  # ppl_last256 counts the last min(last_tokens, L) tokens
-    tokens_per_batch: int = 16384  # evaluation batch = tokens_per_batch // L (at least 1)
-
-
-@dataclass(frozen=True)
-class PplData:
-    tokenizer: str = "bytes"  # or bpe[:<vocab size>] (trained on the training split), hf:<name>
-    field: str | None = None  # text field; None: the catalogue entry's, else "text"
-    validation_fraction: float = 0.05  # hash split, when the dataset has no validation split
-
-
-@dataclass(frozen=True)
-class PplProfile:
-    model: PplModel = field(default_factory=PplModel)
-    train: PplTrain = field(default_factory=PplTrain)
-    eval: PplEval = field(default_factory=PplEval)
-    data: PplData = field(default_factory=PplData)
-    pe_defaults: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PplGrid:
-    datasets: str | list[str] = "default"
-    pes: str | list[str] = "rope,alibi,kerple,dape"
-    seeds: str | int | list[int] = 0
-    catalogue: dict[str, Any] = field(default_factory=dict)  # name -> {source, field, note}
-
-
-def resolve_model(m: PplModel) -> dict[str, Any]:
-    """The preset's shape with explicit overrides applied and checked."""
-    size = SIZES.get(m.size)
-    shape = {
-        "size": m.size,
-        "layers": m.layers or size.layers,
-        "dim": m.dim or size.dim,
-        "heads": m.heads or size.heads,
-        "dropout": m.dropout,
-    }
-    for key in ("layers", "dim", "heads"):
-        if shape[key] < 1:
-            raise LenbenchError(f"model {key} must be >= 1, got {shape[key]}")
-    if shape["dim"] % shape["heads"]:
-        raise LenbenchError(f"model width {shape['dim']} is not divisible by {shape['heads']} heads")
-    if not 0.0 <= m.dropout < 1.0:
-        raise LenbenchError(f"dropout must be in [0, 1), got {m.dropout}")
-    return shape
-
-
-def check_profile(prof: PplProfile, train_lengths: list[int], eval_lengths: list[int]) -> None:
-    t, e = prof.train, prof.eval
-    if min(train_lengths) < 1 or min(eval_lengths) < 1:
-        raise LenbenchError("training and evaluation lengths must be >= 1")
-    for what, value in (
-        ("steps", t.steps),
-        ("batch size", t.batch_size),
-        ("evaluation samples", e.samples),
-        ("eval.min_sequences", e.min_sequences),
-        ("eval.last_tokens", e.last_tokens),
-        ("eval.tokens_per_batch", e.tokens_per_batch),
-    ):
-        if value < 1:
-            raise LenbenchError(f"{what} must be >= 1, got {value}")
-    if t.lr <= 0:
-        raise LenbenchError(f"learning rate must be > 0, got {t.lr}")
-    split_batch(t.batch_size, t.micro_batch_size, 1)  # a micro batch that does not divide the batch
-    check_protocol(e.protocol)
-    check_precision(t.precision)
-    if not 0.0 < prof.data.validation_fraction < 1.0:
-        raise LenbenchError(f"data.validation_fraction must be in (0, 1), got {prof.data.validation_fraction}")
-    check_tokenizer_spec(prof.data.tokenizer)
-
-
-def _names(value: str | list[str]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    return [v.strip() for v in items if v.strip()]
-
-
-def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
-    """Suite YAML + profile + CLI overrides -> one cell per (dataset, PE, training length, seed)."""
-    where = f"{suite_file.path} profiles.{profile}"
-    prof = from_dict(PplProfile, merge(suite_file.profiles[profile], overrides.get("profile", {})), where)
-    grid = from_dict(PplGrid, merge(suite_file.grid, overrides.get("grid", {})), f"{suite_file.path} grid")
-    train_lengths = parse_int_list(prof.train.length, "training lengths")
-    eval_lengths = parse_int_list(prof.eval.lengths, "evaluation lengths")
-    check_profile(prof, train_lengths, eval_lengths)
-    model = resolve_model(prof.model)
-    specs = [parse_dataset(n, grid.catalogue, prof.data.field) for n in _names(grid.datasets)]
-    if not specs:
-        raise LenbenchError("no dataset given")
-    plain_defaults, length_rules = split_rules(prof.pe_defaults)
-    pes = resolve_pes(grid.pes, plain_defaults)
-    per_length = {length: with_length_defaults(pes, length_rules, length) for length in train_lengths}
-    seeds = parse_int_list(grid.seeds, "seeds")
-    data = {
-        "tokenizer": prof.data.tokenizer,
-        "validation_fraction": prof.data.validation_fraction,
-        "split_rule": SPLIT_RULE,  # another split rule is another corpus: results are not reused across it
-    }
-    cells = []
-    for ds in specs:
-        # the embedded corpus is this interpreter's stdlib: another Python version is another corpus
-        version = {"python": python_version()} if ds.kind == "default" else {}
-        for i in range(len(pes)):
-            for length in train_lengths:
-                pe = per_length[length][i]  # with the training length's rule values (e.g. fire:l0=64 at 512)
-                for seed in seeds:
-                    config = {
-                        "suite": name,
-                        "dataset": ds.name,
-                        "data": {**ds.to_dict(), **data, **version},
-                        **pe_entries(pe),
-                        "seed": seed,
-                        "model": model,
-                        "train": {**asdict(prof.train), "length": length,
-                                  "tokens_per_step": prof.train.batch_size * length},
-                        "eval": {**asdict(prof.eval), "lengths": eval_lengths},
-                    }
-                    cells.append(Cell(name, f"{ds.label}-{pe.label}-T{length}-s{seed}", config))
-    return cells
-
-
-def model_config(cfg: dict[str, Any], vocab_size: int) -> ModelConfig:
-    """The GPT-style decoder of the LM protocol (docs/dape.md §3(d)) for a cell config."""
-    m = cfg["model"]
-    length = cfg["train"]["length"]
+def model_config(shape: PplShape, length: int, eval_lengths: Sequence[int], vocab_size: int) -> ModelConfig:
+    """The GPT-style decoder of the LM protocol (docs/dape.md §3(d)): ``shape`` trained at ``length``
+    tokens and evaluated up to ``max(eval_lengths)``."""
     return ModelConfig(
         vocab_size=vocab_size,
         out_size=vocab_size,
-        dim=m["dim"],
-        layers=m["layers"],
-        heads=m["heads"],
-        dropout=m["dropout"],
+        dim=shape.dim,
+        layers=shape.layers,
+        heads=shape.heads,
+        dropout=shape.dropout,
         causal=True,
         prenorm=True,
         activation="gelu",
@@ -270,7 +104,7 @@ def model_config(cfg: dict[str, Any], vocab_size: int) -> ModelConfig:
         final_norm=True,
         init="gpt2",
         train_length=length,
-        max_length=max([length, *cfg["eval"]["lengths"]]),
+        max_length=max([length, *eval_lengths]),
     )
 
 
@@ -393,7 +227,7 @@ def unigram_perplexity(logp: np.ndarray, tokens: np.ndarray) -> float:
 def evaluate(
     model: nn.Module,
     corpus: TokenizedCorpus,
-    cfg: dict[str, Any],
+    cfg: PplCellConfig,
     device: torch.device,
     autocast: Any,
     cell_dir: CellDir | None,
@@ -410,7 +244,7 @@ def evaluate(
     Progress is saved after each length (``eval_partial.json``), so a killed cell resumes there.
     The reporter gets one line saying which tokens were scored.
     """
-    ev = cfg["eval"]
+    ev = cfg.eval
     partial = cell_dir.path / "eval_partial.json" if cell_dir is not None else None
     done: dict[int, dict[str, Any]] = {}
     if partial is not None and partial.exists():
@@ -418,19 +252,18 @@ def evaluate(
             done = {int(k): v for k, v in json.loads(partial.read_text()).items()}
     model.eval()
     vocab = corpus.tokenizer.vocab_size
-    m = cfg["model"]
-    costs = [forward_cost(n, m["dim"], m["layers"], vocab) for n in ev["lengths"]]
-    reporter.eval_start(label, len(ev["lengths"]), costs)
+    costs = [forward_cost(n, cfg.model.dim, cfg.model.layers, vocab) for n in cfg.lengths]
+    reporter.eval_start(label, len(cfg.lengths), costs)
     logp = unigram_logprobs(corpus.train, vocab)
     plan = plan or eval_plan(corpus, cfg)
-    for i, length in enumerate(ev["lengths"]):
+    for i, length in enumerate(cfg.lengths):
         if length not in done:
             rows: EvalSet = plan.at(length)
-            batch = eval_batch_size(length, vocab, ev["tokens_per_batch"], len(rows.windows))
+            batch = eval_batch_size(length, vocab, ev.tokens_per_batch, len(rows.windows))
             reset_overflow(model)
             reset_backends(model)
             last, full, batch = adaptive_perplexity(
-                model, rows.windows, batch, ev["last_tokens"], device, autocast, reporter.message, rows.scored
+                model, rows.windows, batch, ev.last_tokens, device, autocast, reporter.message, rows.scored
             )
             done[length] = {
                 "overflow": bool(overflow_lengths(model)),  # a randomized PE fell back to 0..L-1 (L > its range)
@@ -449,27 +282,25 @@ def evaluate(
             if partial is not None:
                 atomic_write_json(partial, {str(k): v for k, v in done.items()})
         reporter.eval_step(i + 1, f"L={length} ppl", done[length]["ppl_last256"])
-    results = {n: done[n] for n in ev["lengths"]}
-    said = describe_documents(results, ev["last_tokens"]) if plan.protocol == "documents" else plan.describe()
+    results = {n: done[n] for n in cfg.lengths}
+    said = describe_documents(results, ev.last_tokens) if plan.protocol == "documents" else plan.describe()
     reporter.message(f"{label}: {said}")
     return results
 
 
-def eval_plan(corpus: TokenizedCorpus, cfg: dict[str, Any]) -> EvalPlan:
+def eval_plan(corpus: TokenizedCorpus, cfg: PplCellConfig) -> EvalPlan:
     """The cell's evaluation sets (``eval.protocol``); a validation split too short is a LenbenchError."""
-    ev = cfg["eval"]
-    return EvalPlan(
-        corpus.validation, ev["protocol"], ev["lengths"], ev["samples"], ev["min_sequences"], ev["last_tokens"]
-    )
+    ev = cfg.eval
+    return EvalPlan(corpus.validation, ev.protocol, cfg.lengths, ev.samples, ev.min_sequences, ev.last_tokens)
 
 
 MODEL_FILE, MODEL_META = "model.pt", "model.json"
 
 
-def save_model(cell_dir: CellDir, model: Transformer, cfg: dict[str, Any], corpus: TokenizedCorpus) -> None:
+def save_model(cell_dir: CellDir, model: Transformer, cfg: PplCellConfig, corpus: TokenizedCorpus) -> None:
     """``model.pt``: the final weights only (a state dict of tensors, read with ``weights_only=True``);
     ``model.json`` beside it: what :func:`load_model` needs to rebuild the model (config, PE, tokenizer)."""
-    meta = {"model_config": asdict(model.cfg), "pe": cfg["pe"], "tokenizer": corpus.tokenizer.name}
+    meta = {"model_config": asdict(model.cfg), "pe": cfg.pe, "tokenizer": corpus.tokenizer.name}
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     atomic_write_bytes(cell_dir.path / MODEL_FILE, buf.getvalue())
@@ -516,8 +347,10 @@ def record_corpus(cell_dir: CellDir, info: dict[str, Any]) -> None:
         atomic_write_json(cell_dir.manifest_path, {**manifest, "corpus": info})
 
 
-def load_cell_corpus(cfg: dict[str, Any]) -> TokenizedCorpus:
-    data = cfg["data"]
+def load_cell_corpus(cfg: PplCellConfig) -> TokenizedCorpus:
+    """The cell's corpus (``data``: source, split rule) through its tokenizer (a bpe one trains on the
+    training split)."""
+    data = cfg.data
     spec = DatasetSpec(**{k: data[k] for k in ("name", "kind", "source", "config", "split", "field")})
     corpus = load_corpus(spec, data["validation_fraction"])
     return tokenize_corpus(corpus, load_tokenizer(data["tokenizer"], corpus))  # bpe trains on corpus.train
@@ -526,9 +359,9 @@ def load_cell_corpus(cfg: dict[str, Any]) -> TokenizedCorpus:
 def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     """Train (resuming from the cell's checkpoint), save ``model.pt``, evaluate, write metrics."""
     reporter = ctx.reporter
-    cfg = cell.config
-    t = cfg["train"]
-    length = t["length"]
+    cfg: PplCellConfig = cell.spec
+    t = cfg.train
+    length = cfg.length
     corpus = load_cell_corpus(cfg)
     record_corpus(cell_dir, corpus.info)
     stream = corpus.train.tokens
@@ -536,14 +369,14 @@ def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
         raise LenbenchError(f"the training split has {len(stream)} tokens, too few for length {length}")
     plan = eval_plan(corpus, cfg)  # before training: a validation split too short fails at once
     device = compute_device()
-    precision = effective_precision(t["precision"], device)  # bf16 only once proven on this device
+    precision = effective_precision(t.precision, device)  # bf16 only once proven on this device
     autocast = autocast_for(precision, device)
     vocab = corpus.tokenizer.vocab_size
-    torch.manual_seed(cfg["seed"])
-    model = Transformer(model_config(cfg, vocab), parse_pe_spec(cfg["pe"])).to(device)
+    torch.manual_seed(cfg.seed)
+    model = Transformer(model_config(cfg.model, length, cfg.lengths, vocab), parse_pe_spec(cfg.pe)).to(device)
 
     # the global batch over this launch's ranks (one without torchrun), in micro-batches
-    split = rank_split(t["batch_size"], t.get("micro_batch_size"), ctx.parallel)
+    split = rank_split(t.batch_size, t.micro_batch_size, ctx.parallel)
 
     def step_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = sample_windows(stream, rng, split.micro, length).to(device)
@@ -556,30 +389,30 @@ def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     def on_start(step: int) -> None:
         resumed["from"] = step
         cell_dir.truncate_log(step)
-        reporter.train_start(cell.label, t["steps"], step)
+        reporter.train_start(cell.label, t.steps, step)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         # the step's loss is the mean over its micro-batches (and ranks): its perplexity, not a mean of them
         metrics = {"loss": metrics["loss"], "ppl": math.exp(min(metrics["loss"], 50.0)), **metrics}
         reporter.train_step(step, metrics)
-        if step % t["log_every"] == 0 or step == t["steps"]:
+        if step % t.log_every == 0 or step == t.steps:
             cell_dir.append_log({"step": step, **metrics})
 
     optim = OptimConfig(
-        steps=t["steps"],
-        lr=t["lr"],
-        grad_clip=t["grad_clip"],
-        weight_decay=t["weight_decay"],
-        beta1=t["beta1"],
-        beta2=t["beta2"],
+        steps=t.steps,
+        lr=t.lr,
+        grad_clip=t.grad_clip,
+        weight_decay=t.weight_decay,
+        beta1=t.beta1,
+        beta2=t.beta2,
         schedule="cosine",
-        warmup_frac=t["warmup_frac"],
-        min_lr_ratio=t["min_lr_ratio"],
+        warmup_frac=t.warmup_frac,
+        min_lr_ratio=t.min_lr_ratio,
     )
-    clock = CompileClock() if t["compile"] else None
+    clock = CompileClock() if t.compile else None
     started = time.perf_counter()
     reset_overflow(model)
-    train(model, step_fn, optim, cfg["seed"], cell_dir, t["checkpoint_every"], on_step, on_start,
+    train(model, step_fn, optim, cfg.seed, cell_dir, t.checkpoint_every, on_step, on_start,
           compile_clock=clock, accumulation=split.accumulation, parallel=ctx.parallel)
     train_seconds = time.perf_counter() - started
     train_backends, train_overflow = backends_used(model), overflow_lengths(model)
@@ -588,10 +421,10 @@ def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     results = evaluate(model, corpus, cfg, device, autocast, cell_dir, reporter, cell.label, plan)
     eval_seconds = time.perf_counter() - started
     evaluated = sorted({b for r in results.values() if r.get("backend") for b in r["backend"].split("+")})
-    run = {"device": device.type, "precision": precision, "precision_requested": t["precision"],
+    run = {"device": device.type, "precision": precision, "precision_requested": t.precision,
            "train_backend": "+".join(train_backends) or None, "backend": "+".join(evaluated) or None}
     randomized = bool(position_limits(model))
-    common = {"suite": name, "dataset": cfg["dataset"], "pe": pe_label(cfg), "seed": cfg["seed"], "train_len": length,
+    common = {"suite": name, "dataset": cfg.dataset, "pe": pe_label(cell.config), "seed": cfg.seed, "train_len": length,
               "precision": precision}
     records = [
         {
@@ -614,16 +447,16 @@ def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     for line in checks["warnings"]:
         reporter.message(f"{cell.label}: {line}")
     return {
-        "protocol": cfg["eval"]["protocol"],
+        "protocol": cfg.eval.protocol,
         "ppl_last256": {str(n): r["ppl_last256"] for n, r in results.items()},
         "ppl_all": {str(n): r["ppl_all"] for n, r in results.items()},
         "eval": {str(n): {k: r.get(k) for k in EVAL_FIELDS} for n, r in results.items()},
         "unigram_ppl": unigram_perplexity(unigram_logprobs(corpus.train, vocab), corpus.validation.tokens),
         "corpus": corpus.info,
         "train_len": length,
-        "tokens_per_step": t["batch_size"] * length,
-        "batch": {"global": t["batch_size"], "per_rank": split.per_rank, "micro": split.micro,
-                  "accumulation": split.accumulation, "world_size": t["batch_size"] // split.per_rank},
+        "tokens_per_step": t.batch_size * length,
+        "batch": {"global": t.batch_size, "per_rank": split.per_rank, "micro": split.micro,
+                  "accumulation": split.accumulation, "world_size": t.batch_size // split.per_rank},
         "params": model.num_parameters(),
         "resumed_from": resumed["from"],
         "train_seconds_this_run": round(train_seconds, 2),
@@ -641,18 +474,18 @@ def workload(cell: Cell) -> list[Work]:
     """The cell's work for ``run --dry-run`` (:mod:`lenbench.execute.estimate`): ``steps`` optimizer
     steps of ``accumulation`` micro-batches at the training length, and per evaluation length at most
     ``eval.samples`` sequences in batches of :func:`eval_batch_size`; costs are batch x forward cost."""
-    cfg = cell.config
-    t, ev, m = cfg["train"], cfg["eval"], cfg["model"]
-    vocab = spec_vocab_size(cfg["data"]["tokenizer"])
+    cfg: PplCellConfig = cell.spec
+    t, ev, m = cfg.train, cfg.eval, cfg.model
+    vocab = spec_vocab_size(cfg.data["tokenizer"])
 
     def item(kind: str, n: int, batch: int, repeats: float) -> Work:
-        return Work(kind, n, batch, batch * forward_cost(n, m["dim"], m["layers"], vocab), repeats)
+        return Work(kind, n, batch, batch * forward_cost(n, m.dim, m.layers, vocab), repeats)
 
-    split = split_batch(t["batch_size"], t.get("micro_batch_size"), 1)
-    works = [item("train", t["length"], split.micro, t["steps"] * split.accumulation)]
-    for n in ev["lengths"]:
-        batch = eval_batch_size(n, vocab, ev["tokens_per_batch"], ev["samples"])
-        full, rest = divmod(ev["samples"], batch)
+    split = split_batch(t.batch_size, t.micro_batch_size, 1)
+    works = [item("train", cfg.length, split.micro, t.steps * split.accumulation)]
+    for n in cfg.lengths:
+        batch = eval_batch_size(n, vocab, ev.tokens_per_batch, ev.samples)
+        full, rest = divmod(ev.samples, batch)
         works.append(item("eval", n, batch, full))
         if rest:
             works.append(item("eval", n, rest, 1))
@@ -662,12 +495,12 @@ def workload(cell: Cell) -> list[Work]:
 def probe(cell: Cell) -> Callable[[Work], None]:
     """One training micro-step (forward, backward, clipping, AdamW) or one evaluation forward of a
     :class:`Work` item on a decoder of the cell's shape, with uniformly random token ids."""
-    cfg = cell.config
-    t = cfg["train"]
-    vocab = spec_vocab_size(cfg["data"]["tokenizer"])
-    device, autocast = device_and_autocast(t["precision"])
-    model = Transformer(model_config(cfg, vocab), parse_pe_spec(cfg["pe"])).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+    cfg: PplCellConfig = cell.spec
+    t = cfg.train
+    vocab = spec_vocab_size(cfg.data["tokenizer"])
+    device, autocast = device_and_autocast(t.precision)
+    model = Transformer(model_config(cfg.model, cfg.length, cfg.lengths, vocab), parse_pe_spec(cfg.pe)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     generator = torch.Generator().manual_seed(0)
 
     def run(work: Work) -> None:
@@ -678,7 +511,7 @@ def probe(cell: Cell) -> Callable[[Work], None]:
             with autocast():
                 logits = model(ids[:, :-1])
             cross_entropy(logits, ids[:, 1:]).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
         else:
             model.eval()
