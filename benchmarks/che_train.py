@@ -63,7 +63,7 @@ def child(args: argparse.Namespace) -> None:
     }
     (cell,) = module.expand(load_suite("che"), "quick", overrides)
     task = TASKS.get(args.task)()
-    params = build_model(cell.config, task).num_parameters()
+    params = build_model(cell.spec, task).num_parameters()
 
     class Clock(SilentReporter):
         def __init__(self) -> None:

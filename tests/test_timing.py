@@ -299,8 +299,8 @@ def test_a_pe_that_runs_out_of_memory_is_oom_and_the_group_is_timed_without_it(
 
 def test_worker_killed_during_a_turn_makes_that_pe_oom_and_retimes_the_rest() -> None:
     # repeats of >= 1 s: the kill sent on a turn's first event lands inside that turn
-    cfg = cells("alibi", lengths="16", modes="fwd", control="none", isolate=True, min_repeat_ms=1000)[0].config
-    cfg = {**cfg, "pes": ["alibi", "kerple"]}
+    cfg = cells("alibi", lengths="16", modes="fwd", control="none", isolate=True, min_repeat_ms=1000)[0].spec
+    cfg = replace(cfg, pes=["alibi", "kerple"])
     killed: list[str] = []
 
     def kill_on_first_turn(event: dict[str, Any]) -> None:
@@ -323,7 +323,7 @@ def test_dape_is_timed_with_d_dape_32_on_the_real_shapes() -> None:
         "350m": (24, 1024, 16), "2.7b": (32, 2560, 32), "6.7b": (32, 4096, 32)
     }
     assert all(c["batch_size"] == 1 and c["train_len"] == 512 for c in by_size.values())
-    cfg = M.pe_config(cells("dape-kerple", lengths="16", modes="fwd")[0].config, "dape-kerple")
+    cfg = cells("dape-kerple", lengths="16", modes="fwd")[0].spec.for_pe("dape-kerple")
     block = M.build_timed_module(cfg, torch.device("cpu"), torch.float32)[0]
     assert block.attn.pe.hidden == 32 and block.attn.causal
     assert M.dape_width("dape-kerple") == 32 and M.dape_width("dape:hidden=64") == 64 and M.dape_width("alibi") is None
@@ -361,12 +361,12 @@ def test_reference_pe_is_the_default_or_chosen_and_always_timed() -> None:
 
 def test_cost_estimate_is_the_arithmetic_count_at_the_given_rate() -> None:
     (cell,) = cells("alibi,dape-kerple", lengths="100", modes="train", control="none")
-    cfg = cell.config  # tiny: width 128, 4 heads, a 1-block slice, fastest policy (causal half)
+    cfg = cell.spec  # tiny: width 128, 4 heads, a 1-block slice, fastest policy (causal half)
     block = 24 * 100 * 128**2 + 0.5 * 4 * 100**2 * 128
-    assert C.call_flops(M.pe_config(cfg, "alibi")) == pytest.approx(3 * block)
-    assert C.call_flops(M.pe_config(cfg, "dape-kerple")) == pytest.approx(3 * (block + 0.5 * 6 * 4 * 32 * 100**2))
+    assert C.call_flops(cfg.for_pe("alibi")) == pytest.approx(3 * block)
+    assert C.call_flops(cfg.for_pe("dape-kerple")) == pytest.approx(3 * (block + 0.5 * 6 * 4 * 32 * 100**2))
     rate = 1e9
-    calls = [max(C.MIN_CALL_S, C.call_flops(M.pe_config(cfg, pe)) / rate) for pe in cfg["pes"]]
+    calls = [max(C.MIN_CALL_S, C.call_flops(cfg.for_pe(pe)) / rate) for pe in cfg.pes]
     head = max(C.MIN_CALL_S, 3 * 2 * 100 * TC.GPT2_VOCAB * 128 / rate)
     # per PE: warm-up (1 call, no minimum) + the memory call + 3 rounds of max(call, 0 ms); the head: no memory call
     expected = sum(5 * c for c in calls) + 4 * head
@@ -384,10 +384,10 @@ def test_identical_work_control_times_identical_on_the_real_timer() -> None:
     median within 10% of 1 and an interval containing 1 (issue 25). Machine load can still disturb
     one run, so three independent runs are allowed: the test fails only when identical work times
     differently in all three, i.e. when the protocol (not the machine) is biased."""
-    cfg = cells("rope", lengths="64", modes="fwd", repeats=12, min_repeat_ms=50, min_warmup_ms=100)[0].config
+    cfg = cells("rope", lengths="64", modes="fwd", repeats=12, min_repeat_ms=50, min_warmup_ms=100)[0].spec
     tries = []
     for attempt in range(3):
-        result = M.measure_group({**cfg, "warmup": 1 + attempt})  # a new seed: new round orders
+        result = M.measure_group(replace(cfg, warmup=1 + attempt))  # a new seed: new round orders
         stat = bench.ratio_stat(result["pes"]["rope:base=10001"]["times_ms"], result["pes"]["rope"]["times_ms"])
         tries.append(stat)
         if stat.contains_one and abs(stat.median - 1) <= 0.10:

@@ -5,7 +5,7 @@ grid plus the identical-work control pair). Defaults follow DAPE Table 1 (docs/t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,7 +16,6 @@ from lenbench.model.sizes import SIZES, ModelSize
 from lenbench.pe.defaults import split_rules, with_length_defaults
 from lenbench.pe.registry import PESpec, pe_identity, resolve_pes
 from lenbench.suites.base import Cell
-from lenbench.suites.timing.measure import DTYPES
 from lenbench.suites.timing.ratios import MODES, POLICIES, size_params
 
 name = "timing"
@@ -24,6 +23,7 @@ GPT2_VOCAB = 50257
 DEFAULT_PES = "rope,t5,alibi,kerple,fire,dape-kerple"
 DEFAULT_CONTROL = "rope,rope:base=10001"  # identical work: RoPE's base changes only the angles' values
 CHECK_LAYERS = (1, 2, 4)  # slices timed by --check-estimate
+PRECISIONS = ("fp32", "bf16", "fp16")  # lenbench.suites.timing.measure.DTYPES maps them to torch dtypes
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,56 @@ class TimingProfile:
     check_estimate: bool = False  # also time 1-, 2- and 4-block slices to measure the estimate's error
     control: str | list[str] = DEFAULT_CONTROL  # two PEs doing identical work, or "none"
     pe_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. l0: dape-neox (lenbench/pe/defaults.py)
+
+
+@dataclass(frozen=True)
+class TimingCellConfig:
+    """One timing group, resolved: a model size's shape, every PE timed in its rounds (``pes``, with
+    their identities; the control pair included), one length and mode, the slice timed
+    (``layers_timed``), the measuring protocol and the backend policy. ``pe`` is not stored: it
+    names one PE in the view the model builders and estimates read (:func:`for_pe`)."""
+
+    size: str
+    layers: int
+    dim: int
+    heads: int
+    pes: list[str]
+    pe_identities: dict[str, Any]
+    control: list[str] | None
+    eval_len: int
+    train_len: int
+    mode: str
+    layers_timed: int
+    batch_size: int
+    vocab_size: int
+    precision: str
+    device: str
+    repeats: int
+    warmup: int
+    min_warmup_ms: float
+    min_repeat_ms: float
+    max_seconds: float | None
+    isolate: bool
+    backend_policy: str
+    estimate_check: bool = False
+    pe: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (``config.yaml``, the folder hash); ``estimate_check`` only when set."""
+        out = asdict(self)
+        out.pop("pe")
+        if not self.estimate_check:
+            out.pop("estimate_check")
+        return {"suite": name, **out}
+
+    def for_pe(self, pe: str) -> TimingCellConfig:
+        """One PE's view of the group (what the model builders and memory estimates read)."""
+        return replace(self, pe=pe)
+
+    @property
+    def full(self) -> bool:
+        """Whether every block is timed (else a slice, extrapolated to the full model)."""
+        return self.layers_timed >= self.layers
 
 
 @dataclass(frozen=True)
@@ -91,8 +141,8 @@ def resolve_precision(value: str, cuda: bool) -> str:
     """``auto`` -> bf16 on CUDA, fp32 on CPU; fp16/bf16 only on CUDA (CPU half kernels are not
     what the paper's GPUs run, and are slower than fp32 there)."""
     precision = ("bf16" if cuda else "fp32") if value == "auto" else value
-    if precision not in DTYPES:
-        raise LenbenchError(f"unknown precision {value!r} (choose auto, {', '.join(DTYPES)})")
+    if precision not in PRECISIONS:
+        raise LenbenchError(f"unknown precision {value!r} (choose auto, {', '.join(PRECISIONS)})")
     if precision != "fp32" and not cuda:
         raise LenbenchError(f"precision {precision} needs CUDA; CPU timing runs fp32")
     return precision
@@ -173,33 +223,12 @@ def expand(suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> li
         for n in lengths:
             for mode in modes:
                 for k, check in slices:
-                    config = {
-                        "suite": name,
-                        "size": size.name,
-                        "layers": size.layers,
-                        "dim": size.dim,
-                        "heads": size.heads,
-                        "pes": pes,
-                        "pe_identities": identities,
-                        "control": [str(c) for c in control] if control else None,
-                        "eval_len": n,
-                        "train_len": prof.train_length,
-                        "mode": mode,
-                        "layers_timed": k,
-                        "batch_size": 1,
-                        "vocab_size": prof.vocab_size,
-                        "precision": precision,
-                        "device": "cuda" if cuda else "cpu",
-                        "repeats": prof.repeats,
-                        "warmup": prof.warmup,
-                        "min_warmup_ms": prof.min_warmup_ms,
-                        "min_repeat_ms": prof.min_repeat_ms,
-                        "max_seconds": prof.max_seconds,
-                        "isolate": isolate,
-                        "backend_policy": policy,
-                    }
-                    if check:
-                        config["estimate_check"] = True
+                    config = TimingCellConfig(
+                        size.name, size.layers, size.dim, size.heads, pes, identities,
+                        [str(c) for c in control] if control else None, n, prof.train_length, mode, k, 1,
+                        prof.vocab_size, precision, "cuda" if cuda else "cpu", prof.repeats, prof.warmup,
+                        prof.min_warmup_ms, prof.min_repeat_ms, prof.max_seconds, isolate, policy, check,
+                    )
                     tags = ("" if policy == "fastest" else f"-{policy}") + (f"-K{k}" if check else "")
                     cells.append(Cell(name, f"{size.name}-L{n}-{mode}{tags}", config))
     return cells

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from lenbench import bench
-from lenbench.suites.timing.measure import DTYPES, dape_width, is_full, pe_config
+from lenbench.suites.timing.config import TimingCellConfig
+from lenbench.suites.timing.measure import DTYPES, dape_width, is_full
 
 MIN_CALL_S = 1e-3  # dispatch overhead floor of one call
 EFFICIENCY = 0.45  # achieved / probed rate of a real block (module docstring)
@@ -49,58 +50,58 @@ def probe_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: i
     return 2.0 * size**3 / max(best, 1e-9)
 
 
-def call_flops(cfg: dict[str, Any]) -> float:
+def call_flops(cfg: TimingCellConfig) -> float:
     """Arithmetic count of one timed call of one PE (``cfg`` with its ``pe``)."""
-    n, d, h, v = cfg["eval_len"], cfg["dim"], cfg["heads"], cfg["vocab_size"]
-    k = cfg["layers"] if is_full(cfg) else cfg["layers_timed"]
-    causal_share = 0.5 if cfg.get("backend_policy", "fastest") == "fastest" else 1.0
+    n, d, h, v = cfg.eval_len, cfg.dim, cfg.heads, cfg.vocab_size
+    k = cfg.layers if is_full(cfg) else cfg.layers_timed
+    causal_share = 0.5 if cfg.backend_policy == "fastest" else 1.0
     per_block = 24.0 * n * d * d + causal_share * 4.0 * n * n * d
-    width = dape_width(cfg["pe"]) or 0
+    width = dape_width(cfg.pe) or 0
     per_block += causal_share * 6.0 * h * width * n * n
     total = k * per_block + (2.0 * n * v * d if is_full(cfg) else 0.0)
-    return total * (3.0 if cfg["mode"] == "train" else 1.0)
+    return total * (3.0 if cfg.mode == "train" else 1.0)
 
 
-def embed_head_flops(cfg: dict[str, Any]) -> float:
+def embed_head_flops(cfg: TimingCellConfig) -> float:
     """Arithmetic count of the embedding-and-head call (the vocabulary projection dominates)."""
-    return 2.0 * cfg["eval_len"] * cfg["vocab_size"] * cfg["dim"] * (3.0 if cfg["mode"] == "train" else 1.0)
+    return 2.0 * cfg.eval_len * cfg.vocab_size * cfg.dim * (3.0 if cfg.mode == "train" else 1.0)
 
 
-def _protocol_seconds(call_s: list[float], cfg: dict[str, Any], memory: bool = True) -> float:
+def _protocol_seconds(call_s: list[float], cfg: TimingCellConfig, memory: bool = True) -> float:
     """Seconds the interleaved protocol spends on contenders whose calls take ``call_s`` (``memory``:
     plus the one call each that measures its peak memory)."""
-    warm = sum(max(cfg["warmup"] * c, cfg["min_warmup_ms"] / 1000) + (c if memory else 0.0) for c in call_s)
-    round_s = sum(max(c, cfg["min_repeat_ms"] / 1000) for c in call_s)
-    return warm + bench.planned_rounds(cfg["repeats"], round_s, cfg["max_seconds"]) * round_s
+    warm = sum(max(cfg.warmup * c, cfg.min_warmup_ms / 1000) + (c if memory else 0.0) for c in call_s)
+    round_s = sum(max(c, cfg.min_repeat_ms / 1000) for c in call_s)
+    return warm + bench.planned_rounds(cfg.repeats, round_s, cfg.max_seconds) * round_s
 
 
-def group_seconds(cfg: dict[str, Any], rate: float, embed_head: bool = True) -> float:
+def group_seconds(cfg: TimingCellConfig, rate: float, embed_head: bool = True) -> float:
     """Estimated seconds to time one group at ``rate`` FLOP/s (``embed_head``: include the
     embedding-and-head measurement of a slice)."""
-    calls = [max(MIN_CALL_S, call_flops(pe_config(cfg, pe)) / rate) for pe in cfg["pes"]]
+    calls = [max(MIN_CALL_S, call_flops(cfg.for_pe(pe)) / rate) for pe in cfg.pes]
     seconds = _protocol_seconds(calls, cfg)
     if embed_head and not is_full(cfg):
         seconds += _protocol_seconds([max(MIN_CALL_S, embed_head_flops(cfg) / rate)], cfg, memory=False)
     return seconds
 
 
-def run_seconds(configs: list[dict[str, Any]], rate: float) -> list[float]:
+def run_seconds(configs: list[TimingCellConfig], rate: float) -> list[float]:
     """Estimated seconds of each group of a run, in order; the embedding and head is counted once
     per (size, length, mode), as the run shares it."""
     seen: set[tuple[Any, ...]] = set()
     out = []
     for cfg in configs:
-        key = (cfg["dim"], cfg["vocab_size"], cfg["eval_len"], cfg["mode"], cfg["precision"])
+        key = (cfg.dim, cfg.vocab_size, cfg.eval_len, cfg.mode, cfg.precision)
         out.append(group_seconds(cfg, rate, embed_head=key not in seen))
         seen.add(key)
     return out
 
 
-def machine_rate(configs: list[dict[str, Any]]) -> float:
+def machine_rate(configs: list[TimingCellConfig]) -> float:
     """The rate a block is expected to reach on the device and precision the run's groups use:
     ``EFFICIENCY`` x the probed matrix rate (probed once)."""
     cfg = configs[0]
-    return EFFICIENCY * probe_rate(torch.device(cfg["device"]), DTYPES[cfg["precision"]])
+    return EFFICIENCY * probe_rate(torch.device(cfg.device), DTYPES[cfg.precision])
 
 
 def fmt_duration(seconds: float) -> str:

@@ -25,6 +25,7 @@ from lenbench.model.transformer import ModelConfig, Transformer, cross_entropy
 from lenbench.pe.base import PositionalEncoding
 from lenbench.pe.registry import PESpec, parse_pe_spec, pe_class
 from lenbench.results import config_hash
+from lenbench.suites.timing.config import TimingCellConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EMBED_HEAD = "embedding and head"  # the contender name of the PE-independent ends of the model
@@ -36,21 +37,16 @@ def attention_backend(policy: str) -> str:
 
 
 
-def pe_config(cfg: dict[str, Any], pe: str) -> dict[str, Any]:
-    """One PE's view of a group config (what the model builders and memory estimates read)."""
-    return {**cfg, "pe": pe}
-
-
-def order_seed(cfg: dict[str, Any]) -> int:
+def order_seed(cfg: TimingCellConfig) -> int:
     """The seed of a group's random round orders: from its config, so a rerun repeats them."""
-    return int(config_hash(cfg), 16) % (2**31)
+    return int(config_hash(cfg.to_dict()), 16) % (2**31)
 
 
 # --------------------------------------------------------------------------- what is timed
 
 
-def is_full(cfg: dict[str, Any]) -> bool:
-    return int(cfg["layers_timed"]) >= int(cfg["layers"])
+def is_full(cfg: TimingCellConfig) -> bool:
+    return cfg.full
 
 
 def estimate_full_ms(k_layer_ms: float, layers: int, layers_timed: int, embed_head_ms: float) -> float:
@@ -58,15 +54,15 @@ def estimate_full_ms(k_layer_ms: float, layers: int, layers_timed: int, embed_he
     return k_layer_ms * layers / layers_timed + embed_head_ms
 
 
-def model_config(cfg: dict[str, Any], layers: int) -> ModelConfig:
+def model_config(cfg: TimingCellConfig, layers: int) -> ModelConfig:
     """The LM decoder of the cell's shape (GPT-2 style, no dropout), attention per its backend policy."""
     return ModelConfig(
-        attention_backend=attention_backend(cfg.get("backend_policy", "fastest")),
-        vocab_size=cfg["vocab_size"],
-        out_size=cfg["vocab_size"],
-        dim=cfg["dim"],
+        attention_backend=attention_backend(cfg.backend_policy),
+        vocab_size=cfg.vocab_size,
+        out_size=cfg.vocab_size,
+        dim=cfg.dim,
         layers=layers,
-        heads=cfg["heads"],
+        heads=cfg.heads,
         dropout=0.0,
         causal=True,
         prenorm=True,
@@ -74,8 +70,8 @@ def model_config(cfg: dict[str, Any], layers: int) -> ModelConfig:
         embed_scale=False,
         final_norm=True,
         init="gpt2",
-        train_length=cfg["train_len"],
-        max_length=max(cfg["eval_len"], cfg["train_len"]),
+        train_length=cfg.train_len,
+        max_length=max(cfg.eval_len, cfg.train_len),
     )
 
 
@@ -95,17 +91,17 @@ class EmbedHead(nn.Module):
         return self.head(self.norm(self.embed(ids)))
 
 
-def build_timed_module(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> nn.Module:
+def build_timed_module(cfg: TimingCellConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The full model (ids -> logits) or, for a slice, K blocks (hidden states -> hidden states)."""
-    spec = parse_pe_spec(cfg["pe"])
+    spec = parse_pe_spec(cfg.pe)
     torch.manual_seed(0)
     with torch.device(device):
         if is_full(cfg):
-            module: nn.Module = Transformer(model_config(cfg, cfg["layers"]), spec)
+            module: nn.Module = Transformer(model_config(cfg, cfg.layers), spec)
         else:
             # A one-token vocabulary gives the K blocks the LM's initialisation without the cost
             # of a 50k-row embedding and head, which the slice does not use.
-            stub = Transformer(replace(model_config(cfg, cfg["layers_timed"]), vocab_size=1, out_size=1), spec)
+            stub = Transformer(replace(model_config(cfg, cfg.layers_timed), vocab_size=1, out_size=1), spec)
             module = nn.Sequential(*stub.blocks)
     return module.to(dtype)
 
@@ -154,36 +150,36 @@ def dape_width(label: str) -> int | None:
     return width or None
 
 
-def estimate_bytes(cfg: dict[str, Any]) -> int:
+def estimate_bytes(cfg: TimingCellConfig) -> int:
     """A lower bound on the memory a cell needs: weights (and gradients), activations kept for
     backward, and the N x N attention terms that are surely materialized. Used to skip cells that
     cannot fit before trying them; real allocation failures are caught as well."""
-    spec = parse_pe_spec(cfg["pe"])
+    spec = parse_pe_spec(cfg.pe)
     pe = pe_class(spec)
-    elem = DTYPES[cfg["precision"]].itemsize
-    n, d, h, v = cfg["eval_len"], cfg["dim"], cfg["heads"], cfg["vocab_size"]
-    full, train = is_full(cfg), cfg["mode"] == "train"
-    k = cfg["layers"] if full else cfg["layers_timed"]
+    elem = DTYPES[cfg.precision].itemsize
+    n, d, h, v = cfg.eval_len, cfg.dim, cfg.heads, cfg.vocab_size
+    full, train = is_full(cfg), cfg.mode == "train"
+    k = cfg.layers if full else cfg.layers_timed
     total = (k * 12 * d * d + (2 * v * d if full else 0)) * elem * (2 if train else 1)
     if train:
         total += k * 16 * n * d * elem
-    if cfg.get("backend_policy") == "paper":  # full [H, N, N] logits and softmax (and DAPE's [N, N, width])
+    if cfg.backend_policy == "paper":  # full [H, N, N] logits and softmax (and DAPE's [N, N, width])
         per_layer = (2 * h + (2 * h + _hidden_width(pe, spec) if pe.has_hook("scores") else 0)) * n * n * elem
         total += per_layer * (k if train else 1)
     elif pe.has_hook("scores") and train:  # explicit attention keeps per-block logits for backward
         total += k * (4 * h + 2 * _hidden_width(pe, spec)) * (n * n // 2) * elem
-    elif pe.has_hook("bias") and cfg["device"] != "cuda":  # fp32 bias and float mask of one layer
+    elif pe.has_hook("bias") and cfg.device != "cuda":  # fp32 bias and float mask of one layer
         total += 2 * h * n * n * 4
     if full:
         total += n * v * 4
     return total
 
 
-def embed_head_bytes(cfg: dict[str, Any]) -> int:
+def embed_head_bytes(cfg: TimingCellConfig) -> int:
     """Lower bound for the embedding-and-head measurement: weights (+ gradients) and fp32 logits."""
-    elem = DTYPES[cfg["precision"]].itemsize
-    weights = 2 * cfg["vocab_size"] * cfg["dim"] * elem
-    return weights * (2 if cfg["mode"] == "train" else 1) + cfg["eval_len"] * cfg["vocab_size"] * 4
+    elem = DTYPES[cfg.precision].itemsize
+    weights = 2 * cfg.vocab_size * cfg.dim * elem
+    return weights * (2 if cfg.mode == "train" else 1) + cfg.eval_len * cfg.vocab_size * 4
 
 
 def _one_line(exc: BaseException) -> str:
@@ -198,12 +194,12 @@ def _precheck(need: int, device: torch.device) -> str | None:
     return None
 
 
-def weight_bytes(cfg: dict[str, Any]) -> int:
+def weight_bytes(cfg: TimingCellConfig) -> int:
     """Bytes of a PE's timed weights (blocks, plus embedding and head for the full model)."""
     full = is_full(cfg)
-    k = cfg["layers"] if full else cfg["layers_timed"]
-    return (k * 12 * cfg["dim"] ** 2 + (2 * cfg["vocab_size"] * cfg["dim"] if full else 0)) * DTYPES[
-        cfg["precision"]].itemsize
+    k = cfg.layers if full else cfg.layers_timed
+    return (k * 12 * cfg.dim ** 2 + (2 * cfg.vocab_size * cfg.dim if full else 0)) * DTYPES[
+        cfg.precision].itemsize
 
 
 # --------------------------------------------------------------------------- measuring one group
@@ -212,10 +208,10 @@ def weight_bytes(cfg: dict[str, Any]) -> int:
 _MODELS: dict[str, nn.Module] = {}
 
 
-def _model_key(cfg: dict[str, Any]) -> str:
+def _model_key(cfg: TimingCellConfig) -> str:
     keys = ("size", "pe", "layers", "layers_timed", "vocab_size", "precision", "device", "train_len")
-    extra = [cfg.get("backend_policy", "fastest"), max(cfg["eval_len"], cfg["train_len"])]
-    return json.dumps([cfg[k] for k in keys] + extra)
+    extra = [cfg.backend_policy, max(cfg.eval_len, cfg.train_len)]
+    return json.dumps([getattr(cfg, k) for k in keys] + extra)
 
 
 class PEOutOfMemory(Exception):
@@ -238,22 +234,24 @@ def _guard(pe: str, fn: Callable[[], None]) -> Callable[[], None]:
     return call
 
 
-def _inputs(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _inputs(
+    cfg: TimingCellConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The timed input (ids for the full model, hidden states for a slice) and LM targets."""
-    n = cfg["eval_len"]
+    n = cfg.eval_len
     gen = torch.Generator(device="cpu").manual_seed(0)
     if is_full(cfg):
-        ids = torch.randint(0, cfg["vocab_size"], (1, n + 1), generator=gen).to(device)
-        return ids[:, :-1], (ids[:, 1:] if cfg["mode"] == "train" else None)
-    inputs = torch.randn(1, n, cfg["dim"], generator=gen).to(device=device, dtype=dtype)
-    inputs.requires_grad_(cfg["mode"] == "train")  # block 0 of a real model passes gradients on
+        ids = torch.randint(0, cfg.vocab_size, (1, n + 1), generator=gen).to(device)
+        return ids[:, :-1], (ids[:, 1:] if cfg.mode == "train" else None)
+    inputs = torch.randn(1, n, cfg.dim, generator=gen).to(device=device, dtype=dtype)
+    inputs.requires_grad_(cfg.mode == "train")  # block 0 of a real model passes gradients on
     return inputs, None
 
 
-def _contender(pe: str, module: nn.Module, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype,
+def _contender(pe: str, module: nn.Module, cfg: TimingCellConfig, device: torch.device, dtype: torch.dtype,
                park: bool) -> bench.Contender:
     inputs, targets = _inputs(cfg, device, dtype)
-    fn, reset = make_step(module, inputs, cfg["mode"], targets)
+    fn, reset = make_step(module, inputs, cfg.mode, targets)
     if not park:
         return bench.Contender(pe, _guard(pe, fn), reset)
     return bench.Contender(pe, _guard(pe, fn), reset, enter=lambda: module.to(device), leave=lambda: module.to("cpu"))
@@ -264,7 +262,7 @@ def _oom(reason: str) -> dict[str, Any]:
 
 
 def measure_group(
-    cfg: dict[str, Any],
+    cfg: TimingCellConfig,
     exclude: dict[str, str] | None = None,
     embed_head: dict[str, Any] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -272,31 +270,31 @@ def measure_group(
     """Time every PE of a group in this process (``exclude``: PEs already known not to fit, with
     why). Returns plain data: per PE ``ok`` (times per round, calls per repeat, backend, peak
     memory) or ``oom`` (reason); the rounds' orders; the embedding-and-head timing for slices."""
-    device, dtype = torch.device(cfg["device"]), DTYPES[cfg["precision"]]
+    device, dtype = torch.device(cfg.device), DTYPES[cfg.precision]
     emit = on_event or (lambda event: None)
     if device.type == "cuda":
         allow_recompiles()
     results: dict[str, dict[str, Any]] = {pe: _oom(why) for pe, why in (exclude or {}).items()}
-    active = [pe for pe in cfg["pes"] if pe not in results]
-    keys = {pe: _model_key(pe_config(cfg, pe)) for pe in active}
+    active = [pe for pe in cfg.pes if pe not in results]
+    keys = {pe: _model_key(cfg.for_pe(pe)) for pe in active}
     if set(_MODELS) - set(keys.values()):
         for stale in set(_MODELS) - set(keys.values()):
             del _MODELS[stale]
         bench.release_memory(device)
     for pe in list(active):
-        if keys[pe] not in _MODELS and (why := _precheck(estimate_bytes(pe_config(cfg, pe)), device)):
+        if keys[pe] not in _MODELS and (why := _precheck(estimate_bytes(cfg.for_pe(pe)), device)):
             results[pe] = _oom(why)
             active.remove(pe)
     # On CUDA the full models of a group may not fit at once: then each waits in host memory.
     room = bench.available_bytes(device)
     park = device.type == "cuda" and room is not None and sum(
-        weight_bytes(pe_config(cfg, pe)) for pe in active) > room // 2
+        weight_bytes(cfg.for_pe(pe)) for pe in active) > room // 2
     modules: dict[str, nn.Module] = {}
     for pe in list(active):
         emit({"phase": "build", "pe": pe})
         try:
             if keys[pe] not in _MODELS:
-                _MODELS[keys[pe]] = build_timed_module(pe_config(cfg, pe), device, dtype)
+                _MODELS[keys[pe]] = build_timed_module(cfg.for_pe(pe), device, dtype)
             modules[pe] = _MODELS[keys[pe]].to("cpu") if park else _MODELS[keys[pe]]
         except Exception as exc:
             if not bench.is_oom(exc):
@@ -307,11 +305,11 @@ def measure_group(
             active.remove(pe)
     rounds = None
     while active:
-        contenders = [_contender(pe, modules[pe], pe_config(cfg, pe), device, dtype, park) for pe in active]
+        contenders = [_contender(pe, modules[pe], cfg.for_pe(pe), device, dtype, park) for pe in active]
         try:
             rounds = bench.interleaved_rounds(
-                contenders, cfg["repeats"], warmup_calls=cfg["warmup"], min_warmup_s=cfg["min_warmup_ms"] / 1000,
-                min_repeat_s=cfg["min_repeat_ms"] / 1000, seed=order_seed(cfg), budget_s=cfg["max_seconds"],
+                contenders, cfg.repeats, warmup_calls=cfg.warmup, min_warmup_s=cfg.min_warmup_ms / 1000,
+                min_repeat_s=cfg.min_repeat_ms / 1000, seed=order_seed(cfg), budget_s=cfg.max_seconds,
                 on_event=emit)
         except PEOutOfMemory as exc:
             results[exc.pe] = _oom(exc.reason)
@@ -358,7 +356,7 @@ def measure_group(
     return out
 
 
-def measure_embed_head(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def measure_embed_head(cfg: TimingCellConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """Time the embedding-and-head part of the full-model estimate (PE-independent), by the same
     protocol as the PEs (as a group of one)."""
     reason = _precheck(embed_head_bytes(cfg), device)
@@ -366,14 +364,14 @@ def measure_embed_head(cfg: dict[str, Any], device: torch.device, dtype: torch.d
         try:
             torch.manual_seed(0)
             with torch.device(device):
-                module = EmbedHead(cfg["vocab_size"], cfg["dim"]).to(dtype)
-            ids = torch.randint(0, cfg["vocab_size"], (1, cfg["eval_len"] + 1)).to(device)
-            targets = ids[:, 1:] if cfg["mode"] == "train" else None
-            fn, reset = make_step(module, ids[:, :-1], cfg["mode"], targets)
+                module = EmbedHead(cfg.vocab_size, cfg.dim).to(dtype)
+            ids = torch.randint(0, cfg.vocab_size, (1, cfg.eval_len + 1)).to(device)
+            targets = ids[:, 1:] if cfg.mode == "train" else None
+            fn, reset = make_step(module, ids[:, :-1], cfg.mode, targets)
             rounds = bench.interleaved_rounds(
-                [bench.Contender(EMBED_HEAD, fn, reset)], cfg["repeats"], warmup_calls=cfg["warmup"],
-                min_warmup_s=cfg["min_warmup_ms"] / 1000, min_repeat_s=cfg["min_repeat_ms"] / 1000,
-                seed=order_seed(cfg), budget_s=cfg["max_seconds"])
+                [bench.Contender(EMBED_HEAD, fn, reset)], cfg.repeats, warmup_calls=cfg.warmup,
+                min_warmup_s=cfg.min_warmup_ms / 1000, min_repeat_s=cfg.min_repeat_ms / 1000,
+                seed=order_seed(cfg), budget_s=cfg.max_seconds)
             return {"status": "ok", "ms": rounds.median_ms(EMBED_HEAD), "iqr": rounds.iqr_ms(EMBED_HEAD),
                     "rounds": rounds.rounds}
         except Exception as exc:
@@ -461,7 +459,7 @@ _WORKER: list[Worker] = []
 
 
 def measure_group_isolated(
-    cfg: dict[str, Any],
+    cfg: TimingCellConfig,
     exclude: dict[str, str] | None = None,
     embed_head: dict[str, Any] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,

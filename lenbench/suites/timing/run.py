@@ -74,7 +74,7 @@ from lenbench.errors import LenbenchError
 from lenbench.pe.registry import pe_label, resolve_pes
 from lenbench.results import CellDir
 from lenbench.suites.base import Cell, Reporter, RunContext
-from lenbench.suites.timing.config import DEFAULT_PES, name
+from lenbench.suites.timing.config import DEFAULT_PES, TimingCellConfig, name
 from lenbench.suites.timing.measure import (
     dape_width,
     estimate_full_ms,
@@ -112,51 +112,51 @@ def reference_and_pes(suite_file: SuiteFile, pes: str | None, reference: str | N
 _EMBED_HEAD: dict[str, dict[str, Any]] = {}
 
 
-def _embed_head_key(cfg: dict[str, Any]) -> str:
+def _embed_head_key(cfg: TimingCellConfig) -> str:
     keys = ("dim", "vocab_size", "eval_len", "mode", "precision", "device", "repeats", "warmup", "min_warmup_ms",
             "min_repeat_ms")
-    return json.dumps([cfg[k] for k in keys])
+    return json.dumps([getattr(cfg, k) for k in keys])
 
 
-def control_role(cfg: dict[str, Any], pe: str) -> str | None:
+def control_role(cfg: TimingCellConfig, pe: str) -> str | None:
     """``base`` or ``twin`` for the two PEs of the group's identical-work control, else None."""
-    control = cfg.get("control") or []
+    control = cfg.control or []
     return {control[0]: "base", control[1]: "twin"}.get(pe) if len(control) == 2 else None
 
 
-def group_records(cfg: dict[str, Any], result: dict[str, Any], group: str) -> list[dict[str, Any]]:
+def group_records(cfg: TimingCellConfig, result: dict[str, Any], group: str) -> list[dict[str, Any]]:
     """Long-format records of one group: per PE its time (with the per-round times) and its peak memory."""
-    mode = cfg["mode"]
+    mode = cfg.mode
     shared = {
         "suite": name,
-        "size": cfg["size"],
-        "train_len": cfg["train_len"],
-        "eval_len": cfg["eval_len"],
+        "size": cfg.size,
+        "train_len": cfg.train_len,
+        "eval_len": cfg.eval_len,
         "mode": mode,
-        "layers": cfg["layers"],
-        "layers_timed": cfg["layers_timed"],
-        "batch_size": cfg["batch_size"],
-        "precision": cfg["precision"],
-        "device": cfg["device"],
-        "backend_policy": cfg.get("backend_policy", "fastest"),
-        "estimate_check": bool(cfg.get("estimate_check", False)),
+        "layers": cfg.layers,
+        "layers_timed": cfg.layers_timed,
+        "batch_size": cfg.batch_size,
+        "precision": cfg.precision,
+        "device": cfg.device,
+        "backend_policy": cfg.backend_policy,
+        "estimate_check": cfg.estimate_check,
         "group": group,
-        "group_pes": list(cfg["pes"]),
-        "control": cfg.get("control"),
+        "group_pes": list(cfg.pes),
+        "control": cfg.control,
         "rounds": result.get("rounds"),
-        "repeats": cfg["repeats"],
+        "repeats": cfg.repeats,
         "budget_limited": bool(result.get("budget_limited", False)),
-        "max_seconds": cfg["max_seconds"],
-        "min_repeat_ms": cfg["min_repeat_ms"],
+        "max_seconds": cfg.max_seconds,
+        "min_repeat_ms": cfg.min_repeat_ms,
         "order_seed": order_seed(cfg),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     eh = result.get("embed_head") or {}
     eh_ok = eh.get("status") == "ok"
     records = []
-    for pe in cfg["pes"]:
+    for pe in cfg.pes:
         r = result["pes"][pe]
-        label = pe_label({"pe": pe, "pe_identity": (cfg.get("pe_identities") or {}).get(pe)})
+        label = pe_label({"pe": pe, "pe_identity": cfg.pe_identities.get(pe)})
         common = {**shared, "pe": label, "spec": pe, "d_dape": dape_width(pe), "status": r["status"],
                   "control_role": control_role(cfg, pe)}
         if r["status"] != "ok":
@@ -166,7 +166,7 @@ def group_records(cfg: dict[str, Any], result: dict[str, Any], group: str) -> li
             continue
         est = None
         if not is_full(cfg) and eh_ok:
-            est = estimate_full_ms(r["ms"], cfg["layers"], cfg["layers_timed"], eh["ms"])
+            est = estimate_full_ms(r["ms"], cfg.layers, cfg.layers_timed, eh["ms"])
         records.append({
             **common,
             "metric": f"ms_{mode}",
@@ -217,10 +217,10 @@ class GroupProgress:
 def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     """Time one group (in the worker process when ``isolate``) and write its metric records."""
     reporter = ctx.reporter
-    cfg = cell.config
+    cfg: TimingCellConfig = cell.spec
     key = _embed_head_key(cfg)
-    measure = measure_group_isolated if cfg["isolate"] else measure_group
-    progress = GroupProgress(cell.label, reporter, len(cfg["pes"]))
+    measure = measure_group_isolated if cfg.isolate else measure_group
+    progress = GroupProgress(cell.label, reporter, len(cfg.pes))
     result = measure(cfg, {}, _EMBED_HEAD.get(key), progress)
     if (result.get("embed_head") or {}).get("status") == "ok":
         _EMBED_HEAD[key] = result["embed_head"]
@@ -230,7 +230,7 @@ def run_cell(cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
     ok = [pe for pe, r in timed.items() if r["status"] == "ok"]
     parts = [f"{pe} {timed[pe]['value']:.1f}" for pe in ok] + [f"{pe} OOM" for pe in timed if pe not in ok]
     rounds = result.get("rounds")
-    note = f"; {rounds} of {cfg['repeats']} rounds (budget {cfg['max_seconds']:g} s)" if result.get(
+    note = f"; {rounds} of {cfg.repeats} rounds (budget {cfg.max_seconds:g} s)" if result.get(
         "budget_limited") else ""
     reporter.message(f"{cell.label}: ms {', '.join(parts)}{note}")
     for pe in (pe for pe in timed if pe not in ok):
