@@ -32,7 +32,7 @@ import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lenbench.errors import LenbenchError  # noqa: E402
-from lenbench.report.plots import RC  # noqa: E402
+from lenbench.present.figures import RC  # noqa: E402
 from lenbench.results import CellDir, safe_torch_load  # noqa: E402
 
 TERMS = {
