@@ -18,9 +18,6 @@ import pandas as pd
 
 from lenbench.suites import SUITE_MODULES
 
-# TEMPORARY: the titles live on the Suite objects (``suite.title``)
-_TITLES = {"che": "CHE: accuracy on longer inputs", "ppl": "Perplexity extrapolation", "timing": "Time cost"}
-
 
 def _same(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
@@ -66,7 +63,7 @@ def suite_api(name: str) -> SuiteApi:
         keys = importlib.import_module(f"lenbench.suites.{name}.keys")
         tables = importlib.import_module(f"lenbench.suites.{name}.tables")
         _CACHE[name] = SuiteApi(
-            name, _TITLES[name], keys.cell_keys, tables.suite_tables, _figures(name), tables.comparisons,
+            name, tables.TITLE, keys.cell_keys, tables.suite_tables, _figures(name), tables.comparisons,
             keys.POOLED, tuple(keys.TABLE_GROUP), tuple(keys.CELL_IDENTITY), tuple(keys.PROTOCOL_AXES),
             keys.protocol_extra, getattr(tables, "COMPARISON_NOTES", None), getattr(tables, "warnings", _none),
             getattr(keys, "normalize", _same),

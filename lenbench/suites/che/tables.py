@@ -43,6 +43,7 @@ from lenbench.suites.che.views import LEVELS, CheView, che_views, level_rank, ta
 
 # what the significance table compares for this suite, and what its † means here
 COMPARISON_NOTES = ("CHE: score in %, higher is better", "below the majority baseline (CHE)")
+TITLE = "CHE: accuracy on longer inputs"  # the report section's title
 
 
 def suite_tables(frame: pd.DataFrame, options: Mapping[str, Any] | None = None) -> tuple[list[Table], pd.DataFrame]:

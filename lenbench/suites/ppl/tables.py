@@ -37,6 +37,7 @@ from lenbench.suites.ppl.views import ppl_views
 
 # what the significance table compares for this suite, and what its † means here
 COMPARISON_NOTES = ("ppl: ppl_last256, lower is better", "worse than the unigram model (ppl)")
+TITLE = "Perplexity extrapolation"  # the report section's title
 
 
 def suite_tables(frame: pd.DataFrame, options: Mapping[str, Any] | None = None) -> tuple[list[Table], pd.DataFrame]:

@@ -21,6 +21,8 @@ from lenbench.present.table import Section, Table, TCell
 from lenbench.results import slug
 from lenbench.suites.base import Comparison
 
+TITLE = "Time cost"  # the report section's title
+
 
 def suite_tables(frame: pd.DataFrame, options: Mapping[str, Any] | None = None) -> tuple[list[Table], pd.DataFrame]:
     """The suite's report tables and tidy summary; ``options["reference_pe"]``: the Ratio's
