@@ -453,11 +453,11 @@ def timing(
     from lenbench.config import choose_profile, load_suite
     from lenbench.execute.inprocess import run_in_process
     from lenbench.report.collect import collect_cells
-    from lenbench.report.tables import timing_report_tables
     from lenbench.results import ResultStore
     from lenbench.suites import get_suite
     from lenbench.suites.timing.cost import fmt_duration, machine_rate, run_seconds
     from lenbench.suites.timing.run import reference_and_pes
+    from lenbench.suites.timing.tables import timing_report_tables
 
     suite_file = load_suite("timing")
     module = get_suite("timing")
@@ -616,7 +616,7 @@ def viz(
     """Plot, per head, the attention logits, base bias and DAPE term of one query against all keys."""
     import matplotlib.pyplot as plt
 
-    from lenbench.report.viz import visualize
+    from lenbench.inspect.viz import visualize
 
     fig, target = visualize(path, query, layer, heads, out_file)
     plt.close(fig)

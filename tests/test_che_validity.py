@@ -15,11 +15,12 @@ import torch
 from lenbench.config import load_suite
 from lenbench.errors import LenbenchError
 from lenbench.execute.inprocess import run_in_process
-from lenbench.report import tables as T
+from lenbench.present.cells import DNF
 from lenbench.report.collect import collect
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, get_suite
 from lenbench.suites.che.stats import Counts, majority_classes, majority_counts, pooled, ratio_se, score_se
+from lenbench.suites.che.tables import che_tables
 from lenbench.tasks.che import TASKS
 
 # ---------------------------------------------------------------- standard errors
@@ -105,11 +106,11 @@ def test_two_step_cell_did_not_fit_and_records_say_why(tmp_path: Path) -> None:
     assert score["se"] == pytest.approx(score_se([r["se"] for r in by["accuracy"]]))
     assert all(0.0 < r["se"] < 0.5 and r["samples"] == 12 for r in by["accuracy"])
     # the report flags it and never bolds it; the in-distribution table sits beside the test table
-    tables = {t.key: t for t in T.che_tables(collect(tmp_path).frame)[0]}
+    tables = {t.key: t for t in che_tables(collect(tmp_path).frame)[0]}
     mean, best, train_table = tables["che_mean"], tables["che_max"], tables["che_train"]
-    assert mean.rows[0][3].text == f"{T.DNF} (0/1 fit)" and not mean.rows[0][3].bold  # no fitted run: no score
+    assert mean.rows[0][3].text == f"{DNF} (0/1 fit)" and not mean.rows[0][3].bold  # no fitted run: no score
     # the papers' statistic is the unfiltered max (CHE's code): shown, marked as a run that did not fit, never bold
-    assert f"({T.DNF} run, 0/1 fit)" in best.rows[0][3].text and not best.rows[0][3].bold
+    assert f"({DNF} run, 0/1 fit)" in best.rows[0][3].text and not best.rows[0][3].bold
     assert train_table.key == "che_train" and mean.header[:3] == ["task", "chance", "majority"]
     assert any("never bold" in n for n in mean.notes) and any("no bold" in n for n in train_table.notes)
 
@@ -165,10 +166,10 @@ def test_rate_is_chosen_in_distribution_and_the_papers_max_is_unfiltered(tmp_pat
             {**common, "eval_len": None, "metric": "train_score", "value": 0.95 if fit else 0.5},
         ])  # fmt: skip
         cell.mark_done({"score": value})
-    tables = {t.key: t for t in T.che_tables(collect(tmp_path).frame)[0]}
+    tables = {t.key: t for t in che_tables(collect(tmp_path).frame)[0]}
     mean, best = tables["che_mean"], tables["che_max"]
     # the rate is chosen in distribution: 1e-4 (both runs fit) beats 3e-4 (one of two fit), so the table
     # shows 1e-4's mean ± std over its fitted runs, not 3e-4's higher test scores
     assert mean.rows[0][3].text.startswith("65.0 ± 7.1 (2/2 fit)") and "@0.0001" in mean.rows[0][3].text
     # the papers' statistic: the unfiltered max over seeds and rates (CHE's code), here a run that did not fit
-    assert best.rows[0][3].text.startswith("90.0") and T.DNF in best.rows[0][3].text
+    assert best.rows[0][3].text.startswith("90.0") and DNF in best.rows[0][3].text

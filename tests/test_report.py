@@ -21,16 +21,26 @@ from lenbench.cli import main
 from lenbench.config import load_suite
 from lenbench.errors import LenbenchError
 from lenbench.execute.inprocess import run_in_process
+from lenbench.inspect import viz as V
 from lenbench.present import render as R
 from lenbench.present import stats as S
+from lenbench.present.cells import BELOW
+from lenbench.present.figures import pe_style
+from lenbench.present.significance import significance_cells
+from lenbench.present.table import Section, Table, TCell
 from lenbench.report import build_report
-from lenbench.report import plots as P
-from lenbench.report import tables as T
-from lenbench.report import viz as V
+from lenbench.report.build import report_figures
 from lenbench.report.collect import collect
+from lenbench.report.significance import significance
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, get_suite
+from lenbench.suites.che.plots import che_grid_figure, che_task_figure
+from lenbench.suites.che.tables import che_tables
+from lenbench.suites.ppl.plots import ppl_figure
+from lenbench.suites.ppl.tables import ppl_tables
+from lenbench.suites.timing import config as timing_config
 from lenbench.suites.timing import run as timing_suite
+from lenbench.suites.timing.tables import timing_report_tables
 
 SEEDS = (0, 1, 2)
 CHE_LENGTHS = (41, 60)
@@ -117,11 +127,11 @@ def write_timing(root: Path) -> None:
     overrides = {"grid": {"pes": "kerple,dape-kerple"},
                  "profile": {"sizes": "350m", "lengths": "512,1024", "modes": "fwd", "layers": 1, "isolate": False,
                              "control": "none"}}
-    for cell in timing_suite.expand(load_suite("timing"), "quick", overrides):
+    for cell in timing_config.expand(load_suite("timing"), "quick", overrides):
         cfg = cell.config
         result = timing_result({pe: TIMING_MS.get((pe, cfg["eval_len"])) for pe in cfg["pes"]})
         cell_id = store.cell("timing", cell.label, cfg).cell_id
-        write_cell(store, "timing", cell.label, cfg, timing_suite.group_records(cfg, result, cell_id))
+        write_cell(store, "timing", cell.label, cfg, timing_suite.group_records(cell.spec, result, cell_id))
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +143,11 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def texts(table: T.Table) -> dict[str, list[str]]:
+def texts(table: Table) -> dict[str, list[str]]:
     return {row[0].text: [c.text for c in row[1:]] for row in table.rows}
 
 
-def bold(table: T.Table) -> dict[str, list[bool]]:
+def bold(table: Table) -> dict[str, list[bool]]:
     return {row[0].text: [c.bold for c in row[1:]] for row in table.rows}
 
 
@@ -168,7 +178,7 @@ def test_long_table_has_every_record_and_failed_cells_as_nan(results: Path) -> N
 
 
 def test_che_tables_hand_computed(results: Path) -> None:
-    (mean, every, best, train), summary = T.che_tables(collect(results, "che").frame)
+    (mean, every, best, train), summary = che_tables(collect(results, "che").frame)
     assert mean.header == ["task", "chance", "majority", "alibi", "kerple", "dape-kerple"]
     assert [s.label for s in mean.sections] == ["Regular (R)", "Deterministic context-free (DCF)"]
     rows = texts(mean)
@@ -193,7 +203,7 @@ def test_che_tables_hand_computed(results: Path) -> None:
 
 
 def test_ppl_table_per_length_lowest_bold_and_failed_pe(results: Path) -> None:
-    (table,), _ = T.ppl_tables(collect(results, "ppl").frame)
+    (table,), _ = ppl_tables(collect(results, "ppl").frame)
     assert table.header == ["PE", "16 (train)", "32"]
     rows = texts(table)
     assert rows["alibi"] == ["11.00 ± 1.41", "21.00 ± 1.41"]
@@ -217,7 +227,7 @@ def test_ppl_tables_and_plots_are_per_protocol(results: Path, tmp_path: Path) ->
         write_cell(store, "ppl", f"toy-dape-T16-s{seed}-fixed", config, records)
     frame = collect(root, "ppl").frame
     assert set(frame["protocol"]) == {"documents", "fixed_targets"}  # records without one: documents
-    tables, summary = T.ppl_tables(frame)
+    tables, summary = ppl_tables(frame)
     by_key = {t.key: t for t in tables}
     assert set(by_key) == {"ppl_toy_T16_documents", "ppl_toy_T16_fixed_targets"}
     fixed, old = by_key["ppl_toy_T16_fixed_targets"], by_key["ppl_toy_T16_documents"]
@@ -228,16 +238,16 @@ def test_ppl_tables_and_plots_are_per_protocol(results: Path, tmp_path: Path) ->
     assert set(summary["protocol"]) == {"documents", "fixed_targets"}
     dape = frame[(frame["pe"] == "dape-kerple") & (frame["metric"] == "ppl_last256") & (frame["eval_len"] == 32)]
     assert set(zip(dape["protocol"], dape["seeds_mean"], strict=True)) == {("documents", 11.75), ("fixed_targets", 7.5)}
-    saved = P.report_figures(frame, tmp_path / "plots")
+    saved = report_figures(frame, tmp_path / "plots")
     assert [p.stem for _, paths in saved["ppl"] for p in paths][::2] == ["ppl_toy_T16_documents",
                                                                           "ppl_toy_T16_fixed_targets"]
-    assert "fixed_targets protocol" in P.ppl_figure(frame, "toy", 16, "fixed_targets").axes[0].get_title()
+    assert "fixed_targets protocol" in ppl_figure(frame, "toy", 16, "fixed_targets").axes[0].get_title()
     with pytest.raises(LenbenchError, match="several protocols"):
-        P.ppl_figure(frame, "toy", 16)
+        ppl_figure(frame, "toy", 16)
 
 
 def test_timing_table_ratio_to_dape_kerple_and_oom(results: Path) -> None:
-    (table, memory), summary = T.timing_report_tables(collect(results, "timing").frame)
+    (table, memory), summary = timing_report_tables(collect(results, "timing").frame)
     # the slice is labelled (1L), the estimate is "est.", and the Ratio header says which way it goes
     assert table.header[:5] == ["PE", "backend", "N=512 1L ms", "N=512 est. ms",
                                 "N=512 Ratio PE/dape-kerple (95% CI)"]
@@ -265,13 +275,13 @@ def test_timing_report_labels_backend_policy_and_shows_the_estimate_check(tmp_pa
         overrides = {"grid": {"pes": "kerple"}, "profile": {"sizes": "350m", "lengths": "512", "modes": "fwd",
                                                              "isolate": False, "backend": policy,
                                                              "check_estimate": check, "control": "none"}}
-        for cell in timing_suite.expand(load_suite("timing"), "quick", overrides):
+        for cell in timing_config.expand(load_suite("timing"), "quick", overrides):
             cfg = cell.config
             result = timing_result({"kerple": medians[(cfg["layers_timed"], policy)]}, backend=policy)
             result["pes"]["kerple"]["iqr"] = 0.25
             cell_id = store.cell("timing", cell.label, cfg).cell_id
-            write_cell(store, "timing", cell.label, cfg, timing_suite.group_records(cfg, result, cell_id))
-    tables, summary = T.timing_report_tables(collect(tmp_path).frame)
+            write_cell(store, "timing", cell.label, cfg, timing_suite.group_records(cell.spec, result, cell_id))
+    tables, summary = timing_report_tables(collect(tmp_path).frame)
     by_key = {t.key: t for t in tables}
     assert {"timing_fwd_350m", "timing_fwd_350m_paper", "timing_memory_350m", "timing_memory_350m_paper",
             "timing_estimate_check"} == set(by_key)
@@ -302,7 +312,7 @@ def test_paired_test_known_answers() -> None:
     shifted = S.paired_test([x + 2.0 for x in a], a)  # a constant shift: sd 0 -> no test (not t = inf, p = 0)
     assert (shifted.diff, shifted.sd, shifted.t, shifted.p_t, shifted.p_sign_flip) == (2.0, 0.0, None, None, None)
     assert not shifted.testable and "constant difference" in shifted.note
-    assert T.significance_cells(shifted, True, "a", "b")[-1].text == "no test"
+    assert significance_cells(shifted, True, "a", "b")[-1].text == "no test"
     same = S.paired_test(a, a)
     assert not same.testable and same.t is None and "identical" in same.note
     test = S.paired_test([11.0, 14.0, 20.0], a)  # d = 1, 2, 3: mean 2, sd 1, t = 2 sqrt(3), df 2
@@ -311,7 +321,7 @@ def test_paired_test_known_answers() -> None:
     assert test.p_sign_flip == pytest.approx(0.25)
     single = S.paired_test([1.0], [2.0])
     assert not single.testable and single.p_t is None and "no test possible" in single.note
-    cells = T.significance_cells(single, True, "a", "b")
+    cells = significance_cells(single, True, "a", "b")
     assert cells[6].text.startswith("no test") and not any(re.fullmatch(r"[0-9.]+", c.text) for c in cells[5:8])
 
 
@@ -335,21 +345,21 @@ def test_t_quantile_inverts_the_t_test() -> None:
 def test_favours_only_below_005() -> None:
     # d = 1, 2, 3: t = 2 sqrt(3) (df 2), p = 1 - 2 sqrt(3)/sqrt(14) = 0.0742 -> n.s.
     test = S.paired_test([11.0, 14.0, 20.0], [10.0, 12.0, 17.0])
-    assert T.significance_cells(test, True, "a", "b")[-1].text == "n.s."
+    assert significance_cells(test, True, "a", "b")[-1].text == "n.s."
     # df 2: p < 0.05 iff |t| > 4.3027. d = 5 + e, 5 - e, 5 (mean 5, sd e): t = 5 sqrt(3) / e
     e_at = 5 * math.sqrt(3) / S.t_quantile(0.05, 2)  # e where p = 0.05 exactly (2.0127)
     below = S.paired_test([5 + e_at * 0.99, 5 - e_at * 0.99, 5.0], [0.0, 0.0, 0.0])
     above = S.paired_test([5 + e_at * 1.01, 5 - e_at * 1.01, 5.0], [0.0, 0.0, 0.0])
     assert below.p_t is not None and 0.049 < below.p_t < 0.05 < above.p_t < 0.051  # type: ignore[operator]
-    assert T.significance_cells(below, True, "a", "b")[-1].text == "a"
-    assert T.significance_cells(below, False, "a", "b")[-1].text == "b"  # lower is better: b wins
-    assert T.significance_cells(above, True, "a", "b")[-1].text == "n.s."
+    assert significance_cells(below, True, "a", "b")[-1].text == "a"
+    assert significance_cells(below, False, "a", "b")[-1].text == "b"  # lower is better: b wins
+    assert significance_cells(above, True, "a", "b")[-1].text == "n.s."
     # after Holm the decision uses the adjusted p: raw 0.0499 with p_holm 0.0998 is n.s.
-    assert T.significance_cells(below, True, "a", "b", p_holm=2 * below.p_t)[-1].text == "n.s."  # type: ignore[operator]
+    assert significance_cells(below, True, "a", "b", p_holm=2 * below.p_t)[-1].text == "n.s."  # type: ignore[operator]
     p49 = S.paired_test([1.0, 2.0, 0.5], [0.0, 0.0, 0.0])
-    assert p49.p_t is not None and p49.p_t > 0.05 and T.significance_cells(p49, True, "a", "b")[-1].text == "n.s."
+    assert p49.p_t is not None and p49.p_t > 0.05 and significance_cells(p49, True, "a", "b")[-1].text == "n.s."
     one = S.paired_test([3.0], [1.0])  # one seed: never a winner
-    assert T.significance_cells(one, True, "a", "b")[-1].text == "no test"
+    assert significance_cells(one, True, "a", "b")[-1].text == "no test"
 
 
 def test_paired_t_matches_scipy() -> None:
@@ -373,7 +383,7 @@ def test_pairs_and_compare_labels() -> None:
 
 def test_significance_table_from_the_store(results: Path) -> None:
     frame = collect(results).frame
-    table, tidy = T.significance(frame, compare=("dape", "alibi"))
+    table, tidy = significance(frame, compare=("dape", "alibi"))
     che = tidy[(tidy["suite"] == "che") & (tidy["a"] == "dape-kerple") & (tidy["b"] == "kerple")].iloc[0]
     t = 25 * math.sqrt(3)  # d = 24, 25, 26 (% points)
     assert che["t"] == pytest.approx(t) and che["p_t"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
@@ -450,10 +460,10 @@ class _HtmlRows(HTMLParser):
 
 
 def test_latex_escapes_special_characters() -> None:
-    table = T.Table("x", "50% of a_b & c", ["a_b", "%"], [T.Section("R & D", [[T.TCell("x_1"), T.TCell("—")]])])
+    table = Table("x", "50% of a_b & c", ["a_b", "%"], [Section("R & D", [[TCell("x_1"), TCell("—")]])])
     tex = R.latex(table)
     assert r"a\_b" in tex and r"50\% of a\_b \& c" in tex and r"x\_1 & ---" in tex and r"R \& D" in tex
-    assert R.tex_escape(f"79.4 ± 9.4 (2/2 fit) {T.BELOW}") == r"79.4 $\pm$ 9.4 (2/2 fit) $^\dagger$"
+    assert R.tex_escape(f"79.4 ± 9.4 (2/2 fit) {BELOW}") == r"79.4 $\pm$ 9.4 (2/2 fit) $^\dagger$"
 
 
 # --------------------------------------------------------------------------- the whole report and figures
@@ -495,8 +505,8 @@ def test_report_inside_the_results_root_is_not_read_as_cells(results: Path, tmp_
 
 def test_figures_use_one_colour_per_pe(results: Path) -> None:
     frame = collect(results).frame
-    task_fig = P.che_task_figure(frame, "even_pairs")
-    ppl_fig = P.ppl_figure(frame, "toy", 16)
+    task_fig = che_task_figure(frame, "even_pairs")
+    ppl_fig = ppl_figure(frame, "toy", 16)
     (ax,) = task_fig.axes
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     assert {"alibi", "kerple", "dape-kerple", "chance"} <= set(lines)
@@ -506,13 +516,13 @@ def test_figures_use_one_colour_per_pe(results: Path) -> None:
     for fig_lines in (lines, ppl_lines):
         for label, line in fig_lines.items():
             if label in ("alibi", "kerple", "dape-kerple", "dape"):
-                assert line.get_color() == P.pe_style(label)["color"]
-    assert P.pe_style("dape")["color"] == P.pe_style("dape-kerple")["color"]  # an alias, one colour
-    assert len({P.pe_style(p)["color"] for p in ("alibi", "kerple", "rope", "dape-kerple", "dape-alibi")}) == 5
+                assert line.get_color() == pe_style(label)["color"]
+    assert pe_style("dape")["color"] == pe_style("dape-kerple")["color"]  # an alias, one colour
+    assert len({pe_style(p)["color"] for p in ("alibi", "kerple", "rope", "dape-kerple", "dape-alibi")}) == 5
     assert ppl_fig.axes[0].get_xscale() == "log" and ppl_fig.axes[0].get_yscale() == "log"
     (legend,) = ppl_fig.legends  # one legend, below the axes
     assert "kerple: FAILED" in [t.get_text() for t in legend.get_texts()]
-    grid = P.che_grid_figure(frame, ["even_pairs", "reverse_string"])
+    grid = che_grid_figure(frame, ["even_pairs", "reverse_string"])
     assert [a.get_title() for a in grid.axes if a.get_visible()] == ["even pairs", "reverse string"]
 
 

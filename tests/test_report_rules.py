@@ -19,11 +19,17 @@ from lenbench.cli import main
 from lenbench.pe.registry import canonical_pe_label, parse_pe_spec, resolve_pes
 from lenbench.present import population as POP
 from lenbench.present import stats as S
+from lenbench.present.cells import BELOW
+from lenbench.present.figures import pe_style
+from lenbench.present.table import Table, TCell
 from lenbench.report import build_report
-from lenbench.report import plots as P
 from lenbench.report import protocol as PR
-from lenbench.report import tables as T
+from lenbench.report.build import report_figures
 from lenbench.report.collect import collect
+from lenbench.report.significance import significance
+from lenbench.suites.che.plots import che_task_figure
+from lenbench.suites.che.tables import che_tables
+from lenbench.suites.ppl.tables import ppl_tables
 
 REF = Path(__file__).resolve().parents[1] / "results" / "reference"
 RATES = (1e-4, 3e-4, 5e-4)
@@ -86,13 +92,13 @@ def fabricate_ppl(root: Path, name: str, *, seed: int, values: dict[int, float],
     return dst
 
 
-def row(table: T.Table, task: str) -> dict[str, T.TCell]:
+def row(table: Table, task: str) -> dict[str, TCell]:
     """A table row as {column header: cell}."""
     (found,) = [r for r in table.rows if r[0].text == task]
     return dict(zip(table.header, found, strict=True))
 
 
-def by_key(tables: list[T.Table]) -> dict[str, T.Table]:
+def by_key(tables: list[Table]) -> dict[str, Table]:
     return {t.key: t for t in tables}
 
 
@@ -121,7 +127,7 @@ def three_rates(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_rate_is_chosen_in_distribution_and_named(three_rates: Path) -> None:
     frame = collect(three_rates).frame
-    tables, summary = T.che_tables(frame)
+    tables, summary = che_tables(frame)
     mean = by_key(tables)["che_mean"]
     cells = row(mean, "even_pairs")
     # DAPE at 1e-4 (in-distribution 100%), not 3e-4 (95% in distribution, 99.5 on the test lengths)
@@ -135,7 +141,7 @@ def test_rate_is_chosen_in_distribution_and_named(three_rates: Path) -> None:
 
 
 def test_significance_pairs_runs_of_each_pe_s_chosen_rate(three_rates: Path) -> None:
-    table, tidy = T.significance(collect(three_rates).frame)
+    table, tidy = significance(collect(three_rates).frame)
     (r,) = tidy.to_dict("records")
     assert (r["a"], r["b"], r["lr_a"], r["lr_b"]) == ("dape-kerple", "kerple", 1e-4, 5e-4)
     assert table is not None and table.header[3:5] == ["lr A", "lr B"]
@@ -148,17 +154,17 @@ def test_significance_pairs_runs_of_each_pe_s_chosen_rate(three_rates: Path) -> 
 
 def test_bold_and_plot_follow_the_chosen_rates(three_rates: Path) -> None:
     frame = collect(three_rates).frame
-    mean = by_key(T.che_tables(frame)[0])["che_mean"]
+    mean = by_key(che_tables(frame)[0])["che_mean"]
     cells = row(mean, "even_pairs")
     assert cells["kerple"].bold and cells["dape-kerple"].bold  # p = 0.225 with 3 pairs: not separable
-    (ax,) = P.che_task_figure(frame, "even_pairs").axes
+    (ax,) = che_task_figure(frame, "even_pairs").axes
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     test_part = [y for x, y in zip(*lines["dape-kerple"].get_data(), strict=True) if x > 40]
     assert test_part == pytest.approx([98.0] * len(test_part))  # the 1e-4 runs, not 3e-4's 99.5
 
 
 def test_papers_statistic_is_the_unfiltered_max_over_seeds_and_rates(three_rates: Path) -> None:
-    tables, summary = T.che_tables(collect(three_rates).frame)
+    tables, summary = che_tables(collect(three_rates).frame)
     cells = row(by_key(tables)["che_max"], "even_pairs")
     assert cells["dape-kerple"].text == "99.5 (9/9 fit)"  # the 3e-4 runs: all rates count
     assert cells["kerple"].text == "99.0 (9/9 fit)"
@@ -185,7 +191,7 @@ def dnf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_seed_that_did_not_fit_is_out_of_mean_bold_and_tests(dnf: Path) -> None:
     frame = collect(dnf).frame
-    tables = by_key(T.che_tables(frame)[0])
+    tables = by_key(che_tables(frame)[0])
     cells = row(tables["che_mean"], "even_pairs")
     assert cells["kerple"].text == f"98.0 ± {math.sqrt(2):.1f} (2/3 fit)"  # 99 and 97, not the 50
     assert cells["nope"].text == "DNF (0/3 fit)" and not cells["nope"].bold  # never bold, though 99.9
@@ -201,16 +207,16 @@ def test_a_seed_that_did_not_fit_is_out_of_mean_bold_and_tests(dnf: Path) -> Non
     assert set(long["seeds_n"]) == {2} and set(long["runs_n"]) == {3}
     assert list(long["seeds_mean"]) == pytest.approx([0.98] * 3)
     assert list(long["all_runs_mean"]) == pytest.approx([0.82] * 3)
-    sig = T.significance(frame, compare=("kerple", "alibi"))[1].iloc[0]
+    sig = significance(frame, compare=("kerple", "alibi"))[1].iloc[0]
     assert (sig["seeds"], sig["n"]) == ("0,2", 2)  # paired only where both fit
 
 
 def test_plot_draws_the_population_and_the_majority_baseline(dnf: Path) -> None:
     frame = collect(dnf).frame
-    (ax,) = P.che_task_figure(frame, "even_pairs").axes
+    (ax,) = che_task_figure(frame, "even_pairs").axes
     lines = ax.get_lines()
     kerple = [ln for ln in lines if ln.get_label() == "kerple"]
-    faint = [ln for ln in lines if ln.get_color() == P.pe_style("kerple")["color"] and ln.get_label() != "kerple"]
+    faint = [ln for ln in lines if ln.get_color() == pe_style("kerple")["color"] and ln.get_label() != "kerple"]
     (mean,) = kerple
     assert [y for x, y in zip(*mean.get_data(), strict=True) if x > 40] == pytest.approx([98.0] * 18)
     assert len(faint) == 1 and faint[0].get_alpha() < 0.5  # the DNF seed, faint, out of the mean
@@ -268,7 +274,7 @@ def test_one_seed_shows_its_test_sampling_se_labelled_and_bolds_the_best_only(tm
     fabricate(tmp_path, "alibi-s0", seed=0, score=0.70, train=0.95, pe="alibi")
     frame = collect(tmp_path).frame
     se = frame[(frame["metric"] == "score") & (frame["pe"] == "kerple")]["se"].iloc[0]
-    mean = by_key(T.che_tables(frame)[0])["che_mean"]
+    mean = by_key(che_tables(frame)[0])["che_mean"]
     cells = row(mean, "even_pairs")
     assert cells["kerple"].text == f"99.0 [SE {100 * se:.1f}] (1/1 fit)" and cells["kerple"].bold
     assert cells["alibi"].text.startswith("70.0 [SE ") and not cells["alibi"].bold
@@ -333,18 +339,18 @@ def test_a_protocol_mix_is_never_pooled(tmp_path: Path) -> None:
     assert frame["fingerprint"].nunique() == 2 and "fingerprint" in frame.columns
     (warning,) = [w for w in collection.warnings if "protocols" in w]
     assert "model.layers, train.steps differ" in warning and "never pooled" in warning
-    tables = T.che_tables(frame)[0]
+    tables = che_tables(frame)[0]
     means = [t for t in tables if t.key.startswith("che_mean_")]
     assert len(means) == 2 and len(tables) == 8
     texts = {t.title.split("[protocol ", 1)[1]: row(t, "even_pairs")["kerple"].text for t in means}
     long = {k.split(": ", 1)[1]: v for k, v in texts.items()}
     assert long["model.layers=3, train.steps=3000]"] == "92.0 ± 2.0 (3/3 fit)"  # seeds 0, 1, 3
     assert long["model.layers=5, train.steps=1000]"].startswith("50.0 [SE ")  # seed 2 alone
-    figures = P.report_figures(frame, tmp_path / "plots")
+    figures = report_figures(frame, tmp_path / "plots")
     stems = {p.stem for _, paths in figures["che"] for p in paths}
     assert {f"che_even_pairs_{fp}" for fp in frame["fingerprint"].unique()} <= stems
     with pytest.raises(Exception, match="several protocol fingerprints"):
-        P.che_task_figure(frame, "even_pairs")
+        che_task_figure(frame, "even_pairs")
 
 
 def test_two_folders_of_one_seed_are_not_two_seeds(tmp_path: Path) -> None:
@@ -354,7 +360,7 @@ def test_two_folders_of_one_seed_are_not_two_seeds(tmp_path: Path) -> None:
     collection = collect(tmp_path)
     (warning,) = [w for w in collection.warnings if "result folders" in w]
     assert "train.log_every" in warning and "kerple-s0-new" in warning and "not pooled" in warning
-    cells = row(by_key(T.che_tables(collection.frame)[0])["che_mean"], "even_pairs")
+    cells = row(by_key(che_tables(collection.frame)[0])["che_mean"], "even_pairs")
     assert cells["kerple"].text.startswith("90.0 [SE ") and "(1/1 fit)" in cells["kerple"].text
     assert set(collection.frame[collection.frame["cell"] == "kerple-s0-old"]["superseded"]) == {True}
 
@@ -364,7 +370,7 @@ def test_ppl_eval_grids_that_score_other_tokens_are_separate_tables(tmp_path: Pa
     fabricate_ppl(tmp_path, "kerple-s0", seed=0, values=grid)
     fabricate_ppl(tmp_path, "kerple-s1-short", seed=1, values={128: 90.0, 256: 91.0, 512: 92.0},
                   lengths=[128, 256, 512])
-    tables, _ = T.ppl_tables(collect(tmp_path).frame)
+    tables, _ = ppl_tables(collect(tmp_path).frame)
     assert len(tables) == 2 and all("[protocol " in t.title and "eval.windows=" in t.title for t in tables)
     short = next(t for t in tables if "W=513" in t.title)
     assert [c.text for c in short.rows[0][1:]] == ["90.00", "91.00", "92.00"]  # not pooled with 70, 71, 72
@@ -385,29 +391,29 @@ def test_dape_and_dape_kerple_are_one_pe() -> None:
 def test_stored_dape_cells_share_the_dape_kerple_column(tmp_path: Path) -> None:
     fabricate(tmp_path, "dape-s0", seed=0, score=0.9, train=1.0, pe="dape:hidden=32")
     fabricate(tmp_path, "dape-kerple-s1", seed=1, score=0.8, train=1.0, pe="dape-kerple:hidden=32")
-    mean = by_key(T.che_tables(collect(tmp_path).frame)[0])["che_mean"]
+    mean = by_key(che_tables(collect(tmp_path).frame)[0])["che_mean"]
     assert mean.header[3:] == ["dape-kerple:hidden=32"]
     assert row(mean, "even_pairs")["dape-kerple:hidden=32"].text == "85.0 ± 7.1 (2/2 fit)"
 
 
 def test_scores_below_the_majority_baseline_are_marked_in_every_table() -> None:
     frame = collect(REF).frame
-    tables = by_key(T.che_tables(frame)[0])
+    tables = by_key(che_tables(frame)[0])
     majority = float(row(tables["che_mean"], "bucket_sort")["majority"].text.rstrip("%"))
     assert majority == pytest.approx(90.1, abs=0.05)  # a constant answer per output position
     for key in ("che_mean", "che_all_runs", "che_max"):
         cells = row(tables[key], "bucket_sort")
-        assert cells["kerple"].text.endswith(T.BELOW), key  # 79.4 mean, 86.1 max: below 90.1
-        assert not cells["fire"].text.endswith(T.BELOW), key  # 93.9 / 95.1: above
-    assert row(tables["che_train"], "bucket_sort")["nope"].text.endswith(T.BELOW)  # 35.9 < 65.1 there
-    sig = T.significance(frame)[0]
-    assert sig is not None and any(c.text.endswith(T.BELOW) for r in sig.rows for c in r)
+        assert cells["kerple"].text.endswith(BELOW), key  # 79.4 mean, 86.1 max: below 90.1
+        assert not cells["fire"].text.endswith(BELOW), key  # 93.9 / 95.1: above
+    assert row(tables["che_train"], "bucket_sort")["nope"].text.endswith(BELOW)  # 35.9 < 65.1 there
+    sig = significance(frame)[0]
+    assert sig is not None and any(c.text.endswith(BELOW) for r in sig.rows for c in r)
 
 
 def test_ppl_worse_than_unigram_is_marked(tmp_path: Path) -> None:
     fabricate_ppl(tmp_path, "kerple-s0", seed=0, values={128: 70.0, 256: 900.0})
-    (table,), _ = T.ppl_tables(collect(tmp_path).frame)
-    assert [c.text for c in table.rows[0][1:]] == ["70.00", f"900.00 {T.BELOW}"]  # unigram 703.2
+    (table,), _ = ppl_tables(collect(tmp_path).frame)
+    assert [c.text for c in table.rows[0][1:]] == ["70.00", f"900.00 {BELOW}"]  # unigram 703.2
     assert table.sections[-1].label == "baseline" and table.rows[-1][0].text == "unigram"
 
 

@@ -58,8 +58,8 @@ def test_titles_name_conditions_only_when_they_matter() -> None:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_che_table_title_names_a_bf16_run(tmp_path: Path, precision: str) -> None:
-    from lenbench.report.tables import che_tables
     from lenbench.results import ResultStore
+    from lenbench.suites.che.tables import che_tables
 
     store = ResultStore(tmp_path)
     for seed in (0, 1):

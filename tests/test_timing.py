@@ -25,8 +25,8 @@ from lenbench.errors import LenbenchError
 from lenbench.execute.inprocess import run_in_process
 from lenbench.pe import PES
 from lenbench.present.render import fit_columns
+from lenbench.present.table import Section, Table, TCell
 from lenbench.report.collect import collect, collect_cells
-from lenbench.report.tables import Section, Table, TCell, ratio_text, timing_report_tables
 from lenbench.results import ResultStore
 from lenbench.suites import SilentReporter, get_suite
 from lenbench.suites.timing import config as TC
@@ -34,6 +34,7 @@ from lenbench.suites.timing import cost as C
 from lenbench.suites.timing import measure as M
 from lenbench.suites.timing import ratios as TR
 from lenbench.suites.timing import run as T
+from lenbench.suites.timing.tables import ratio_text, timing_report_tables
 
 FAST = {"sizes": "tiny", "repeats": 3, "warmup": 1, "min_warmup_ms": 0, "min_repeat_ms": 0, "isolate": False}
 TIMING_KEYS = {"suite", "size", "pe", "train_len", "eval_len", "mode", "metric", "value", "iqr", "backend",

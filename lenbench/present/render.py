@@ -1,4 +1,4 @@
-"""Write a :class:`~lenbench.report.tables.Table` as Markdown, CSV, LaTeX, HTML or a rich table."""
+"""Write a :class:`~lenbench.present.table.Table` as Markdown, CSV, LaTeX, HTML or a rich table."""
 
 from __future__ import annotations
 

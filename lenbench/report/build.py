@@ -20,23 +20,12 @@ import pandas as pd
 
 from lenbench.errors import LenbenchError
 from lenbench.present.render import FORMATS, WRITERS
+from lenbench.present.table import Table
 from lenbench.report.collect import collect, save_long
 from lenbench.report.index import Section, index_html, index_markdown
-from lenbench.report.tables import (
-    Table,
-    che_tables,
-    ppl_tables,
-    significance,
-    timing_duplicate_warnings,
-    timing_report_tables,
-)
+from lenbench.report.significance import significance
 from lenbench.results import atomic_write_text
-
-SUITE_TITLES = {
-    "che": "CHE: accuracy on longer inputs",
-    "ppl": "Perplexity extrapolation",
-    "timing": "Time cost",
-}
+from lenbench.suites import get_suite, registered, suite_names
 
 
 @dataclass
@@ -65,21 +54,27 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def duplicate_warnings(frame: pd.DataFrame) -> list[str]:
-    """A PE timed at the same (size, length, mode, policy, slice) by several timing groups: say which
-    one the tables show (:func:`lenbench.report.tables.timing_duplicate_warnings`).
-
-    CHE and ppl never pool: :mod:`lenbench.report.collect` splits their protocols into separate
-    tables and marks extra folders of one table cell and seed ``superseded``, with its own warnings."""
-    return timing_duplicate_warnings(frame)
+def suite_warnings(frame: pd.DataFrame) -> list[str]:
+    """What each suite's tables should be read with (``suite.warnings``: e.g. a PE timed by several
+    timing groups). Pooled suites never pool across protocols: :mod:`lenbench.report.collect` splits
+    them into separate tables and marks extra folders of one table cell and seed ``superseded``,
+    with its own warnings."""
+    return [w for suite in registered() for w in suite.warnings(frame)]
 
 
 def suite_tables(
     frame: pd.DataFrame, reference: str | None = None
 ) -> dict[str, tuple[list[Table], pd.DataFrame]]:
-    """Every suite's tables and tidy summary from a long table (``report`` and the close of ``run``);
-    ``reference``: the timing Ratio's denominator (None: DAPE-Kerple when timed)."""
-    return {"che": che_tables(frame), "ppl": ppl_tables(frame), "timing": timing_report_tables(frame, reference)}
+    """Every registered suite's tables and tidy summary from a long table (``report`` and the close of
+    ``run``); ``reference``: the timing Ratio's denominator (option ``reference_pe``; None: DAPE-Kerple
+    when timed)."""
+    options = {"reference_pe": reference}
+    return {suite.name: suite.tables(frame, options) for suite in registered()}
+
+
+def report_figures(frame: pd.DataFrame, plots_dir: Path) -> dict[str, list[tuple[str, list[Path]]]]:
+    """Draw and save every figure the results support -> {suite: [(caption, [png, svg])]}."""
+    return {suite.name: suite.figures(frame, plots_dir) for suite in registered()}
 
 
 def provenance(frame: pd.DataFrame) -> str:
@@ -163,26 +158,24 @@ def build_report(
 ) -> Report:
     """Read ``results``, write the report into ``out``, and return what was built (``reference``:
     the timing Ratio's denominator; None: DAPE-Kerple when timed)."""
-    if suite is not None and suite not in SUITE_TITLES:
-        raise LenbenchError(f"unknown suite {suite!r} (choose from {', '.join(SUITE_TITLES)})")
+    if suite is not None and suite not in suite_names():
+        raise LenbenchError(f"unknown suite {suite!r} (choose from {', '.join(suite_names())})")
     collection = collect(results, suite)
     frame = collection.frame
     out = Path(out)
     tables_dir, plots_dir = out / "tables", out / "plots"
     _makedirs(out, tables_dir)
-    warnings = collection.warnings + duplicate_warnings(frame) + code_warnings(frame)
+    warnings = collection.warnings + suite_warnings(frame) + code_warnings(frame)
     files = save_long(frame, out)
 
     built = suite_tables(frame, reference)
     sig_table, sig_frame = significance(frame, compare)
     figures: dict[str, list[tuple[str, list[Path]]]] = {}
     if plots:
-        from lenbench.report.plots import report_figures
-
         _makedirs(plots_dir)
         figures = report_figures(frame, plots_dir)
     sections = [
-        Section(SUITE_TITLES[name], tables, figures.get(name, []))
+        Section(get_suite(name).title, tables, figures.get(name, []))
         for name, (tables, _) in built.items()
         if tables or figures.get(name)
     ]

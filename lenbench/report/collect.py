@@ -7,14 +7,14 @@ eval_len, metric, value, status, ...``); the records' extra fields (``n_sequence
 ``device``, ``cuda_device``, ``cpu_count`` and ``started``. A failed
 cell is one row with ``status = failed``, its reason, and ``value`` NaN (never 0). ``status`` is
 ``done``, ``failed`` or ``oom`` (a timing cell that did not fit in memory). Cells still running
-or never finished are counted, not shown. Every ppl row has a ``protocol`` (the evaluation protocol
-of :mod:`lenbench.suites.ppl.protocols`); records written before protocols were named get
-``documents``, the only protocol then.
+or never finished are counted, not shown. A suite's own columns come from its ``cell_keys(config)``;
+its ``normalize(frame)`` fills what old records lack (e.g. the ppl ``protocol``).
 
-Protocol columns (:mod:`lenbench.report.protocol`, docs/statistics.md §7): every CHE and ppl row
-has its cell's ``fingerprint`` (config minus seed, rate, PE, task and operational keys; ppl: with
-the evaluation-window signature) and ``fingerprint_diff`` (the keys where it differs from the other
-fingerprints of its table: all CHE cells; ppl cells of one dataset, training length and protocol;
+Protocol columns (:mod:`lenbench.report.protocol`, docs/statistics.md §7): every row of a suite
+that pools seeds (``suite.pooled``: CHE, ppl) has its cell's ``fingerprint`` (config minus seed,
+rate, PE, the suite's table axes and operational keys, plus the suite's protocol extras) and
+``fingerprint_diff`` (the keys where it differs from the other fingerprints of its table group,
+``suite.table_group``: all CHE cells; ppl cells of one dataset, training length and protocol;
 empty when they agree). Tables never pool rows of different fingerprints. Two folders of one
 table cell and seed (they differ only in operational keys, or are reruns) are not two seeds: the
 newest is used and the others get ``superseded = True`` (and a warning). ``pe`` is the canonical
@@ -22,7 +22,7 @@ label (``dape`` -> ``dape-kerple``); a label whose cells carry different ``pe_id
 (e.g. an edited plugin) gets ``#<hash>`` per identity, with a warning. Every CHE row has its
 cell's ``fit`` flag, and ppl rows their cell's ``lr``.
 
-Uncertainty columns (:func:`add_uncertainty`): every CHE and ppl record also carries the statistics
+Uncertainty columns (:func:`add_uncertainty`): every record of a pooled suite also carries the statistics
 of its table cell over seeds under the one population rule (docs/statistics.md §1: the runs that
 fit; ppl: every finished run): ``seeds_n`` (runs in the population), ``runs_n`` (finished runs),
 ``seeds_mean``, ``seeds_std`` (ddof 1), ``ci95_low``/``ci95_high`` (t-based 95% CI of the mean
@@ -51,7 +51,7 @@ from lenbench.pe.registry import canonical_pe_label, pe_label
 from lenbench.present.population import in_population
 from lenbench.report.protocol import differences, fingerprint, flatten, protocol_of, varying_keys
 from lenbench.results import CellDir, ResultStore
-from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL
+from lenbench.suites import Suite, get_suite, registered, suite_names
 
 COLUMNS = [
     "suite", "task", "dataset", "size", "mode", "pe", "seed", "train_len", "eval_len", "metric", "value",
@@ -71,31 +71,12 @@ class Collection:
 
 
 def cell_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """The identifying fields of a cell from its resolved config (used for failed cells)."""
+    """The identifying fields of a cell from its resolved config (used for failed cells): suite, PE
+    and seed, then the suite's own (``suite.cell_keys``)."""
     suite = config.get("suite")
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
     keys: dict[str, Any] = {"suite": suite, "pe": pe_label(config), "seed": config.get("seed")}
-    if suite == "che":
-        keys.update(task=config.get("task"), train_len=train.get("max_length"), train_min_len=train.get("min_length"),
-                    lr=train.get("lr"))
-    elif suite == "ppl":
-        evaluation = config.get("eval") if isinstance(config.get("eval"), dict) else {}
-        keys.update(dataset=config.get("dataset"), train_len=train.get("length"),
-                    protocol=evaluation.get("protocol", LEGACY_PROTOCOL), lr=train.get("lr"))
-    elif suite == "timing":  # a group: its PEs in group_pes (JSON text), pe None
-        keys.update(
-            group_pes=json.dumps(config.get("pes") or ([config["pe"]] if config.get("pe") else [])),
-            size=config.get("size"),
-            mode=config.get("mode"),
-            train_len=config.get("train_len"),
-            eval_len=config.get("eval_len"),
-            metric=f"ms_{config.get('mode')}",
-            layers=config.get("layers"),
-            layers_timed=config.get("layers_timed"),
-            device=config.get("device"),
-            backend_policy=config.get("backend_policy", "fastest"),
-            estimate_check=bool(config.get("estimate_check", False)),
-        )
+    if suite in suite_names():
+        keys.update(get_suite(suite).cell_keys(config))
     return keys
 
 
@@ -187,10 +168,8 @@ def collect_cells(cells: Iterable[CellDir], where: str = "the given cells") -> C
     for col in INT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
-    if "protocol" not in frame:
-        frame["protocol"] = None
-    legacy = (frame["suite"] == "ppl") & frame["protocol"].isna()
-    frame["protocol"] = frame["protocol"].astype(object).where(~legacy, LEGACY_PROTOCOL)
+    for suite in registered():
+        frame = suite.normalize(frame)
     frame["pe"] = frame["pe"].map(_canonical_labels(frame["pe"]))
     frame = add_protocols(frame, configs, warnings)
     frame = add_uncertainty(frame)
@@ -203,9 +182,9 @@ def _canonical_labels(labels: pd.Series) -> dict[Any, Any]:
     return {v: canonical_pe_label(v) if isinstance(v, str) else v for v in labels.dropna().unique()}
 
 
-POOLED_SUITES = ("che", "ppl")  # suites whose cells are pooled over seeds in a table cell
-TABLE_GROUP = {"che": ["suite"], "ppl": ["suite", "dataset", "train_len", "protocol"]}  # one set of tables
-CELL_IDENTITY = {"che": ["task", "pe", "lr", "seed"], "ppl": ["pe", "lr", "seed"]}  # with TABLE_GROUP, fingerprint
+def pooled_suites() -> list[Suite]:
+    """The suites whose cells are pooled over seeds in a table cell (``suite.pooled``)."""
+    return [s for s in registered() if s.pooled]
 
 
 def add_protocols(frame: pd.DataFrame, configs: dict[str, dict[str, Any]], warnings: list[str]) -> pd.DataFrame:
@@ -214,7 +193,8 @@ def add_protocols(frame: pd.DataFrame, configs: dict[str, dict[str, Any]], warni
     out = frame.copy()
     protocols = {cid: protocol_of(cfg) for cid, cfg in configs.items()}
     prints = {cid: fingerprint(p) for cid, p in protocols.items()}
-    pooled = out["suite"].isin(POOLED_SUITES)
+    pooled_names = [s.name for s in pooled_suites()]
+    pooled = out["suite"].isin(pooled_names)
     out["fingerprint"] = out["cell"].map(prints).where(pooled, None)
     out["fingerprint_diff"] = None
     out["superseded"] = False
@@ -224,17 +204,17 @@ def add_protocols(frame: pd.DataFrame, configs: dict[str, dict[str, Any]], warni
         return out
     fits = out[pooled & out["fit"].notna()].groupby("cell")["fit"].first()
     out.loc[pooled, "fit"] = out.loc[pooled, "cell"].map(fits)
-    _split_identities(out, configs, warnings)
-    for suite in POOLED_SUITES:
-        rows = out[out["suite"] == suite]
-        for key, group in rows.groupby(TABLE_GROUP[suite], dropna=False, sort=True):
+    _split_identities(out, configs, warnings, pooled_names)
+    for suite in pooled_suites():
+        rows = out[out["suite"] == suite.name]
+        for key, group in rows.groupby(list(suite.table_group), dropna=False, sort=True):
             found = {fp: protocols[cid] for cid, fp in zip(group["cell"], group["fingerprint"], strict=True)}
             if len(found) > 1:
                 diff = differences(found)
                 out.loc[group.index, "fingerprint_diff"] = group["fingerprint"].map(diff)
                 where = "".join(f" {k}" for k in (key if isinstance(key, tuple) else (key,))[1:])
                 keys = ", ".join(varying_keys(found.values()))
-                warnings.append(f"{suite}{where}: cells of {len(found)} protocols ({keys} differ); shown in "
+                warnings.append(f"{suite.name}{where}: cells of {len(found)} protocols ({keys} differ); shown in "
                                 "separate tables, never pooled")
         _supersede(out, suite, configs, warnings)
     return out
@@ -248,10 +228,11 @@ def _identity_hash(config: dict[str, Any]) -> str | None:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
-def _split_identities(out: pd.DataFrame, configs: dict[str, dict[str, Any]], warnings: list[str]) -> None:
+def _split_identities(out: pd.DataFrame, configs: dict[str, dict[str, Any]], warnings: list[str],
+                      pooled: list[str]) -> None:
     """One label, several stored PE identities (an edited plugin, a changed default): ``label#hash`` each."""
     idents = {cid: _identity_hash(cfg) for cid, cfg in configs.items()}
-    rows = out[out["suite"].isin(POOLED_SUITES)]
+    rows = out[out["suite"].isin(pooled)]
     for (suite, label), group in rows.groupby(["suite", "pe"], sort=True):
         found = {idents.get(c) for c in group["cell"]} - {None}
         if len(found) < 2:
@@ -264,10 +245,10 @@ def _split_identities(out: pd.DataFrame, configs: dict[str, dict[str, Any]], war
                         f"shown as separate columns {label}#<hash>")
 
 
-def _supersede(out: pd.DataFrame, suite: str, configs: dict[str, dict[str, Any]], warnings: list[str]) -> None:
+def _supersede(out: pd.DataFrame, suite: Suite, configs: dict[str, dict[str, Any]], warnings: list[str]) -> None:
     """Several folders of one table cell and seed: the newest (manifest ``started``) counts, once."""
-    rows = out[(out["suite"] == suite)]
-    keys = [*TABLE_GROUP[suite], "fingerprint", *CELL_IDENTITY[suite]]
+    rows = out[(out["suite"] == suite.name)]
+    keys = [*suite.table_group, "fingerprint", *suite.cell_identity]
     cells = rows.drop_duplicates("cell")
     for key, group in cells.groupby(keys, dropna=False, sort=True):
         if len(group) < 2:
@@ -280,7 +261,7 @@ def _supersede(out: pd.DataFrame, suite: str, configs: dict[str, dict[str, Any]]
         differ = varying_keys(flatten(configs[c]) for c in order["cell"])
         named = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True)
                           if k in ("task", "dataset", "pe", "lr", "seed") and not _blank(v))
-        warnings.append(f"{len(group)} result folders for {suite} {named} under one protocol"
+        warnings.append(f"{len(group)} result folders for {suite.name} {named} under one protocol"
                         f" (differ in {', '.join(differ) or 'nothing'}): the newest ({newest}) is used, not pooled")
 
 
@@ -288,14 +269,21 @@ def _blank(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
-CELL_KEYS = ["suite", "fingerprint", "task", "dataset", "protocol", "pe", "lr", "train_len", "eval_len",
-             "metric"]  # one table cell
+def table_cell_keys(suite: Suite) -> list[str]:
+    """The columns of one table cell of a pooled suite: its table group, fingerprint and cell identity
+    without the seed, at one length and metric."""
+    keys = [*suite.table_group, "fingerprint", *(k for k in suite.cell_identity if k != "seed"), "train_len",
+            "eval_len", "metric"]
+    return list(dict.fromkeys(keys))
+
+
 UNCERTAINTY = ("seeds_n", "runs_n", "seeds_mean", "seeds_std", "ci95_low", "ci95_high", "all_runs_mean",
                "all_runs_std")
 
 
 def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add each CHE/ppl record's table-cell statistics over seeds (module docstring); others get NaN.
+    """Add each pooled suite's records their table-cell statistics over seeds (module docstring);
+    others get NaN.
 
     Over the population (the runs that fit): ``seeds_n``, ``seeds_mean``, ``seeds_std`` and
     ``ci95 = mean -+ t_{0.975, n-1} * std / sqrt(n)`` (n >= 2); over every finished run:
@@ -306,12 +294,14 @@ def add_uncertainty(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for col in UNCERTAINTY:
         out[col] = math.nan
-    done = out[out["suite"].isin(POOLED_SUITES) & (out["status"] == "done") & out["value"].notna()
-               & ~out["superseded"].astype(bool)]
-    if done.empty:
-        return out
-    keys = [k for k in CELL_KEYS if k in done.columns]
-    for _, group in done.groupby(keys, dropna=False, sort=False):
+    done = out[(out["status"] == "done") & out["value"].notna() & ~out["superseded"].astype(bool)]
+    groups = []
+    for suite in pooled_suites():
+        rows = done[done["suite"] == suite.name]
+        if not rows.empty:
+            keys = [k for k in table_cell_keys(suite) if k in rows.columns]
+            groups += [group for _, group in rows.groupby(keys, dropna=False, sort=False)]
+    for group in groups:
         idx = group.index
         every = group["value"].astype(float)
         values = every[[in_population(f) for f in group["fit"]]]

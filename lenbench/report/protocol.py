@@ -4,16 +4,14 @@ A cell's **protocol** is its resolved ``config.yaml`` flattened to dotted keys, 
 
 - what a table cell varies over or lays out: ``seed`` (the replicate), ``train.lr`` (chosen per
   PE on in-distribution data, :func:`lenbench.present.population.choose_lr`), the PE (``pe`` and every
-  ``pe_*`` key, e.g. ``pe_identity``: the table's columns) and the CHE ``task`` (its rows);
+  ``pe_*`` key, e.g. ``pe_identity``: the table's columns) and the suite's ``protocol_axes`` (e.g.
+  CHE's ``task``, its rows);
 - :data:`OPERATIONAL` keys, which change when and how a computation is carried out but not what
   it computes (how often checkpoints and logs are written, ``torch.compile``, gradient
   accumulation, evaluation batching by token budget);
 
-and, for ppl, ``eval.lengths`` replaced by the **evaluation-window signature**
-(:func:`window_signature`): the evaluation lengths matter only through the tokens they make the
-cell score. Under ``fixed_targets`` the fixed windows are cut to the longest length, so
-``--eval-lengths 128,256,512`` scores other tokens than ``128..2048`` (another protocol), while
-``dape`` and ``documents`` draw each length's windows on their own (any length grid, one protocol).
+plus the suite's ``protocol_extra(config)`` keys (e.g. ppl's evaluation-window signature, which
+stands for its evaluation lengths: :mod:`lenbench.suites.ppl.keys`).
 
 The fingerprint is the first 10 hex digits of the sha256 of the protocol as sorted JSON: keys a
 later lenbench adds to cell configs are covered without a change here. Every other key splits:
@@ -28,10 +26,9 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL, fixed_window_length, span_length
+from lenbench.suites import get_suite, suite_names
 
 REPLICATE = ("seed", "train.lr")
-AXES = {"che": ("task",), "ppl": ()}  # table rows besides the PE columns
 OPERATIONAL = (
     "train.checkpoint_every",  # when checkpoints are written (a resume restores the exact state)
     "train.log_every",  # how often the training log gets a line
@@ -59,32 +56,13 @@ def _is_pe_key(key: str) -> bool:
     return top == "pe" or top.startswith("pe_")
 
 
-def window_signature(config: Mapping[str, Any]) -> str:
-    """Which tokens a ppl cell's evaluation scores, as one string (module docstring).
-
-    ``fixed_targets``: the window width ``W`` and span ``S`` of :mod:`lenbench.suites.ppl.protocols`
-    with the sample count; ``dape`` and ``documents``: the protocol alone (each length on its own).
-    """
-    ev = config.get("eval") if isinstance(config.get("eval"), Mapping) else {}
-    protocol = str(ev.get("protocol", LEGACY_PROTOCOL))
-    lengths = [int(n) for n in ev.get("lengths") or []]
-    if protocol != "fixed_targets" or not lengths:
-        return protocol
-    last = int(ev.get("last_tokens", 256))
-    width = fixed_window_length(lengths, last)
-    return f"fixed_targets W={width} S={span_length(lengths, last)} samples={ev.get('samples')}"
-
-
 def protocol_of(config: Mapping[str, Any]) -> dict[str, Any]:
     """The flattened protocol of a cell config (module docstring)."""
-    suite = str(config.get("suite"))
+    suite = get_suite(str(config.get("suite"))) if config.get("suite") in suite_names() else None
     flat = flatten(config)
-    drop = set(REPLICATE) | set(OPERATIONAL) | set(AXES.get(suite, ()))
+    drop = set(REPLICATE) | set(OPERATIONAL) | set(suite.protocol_axes if suite else ())
     out = {k: v for k, v in flat.items() if k not in drop and not _is_pe_key(k)}
-    if suite == "ppl":
-        out.pop("eval.lengths", None)
-        out["eval.windows"] = window_signature(config)
-    return out
+    return out | (suite.protocol_extra(config) if suite else {})
 
 
 def fingerprint(protocol: Mapping[str, Any]) -> str:

@@ -12,7 +12,7 @@ import importlib
 from lenbench.suites.base import SUITES, Cell, Reporter, RunContext, SilentReporter, Suite
 
 __all__ = ["SUITES", "SUITE_PACKAGES", "Cell", "Reporter", "RunContext", "SilentReporter", "Suite", "get_suite",
-           "suite_names"]
+           "registered", "suite_names"]
 
 SUITE_PACKAGES = {  # suite name -> package holding its SUITE object
     "che": "lenbench.suites.che",
@@ -32,3 +32,8 @@ def get_suite(name: str) -> Suite:
 def suite_names() -> list[str]:
     """Every known suite: the packages listed here, then any registered otherwise."""
     return list(dict.fromkeys([*SUITE_PACKAGES, *SUITES.names()]))
+
+
+def registered() -> list[Suite]:
+    """Every known suite's object, in :func:`suite_names` order."""
+    return [get_suite(name) for name in suite_names()]

@@ -116,8 +116,9 @@ class RunContext:
 @dataclass(frozen=True)
 class Comparison:
     """One place where the significance table compares PEs over paired seeds: ``cells`` maps a PE
-    label to its statistics at its chosen rate (:class:`lenbench.present.population.SeedStats`),
-    ``higher`` the metric's direction, ``baseline`` a chance/majority value (None: none)."""
+    label to ``(SeedStats or None, chosen learning rate)`` (:class:`lenbench.present.population.SeedStats`,
+    at the rate the tables chose), ``higher`` the metric's direction, ``baseline`` a chance/majority
+    value (None: none)."""
 
     suite: str
     scope: str
@@ -127,31 +128,49 @@ class Comparison:
 
 
 class Suite(Protocol):
-    """A suite: expand its YAML into cells, run one cell into its folder, and present its results.
+    """A suite: expand its YAML into cells, run one cell into its folder, present its results.
 
-    - ``expand``: suite YAML + profile + overrides -> cells, each with its frozen config;
-    - ``run_cell(cell, cell_dir, ctx)``: train/measure, write metrics, return a summary;
-    - ``metrics``: what it stores, with direction; ``data_parallel``: whether ``run_cell`` may train
-      over torchrun ranks (``ctx.parallel``), with ``batch_size(cell)`` the global batch to split;
-    - ``cell_keys(config)``: the identifying columns of a cell for the long table;
-    - ``protocol_axes``/``protocol_extra(config)``: table-row keys besides the PE, and extra protocol
-      keys of a cell's fingerprint (docs/statistics.md §7);
-    - ``tables(frame, options)`` -> (tables, tidy summary); ``figures(frame, plots_dir)`` ->
-      [(caption, files)]; ``comparisons(frame)`` for the significance table;
-    - optional: ``workload``/``probe`` (``run --dry-run``'s measured estimate), ``commands`` (extra
-      CLI commands, Typer functions) and ``listing()`` (rows for ``lenbench list``).
+    Running: ``expand`` (suite YAML + profile + overrides -> cells, each with its frozen config),
+    ``run_cell(cell, cell_dir, ctx)`` (train or measure, write metrics, return a summary),
+    ``data_parallel`` (whether ``run_cell`` may train over torchrun ranks, ``ctx.parallel``) with
+    ``batch_split(cell)`` (its global and micro batch), and optionally ``workload``/``probe`` (what
+    ``run --dry-run`` measures) and ``summary_text(summary)`` (the one-line result ``status`` shows).
+
+    Presenting (``lenbench report`` and the close of ``run``): ``metrics`` with their direction;
+    ``cell_keys(config)`` (the suite's identifying columns of a cell in the long table);
+    ``pooled`` (table cells pool runs over seeds), with ``table_group`` (columns making one set of
+    tables), ``cell_identity`` (one run within it), ``protocol_axes`` and ``protocol_extra(config)``
+    (what the protocol fingerprint leaves out and adds, docs/statistics.md §7);
+    ``tables(frame, options)`` -> (tables, tidy summary); ``figures(frame, plots_dir)`` ->
+    [(caption, files)]; ``comparisons(frame)`` and ``comparison_notes`` for the significance table;
+    ``warnings(frame)``; ``normalize(frame)`` (fill columns of records older lenbench wrote).
+
+    Extending: ``commands`` (extra CLI commands, Typer functions) and ``listing()`` (tables for
+    ``lenbench list``). :class:`SuiteBase` gives every optional member a neutral default.
     """
 
     name: str
     title: str
     metrics: tuple[Metric, ...]
     data_parallel: bool
+    pooled: bool
+    table_group: tuple[str, ...]
+    cell_identity: tuple[str, ...]
+    protocol_axes: tuple[str, ...]
+    comparison_notes: tuple[str, str] | None
+    commands: tuple[Callable[..., None], ...]
 
     def expand(self, suite_file: Any, profile: str, overrides: dict[str, Any]) -> list[Cell]: ...
 
     def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]: ...
 
+    def batch_split(self, cell: Cell) -> tuple[int, int | None]: ...
+
+    def summary_text(self, summary: Mapping[str, Any]) -> str | None: ...
+
     def cell_keys(self, config: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def protocol_extra(self, config: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def tables(self, frame: pd.DataFrame, options: Mapping[str, Any]) -> tuple[list[Table], pd.DataFrame]: ...
 
@@ -159,8 +178,59 @@ class Suite(Protocol):
 
     def comparisons(self, frame: pd.DataFrame) -> list[Comparison]: ...
 
+    def warnings(self, frame: pd.DataFrame) -> list[str]: ...
 
-CommandFunction = Callable[..., None]
+    def normalize(self, frame: pd.DataFrame) -> pd.DataFrame: ...
+
+    def listing(self) -> list[Listing]: ...
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A table ``lenbench list`` prints for a suite (e.g. its tasks): title, header, rows of text."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+class SuiteBase:
+    """Neutral defaults for a :class:`Suite`'s optional members: one process, no pooling over seeds
+    (every cell its own table row), no comparisons, figures, warnings, commands or listings."""
+
+    data_parallel = False
+    pooled = False
+    table_group: tuple[str, ...] = ("suite",)
+    cell_identity: tuple[str, ...] = ()
+    protocol_axes: tuple[str, ...] = ()
+    comparison_notes: tuple[str, str] | None = None
+    commands: tuple[Callable[..., None], ...] = ()
+
+    def batch_split(self, cell: Cell) -> tuple[int, int | None]:
+        raise NotImplementedError(f"suite {cell.suite!r} does not train data-parallel")
+
+    def summary_text(self, summary: Mapping[str, Any]) -> str | None:
+        return None
+
+    def protocol_extra(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def figures(self, frame: pd.DataFrame, plots_dir: Path) -> list[tuple[str, list[Path]]]:
+        return []
+
+    def comparisons(self, frame: pd.DataFrame) -> list[Comparison]:
+        return []
+
+    def warnings(self, frame: pd.DataFrame) -> list[str]:
+        return []
+
+    def normalize(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return frame
+
+    def listing(self) -> list[Listing]:
+        return []
+
+
 
 
 SUITES: Registry[Suite] = Registry("suite", "lenbench.suites")

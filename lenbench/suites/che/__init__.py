@@ -11,13 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lenbench.suites.base import Cell, Comparison, Metric, RunContext, Work
+from lenbench.suites.base import Cell, Comparison, Metric, RunContext, SuiteBase, Work
+from lenbench.suites.che import keys
 from lenbench.suites.che.config import expand, name
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-class CheSuite:
+    from lenbench.present.table import Table
+    from lenbench.results import CellDir
+
+
+class CheSuite(SuiteBase):
     """The :class:`lenbench.suites.base.Suite` of the Chomsky-hierarchy tasks."""
 
     name = name
@@ -30,11 +37,15 @@ class CheSuite:
         Metric("majority_score", True, "the majority baseline's score on the same samples"),
         Metric("train_majority_score", True, "the majority baseline on the training lengths"),
     )
-    data_parallel = False
+    comparison_notes = ("CHE: score in %, higher is better", "below the majority baseline (CHE)")
+    pooled = keys.POOLED
+    table_group = tuple(keys.TABLE_GROUP)
+    cell_identity = tuple(keys.CELL_IDENTITY)
+    protocol_axes = tuple(keys.PROTOCOL_AXES)
     expand = staticmethod(expand)
 
-    def run_cell(self, cell: Cell, cell_dir: Any, ctx: RunContext) -> dict[str, Any]:
-        from lenbench.suites.che.run import run_cell
+    def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
+        from lenbench.suites.che.run import run_cell  # torch: only when a cell runs
 
         return run_cell(cell, cell_dir, ctx)
 
@@ -49,21 +60,22 @@ class CheSuite:
         return probe(cell)
 
     def cell_keys(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        from lenbench.suites.che.keys import cell_keys
+        return keys.cell_keys(config)
 
-        return cell_keys(config)
+    def protocol_extra(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return keys.protocol_extra(config)
 
-    def tables(self, frame: Any, options: Mapping[str, Any]) -> tuple[list[Any], Any]:
+    def tables(self, frame: pd.DataFrame, options: Mapping[str, Any]) -> tuple[list[Table], pd.DataFrame]:
         from lenbench.suites.che.tables import suite_tables
 
         return suite_tables(frame, options)
 
-    def figures(self, frame: Any, plots_dir: Path) -> list[tuple[str, list[Path]]]:
-        from lenbench.suites.che.plots import figures
+    def figures(self, frame: pd.DataFrame, plots_dir: Path) -> list[tuple[str, list[Path]]]:
+        from lenbench.suites.che.plots import figures  # matplotlib: only when figures are drawn
 
         return figures(frame, plots_dir)
 
-    def comparisons(self, frame: Any) -> list[Comparison]:
+    def comparisons(self, frame: pd.DataFrame) -> list[Comparison]:
         from lenbench.suites.che.tables import comparisons
 
         return comparisons(frame)

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lenbench.suites.base import Cell, Comparison, Metric, RunContext, Work
+from lenbench.suites.base import Cell, Comparison, Metric, RunContext, SuiteBase, Work
+from lenbench.suites.ppl import keys
 from lenbench.suites.ppl.config import PplCellConfig, expand, name
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-class PplSuite:
+    from lenbench.present.table import Table
+    from lenbench.results import CellDir
+
+
+class PplSuite(SuiteBase):
     """The :class:`lenbench.suites.base.Suite` of perplexity extrapolation."""
 
     name = name
@@ -27,16 +34,16 @@ class PplSuite:
         Metric("ppl_last256", False, "perplexity of the last min(256, L) tokens (DAPE's protocol)"),
         Metric("ppl_all", False, "perplexity of every predicted token"),
     )
+    comparison_notes = ("ppl: ppl_last256, lower is better", "worse than the unigram model (ppl)")
     data_parallel = True
+    pooled = keys.POOLED
+    table_group = tuple(keys.TABLE_GROUP)
+    cell_identity = tuple(keys.CELL_IDENTITY)
+    protocol_axes = tuple(keys.PROTOCOL_AXES)
     expand = staticmethod(expand)
 
-    def batch_split(self, cell: Cell) -> tuple[int, int | None]:
-        """(global batch, micro batch) that a data-parallel run splits over its ranks."""
-        spec: PplCellConfig = cell.spec
-        return spec.train.batch_size, spec.train.micro_batch_size
-
-    def run_cell(self, cell: Cell, cell_dir: Any, ctx: RunContext) -> dict[str, Any]:
-        from lenbench.suites.ppl.run import run_cell
+    def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
+        from lenbench.suites.ppl.run import run_cell  # torch: only when a cell runs
 
         return run_cell(cell, cell_dir, ctx)
 
@@ -51,24 +58,33 @@ class PplSuite:
         return probe(cell)
 
     def cell_keys(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        from lenbench.suites.ppl.keys import cell_keys
+        return keys.cell_keys(config)
 
-        return cell_keys(config)
+    def protocol_extra(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return keys.protocol_extra(config)
 
-    def tables(self, frame: Any, options: Mapping[str, Any]) -> tuple[list[Any], Any]:
+    def tables(self, frame: pd.DataFrame, options: Mapping[str, Any]) -> tuple[list[Table], pd.DataFrame]:
         from lenbench.suites.ppl.tables import suite_tables
 
         return suite_tables(frame, options)
 
-    def figures(self, frame: Any, plots_dir: Path) -> list[tuple[str, list[Path]]]:
-        from lenbench.suites.ppl.plots import figures
+    def figures(self, frame: pd.DataFrame, plots_dir: Path) -> list[tuple[str, list[Path]]]:
+        from lenbench.suites.ppl.plots import figures  # matplotlib: only when figures are drawn
 
         return figures(frame, plots_dir)
 
-    def comparisons(self, frame: Any) -> list[Comparison]:
+    def comparisons(self, frame: pd.DataFrame) -> list[Comparison]:
         from lenbench.suites.ppl.tables import comparisons
 
         return comparisons(frame)
+
+    def batch_split(self, cell: Cell) -> tuple[int, int | None]:
+        """(global batch, micro batch) that a data-parallel run splits over its ranks."""
+        spec: PplCellConfig = cell.spec
+        return spec.train.batch_size, spec.train.micro_batch_size
+
+    def normalize(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return keys.normalize(frame)
 
 
 SUITE = PplSuite()

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lenbench.suites.base import Cell, Comparison, Metric, RunContext
+from lenbench.suites.base import Cell, Metric, RunContext, SuiteBase
+from lenbench.suites.timing import keys
 from lenbench.suites.timing.config import expand, name
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-class TimingSuite:
+    from lenbench.present.table import Table
+    from lenbench.results import CellDir
+
+
+class TimingSuite(SuiteBase):
     """The :class:`lenbench.suites.base.Suite` of time cost."""
 
     name = name
@@ -28,31 +35,37 @@ class TimingSuite:
         Metric("ms_fwd", False, "milliseconds per forward at batch 1"),
         Metric("ms_train", False, "milliseconds per forward + backward at batch 1"),
     )
-    data_parallel = False
+    pooled = keys.POOLED
+    table_group = tuple(keys.TABLE_GROUP)
+    cell_identity = tuple(keys.CELL_IDENTITY)
+    protocol_axes = tuple(keys.PROTOCOL_AXES)
     expand = staticmethod(expand)
 
-    def run_cell(self, cell: Cell, cell_dir: Any, ctx: RunContext) -> dict[str, Any]:
-        from lenbench.suites.timing.run import run_cell
+    def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
+        from lenbench.suites.timing.run import run_cell  # torch: only when a cell runs
 
         return run_cell(cell, cell_dir, ctx)
 
     def cell_keys(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        from lenbench.suites.timing.keys import cell_keys
+        return keys.cell_keys(config)
 
-        return cell_keys(config)
+    def protocol_extra(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return keys.protocol_extra(config)
 
-    def tables(self, frame: Any, options: Mapping[str, Any]) -> tuple[list[Any], Any]:
+    def tables(self, frame: pd.DataFrame, options: Mapping[str, Any]) -> tuple[list[Table], pd.DataFrame]:
         from lenbench.suites.timing.tables import suite_tables
 
         return suite_tables(frame, options)
 
-    def figures(self, frame: Any, plots_dir: Path) -> list[tuple[str, list[Path]]]:
-        from lenbench.suites.timing.plots import figures
+    def figures(self, frame: pd.DataFrame, plots_dir: Path) -> list[tuple[str, list[Path]]]:
+        from lenbench.suites.timing.plots import figures  # matplotlib: only when figures are drawn
 
         return figures(frame, plots_dir)
 
-    def comparisons(self, frame: Any) -> list[Comparison]:
-        return []  # a ratio table, not a comparison over seeds
+    def warnings(self, frame: pd.DataFrame) -> list[str]:
+        from lenbench.suites.timing.tables import warnings
+
+        return warnings(frame)
 
 
 SUITE = TimingSuite()

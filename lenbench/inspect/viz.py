@@ -32,7 +32,7 @@ import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lenbench.errors import LenbenchError  # noqa: E402
-from lenbench.report.plots import RC  # noqa: E402
+from lenbench.present.figures import RC  # noqa: E402
 from lenbench.results import CellDir, safe_torch_load  # noqa: E402
 
 TERMS = {
@@ -72,6 +72,7 @@ def load(path: Path | str) -> LoadedModel:
     from lenbench.model.transformer import ModelConfig, Transformer
     from lenbench.pe.registry import parse_pe_spec
     from lenbench.suites.ppl import run as ppl
+    from lenbench.suites.ppl.config import PplCellConfig
 
     path = Path(path)
     if not path.exists():
@@ -94,8 +95,9 @@ def load(path: Path | str) -> LoadedModel:
     elif isinstance(state, dict) and "model" in state and config is not None:
         from lenbench.data.tokenizer import spec_vocab_size
 
-        vocab = spec_vocab_size(config["data"]["tokenizer"])
-        model = Transformer(ppl.model_config(config, vocab), parse_pe_spec(config["pe"]))
+        spec = PplCellConfig.from_dict(config)
+        vocab = spec_vocab_size(spec.data["tokenizer"])
+        model = Transformer(ppl.model_config(spec.model, spec.length, spec.lengths, vocab), parse_pe_spec(spec.pe))
         model.load_state_dict(state["model"])
     else:
         raise LenbenchError(f"{path} is neither a model.pt nor a training checkpoint next to its config.yaml")
@@ -105,11 +107,12 @@ def load(path: Path | str) -> LoadedModel:
 def eval_sequence(loaded: LoadedModel, length: int) -> tuple[torch.Tensor, str]:
     """The first evaluation sequence of ``length`` tokens of the cell's corpus (ids ``[1, length]``)."""
     from lenbench.suites.ppl import run as ppl
+    from lenbench.suites.ppl.config import PplCellConfig
     from lenbench.suites.ppl.protocols import document_windows
 
     if loaded.config is None:
         raise LenbenchError(f"no config.yaml next to {loaded.source}: cannot tell which corpus to evaluate on")
-    corpus = ppl.load_cell_corpus(loaded.config)
+    corpus = ppl.load_cell_corpus(PplCellConfig.from_dict(loaded.config))
     ev = loaded.config.get("eval", {})
     windows, concatenated, _ = document_windows(
         corpus.validation, length, int(ev.get("samples", 1)), int(ev.get("min_sequences", 1))

@@ -1,0 +1,1 @@
+"""Looking inside a trained model: ``lenbench viz`` (:mod:`lenbench.inspect.viz`), the attention terms of one layer."""
