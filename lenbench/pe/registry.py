@@ -124,6 +124,17 @@ def canonical_pe_label(label: str) -> str:
     return name + sep + rest if name != head else label
 
 
+def pe_baseline(label: str) -> str | None:
+    """The registered name of the PE that ``label``'s class names as its baseline
+    (:attr:`~lenbench.pe.base.PositionalEncoding.baseline`; ``dape-alibi:hidden=64`` -> ``alibi``,
+    ``dape`` -> ``kerple``); None for a PE without one, and for a label no registered class carries
+    (a file plugin's declared name, a PE no longer registered)."""
+    name = canonical_pe_name(label.partition(":")[0].strip().lower())
+    if _is_path_spec(label) or name not in PES:
+        return None
+    return PES.get(name).baseline
+
+
 def parse_pe_list(text: str) -> list[PESpec]:
     """Split a comma-separated list of specs; ``k=v`` items attach to the preceding PE."""
     groups: list[str] = []
