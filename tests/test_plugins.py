@@ -1,5 +1,5 @@
 """A user's PE registers without editing lenbench: by ``file.py:Class`` and by the ``lenbench.pe``
-entry-point group (DESIGN.md), and trains through the CHE suite. The README shows the example file."""
+entry-point group (docs/architecture.md), and trains through the CHE suite. The README shows the example file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The positional-encoding interface: one ``nn.Module`` with four hooks (DESIGN.md).
+"""The positional-encoding interface: one ``nn.Module`` with four hooks (docs/architecture.md).
 
 | hook | used by | contract |
 |---|---|---|

@@ -118,7 +118,7 @@ class DAPEKerple(DAPE):
 
 @PES.register("dape")
 class DAPEDefault(DAPEKerple):
-    """``dape`` is ``dape-kerple`` (DESIGN.md)."""
+    """``dape`` is ``dape-kerple`` (docs/architecture.md)."""
 
     name = "dape"
     description = "alias of dape-kerple"
