@@ -103,7 +103,7 @@ def part_parity(device: torch.device, smoke: bool, flex: bool) -> dict[str, Any]
         for causal in (True, False):
             spec = parse_pe_spec(spec_text)
             if spec_text == "cope" and not causal:
-                continue  # CoPE is causal only (pe_zoo.md §14)
+                continue  # CoPE is causal only (docs/pe.md §14)
             ctx = PEContext(dim=dim, heads=heads, causal=causal, train_length=n, max_length=n)
             torch.manual_seed(0)
             pe = pe_class(spec)(ctx, **spec.options).to(device)

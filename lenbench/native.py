@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from lenbench.data.documents import cache_root
 from lenbench.errors import LenbenchError
+from lenbench.paths import cache_root
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 # Tried first: with OpenMP a kernel runs on PyTorch's own libgomp pool (same soname, already loaded).
@@ -38,7 +38,7 @@ OPENMP = "-fopenmp"
 
 
 def cache_dir() -> Path:
-    """``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` in the cache (:func:`lenbench.data.documents.cache_root`)."""
+    """``$LENBENCH_KERNEL_CACHE``, else ``kernels/`` in the cache (:func:`lenbench.paths.cache_root`)."""
     if os.environ.get("LENBENCH_KERNEL_CACHE"):
         return Path(os.environ["LENBENCH_KERNEL_CACHE"])
     return cache_root() / "kernels"

@@ -1,4 +1,5 @@
-"""The package imports one way: no module of ``lenbench`` reaches itself through its imports.
+"""The package imports one way: no module of ``lenbench`` reaches itself through its imports, and
+no layer imports a higher one (:data:`LAYERS`, docs/architecture.md).
 
 Every ``import`` counts, at module level or inside a function (and under ``TYPE_CHECKING``): a
 function-local import only defers a circle, it does not remove it. Importing ``a.b.c`` also runs
@@ -11,9 +12,26 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import lenbench
 
 PACKAGE = Path(lenbench.__file__).parent
+
+# The layers of lenbench's top-level modules and packages (``lenbench.X``), low -> high: the one place
+# the order is written. A module may import its own layer or a lower one, never a higher one. The root
+# package (``lenbench/__init__.py``, the version) is the lowest.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"errors"}),
+    frozenset({"registry", "config", "paths", "results", "native", "bench", "progress"}),
+    frozenset({"pe", "tasks", "data"}),
+    frozenset({"model"}),
+    frozenset({"devices", "train"}),
+    frozenset({"present"}),
+    frozenset({"suites"}),
+    frozenset({"execute", "report", "inspect", "doctor"}),
+    frozenset({"cli", "__main__"}),
+)
 
 
 def module_names() -> dict[str, Path]:
@@ -86,6 +104,30 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return groups
 
 
+def layer_of(module: str, layers: tuple[frozenset[str], ...] = LAYERS) -> int:
+    """The layer index of a dotted module name, by its top-level part (``pkg.X.y`` -> X's layer)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return 0
+    for index, group in enumerate(layers):
+        if parts[1] in group:
+            return index
+    raise AssertionError(f"{module}: {parts[0]}.{parts[1]} is in no layer; add it to LAYERS in {Path(__file__).name}")
+
+
+def back_edges(graph: dict[str, set[str]], files: dict[str, Path],
+               layers: tuple[frozenset[str], ...] = LAYERS) -> list[str]:
+    """Every import from a lower layer to a higher one, as ``file (layer i) imports module (layer j)``."""
+    found = []
+    for importer in sorted(graph):
+        for target in sorted(graph[importer]):
+            low, high = layer_of(importer, layers), layer_of(target, layers)
+            if high > low:
+                top = importer.split(".")[1] if "." in importer else importer
+                found.append(f"{files[importer]} ({top}, layer {low}) imports {target} (layer {high})")
+    return found
+
+
 def import_graph() -> dict[str, set[str]]:
     known = module_names()
     return {name: imported(name, path, known) for name, path in known.items()}
@@ -112,3 +154,26 @@ def test_lenbench_has_no_import_cycle() -> None:
     graph = import_graph()
     assert "lenbench.cli" in graph and graph["lenbench.cli"], "the walk found no imports at all"
     assert cycles(graph) == []
+
+
+def test_layer_checker_sees_an_import_that_runs_up() -> None:
+    layers = (frozenset({"low"}), frozenset({"mid", "side"}), frozenset({"top"}))
+    names = ("pkg", "pkg.low", "pkg.mid", "pkg.mid.a", "pkg.side", "pkg.top")
+    files = {n: Path(n.replace(".", "/") + ".py") for n in names}
+    fine = {"pkg": set(), "pkg.low": set(), "pkg.mid": set(), "pkg.mid.a": {"pkg.low", "pkg.side"},
+            "pkg.side": {"pkg.mid"}, "pkg.top": {"pkg.mid.a", "pkg.low"}}
+    assert back_edges(fine, files, layers) == []  # own layer and lower ones
+    bad = {**fine, "pkg.mid.a": {"pkg.top", "pkg.low"}, "pkg": {"pkg.side"}}
+    assert back_edges(bad, files, layers) == [
+        "pkg.py (pkg, layer 0) imports pkg.side (layer 1)",  # the root package is the lowest layer
+        "pkg/mid/a.py (mid, layer 1) imports pkg.top (layer 2)",
+    ]
+    with pytest.raises(AssertionError, match="pkg.other is in no layer"):
+        back_edges({"pkg.other": {"pkg.low"}}, {"pkg.other": Path("other.py")}, layers)
+
+
+def test_no_layer_imports_a_higher_one() -> None:
+    known = module_names()
+    files = {name: path.relative_to(PACKAGE.parent) for name, path in known.items()}
+    found = back_edges(import_graph(), files)
+    assert not found, "imports that run up the layers:\n" + "\n".join(found)

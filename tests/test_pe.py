@@ -155,3 +155,20 @@ def test_spec_parsing_and_validation() -> None:
     with pytest.raises(LenbenchError, match="unknown option"):
         validate_spec(parse_pe_spec("alibi:hidden=3"))
     validate_spec(parse_pe_spec("dape:hidden=3,variant=concat"))
+
+
+def test_a_pe_class_names_its_baseline() -> None:
+    """DAPE-X's class names X (docs/dape.md); the report pairs PEs through it, not through their names."""
+    from lenbench.pe import PES
+    from lenbench.pe.registry import pe_baseline
+
+    for name, cls in PES.items():
+        if name.startswith("dape"):
+            expected = "kerple" if name == "dape" else name.rsplit("-", 1)[-1]  # dape is dape-kerple
+            assert cls.baseline == expected and expected in PES, name
+        else:
+            assert cls.baseline is None, name
+    assert pe_baseline("dape") == pe_baseline("dape-kerple:hidden=64") == "kerple"
+    assert pe_baseline("dape-v2-fire:kernel=3") == "fire" and pe_baseline("dape-alibi") == "alibi"
+    assert pe_baseline("alibi") is None and pe_baseline("log-bias:scale=2") is None
+    assert pe_baseline("my_pe.py:Bias") is None

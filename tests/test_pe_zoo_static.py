@@ -381,7 +381,7 @@ ALL_PES = PES.names()
 
 def textbook_attention(att: Attention, x: torch.Tensor) -> torch.Tensor:
     """Unblocked reference: full ``[B, H, N, N]`` logits ``qk^T/sqrt(d)``, then the PE's rotate and
-    its scores hook or bias, the causal mask and a plain softmax (DESIGN.md hooks)."""
+    its scores hook or bias, the causal mask and a plain softmax (docs/architecture.md, hooks)."""
     b, n, _ = x.shape
     q, k, v = att.qkv(x).view(b, n, 3, att.heads, att.head_dim).permute(2, 0, 3, 1, 4)
     pe = att.pe

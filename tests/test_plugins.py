@@ -1,5 +1,5 @@
 """A user's PE registers without editing lenbench: by ``file.py:Class`` and by the ``lenbench.pe``
-entry-point group (DESIGN.md), and trains through the CHE suite. The README shows the example file."""
+entry-point group (docs/architecture.md), and trains through the CHE suite. The README shows the example file."""
 
 from __future__ import annotations
 
@@ -100,3 +100,22 @@ def test_plugin_by_path_on_the_command_line(tmp_path: Path, capsys: pytest.Captu
     state = torch.load(next(done.parent.rglob("*.pt")), map_location="cpu", weights_only=True)  # plain data
     w = state["model"]["blocks.0.attn.pe.w"]
     assert w.shape == (2, 2) and not torch.allclose(w, torch.full_like(w, 0.2))
+
+
+def test_a_file_plugin_is_executed_once_per_process(tmp_path: Path) -> None:
+    """``pe_class``, ``pe_identity`` and every later call reuse the first load of an unchanged file;
+    the identity's code hash is that of the content executed."""
+    import hashlib
+
+    from lenbench.pe.registry import parse_pe_spec, pe_identity
+
+    counter = tmp_path / "executed.txt"
+    plugin = tmp_path / "counted_pe.py"
+    plugin.write_text(f"with open({str(counter)!r}, 'a') as f:\n    f.write('x')\n\n" + EXAMPLE.read_text())
+    spec = parse_pe_spec(f"{plugin}:LinearBias:init=0.2")
+    classes = {pe_class(spec) for _ in range(5)}
+    assert len(classes) == 1 and spec.label == "linear-bias:init=0.2"
+    identity = pe_identity(spec)
+    parse_pe_list(f"{plugin}:LinearBias,alibi")
+    assert counter.read_text() == "x"  # executed once across all of the above
+    assert identity["code"] == {"file": "counted_pe.py", "sha256": hashlib.sha256(plugin.read_bytes()).hexdigest()}

@@ -37,7 +37,7 @@ def lm(heads: int = 12, dim: int = 768) -> PEContext:
 
 def test_t5_initial_bias_has_neox_scale() -> None:
     """125M shape: 32 buckets x 12 heads, d_head 64. xavier_normal_ std = sqrt(2 / (12 + 32)) = 0.21320,
-    times sqrt(64) = 8: initial bias std 1.7056 logits (pe_zoo.md §10: ~1.7). 30 tables = 11520 draws,
+    times sqrt(64) = 8: initial bias std 1.7056 logits (docs/pe.md §10: ~1.7). 30 tables = 11520 draws,
     so the sample std is within ~1% of it; the earlier form's bias std is 0.02, 85x smaller."""
     torch.manual_seed(0)
     tables = [T5Bias(lm()) for _ in range(30)]

@@ -1,4 +1,4 @@
-"""Data for the LM suite: corpora through Hugging Face ``datasets`` and tokenizers (DESIGN.md)."""
+"""Data for the LM suite: corpora through Hugging Face ``datasets`` and tokenizers (docs/architecture.md)."""
 
 from lenbench.data.corpora import (
     Corpus,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lenbench.errors import LenbenchError
+from lenbench.paths import cache_root
 
 if TYPE_CHECKING:
     from lenbench.data.documents import Corpus
@@ -92,8 +93,6 @@ class BPETokenizer:
 
 
 def bpe_cache_path(corpus: Corpus, vocab_size: int) -> Any:
-    from lenbench.data.documents import cache_root
-
     key = hashlib.sha256(f"{RECIPE}|{corpus.train._fingerprint}|{vocab_size}".encode()).hexdigest()[:20]
     return cache_root() / "bpe" / f"{key}.json"
 

@@ -47,9 +47,10 @@ from typing import Any
 import numpy as np
 
 from lenbench.data.dedup import CHUNK_BYTES, MAX_SHARED, content_key, near_duplicates
-from lenbench.data.documents import GLOB_CHARS, Corpus, DatasetSpec, cache_root
+from lenbench.data.documents import GLOB_CHARS, Corpus, DatasetSpec
 from lenbench.data.tokenizer import Tokenizer
 from lenbench.errors import LenbenchError
+from lenbench.paths import cache_root
 
 # Extension -> datasets builder (text: one document per file).
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}

@@ -1,9 +1,9 @@
-"""What the tokenizers and the corpus loader share, below both: a resolved dataset spec, a loaded
-corpus (:class:`Corpus`) and lenbench's cache folder. Loading lives in :mod:`lenbench.data.corpora`."""
+"""What the tokenizers and the corpus loader share, below both: a resolved dataset spec and a loaded
+corpus (:class:`Corpus`). Loading lives in :mod:`lenbench.data.corpora`; the cache folder is
+:func:`lenbench.paths.cache_root`."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +49,3 @@ class Corpus:
     def fingerprint(self) -> str:
         """Identity of the documents (``datasets``' fingerprints of both splits)."""
         return f"{self.train._fingerprint}-{self.validation._fingerprint}"
-
-
-def cache_root() -> Path:
-    """``$LENBENCH_CACHE``, else ``$XDG_CACHE_HOME/lenbench``, else ``~/.cache/lenbench``."""
-    if os.environ.get("LENBENCH_CACHE"):
-        return Path(os.environ["LENBENCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lenbench"

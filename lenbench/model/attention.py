@@ -1,4 +1,4 @@
-"""Multi-head self-attention that picks, per PE, the fastest backend exact for it (DESIGN.md).
+"""Multi-head self-attention that picks, per PE, the fastest backend exact for it (docs/architecture.md).
 
 Backends:
 

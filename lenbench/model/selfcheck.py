@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from lenbench.data.documents import cache_root
+from lenbench.paths import cache_root
 
 SWITCH = "LENBENCH_SELFCHECK"
 PATHS = {

@@ -1,4 +1,4 @@
-"""The positional-encoding interface: one ``nn.Module`` with four hooks (DESIGN.md).
+"""The positional-encoding interface: one ``nn.Module`` with four hooks (docs/architecture.md).
 
 | hook | used by | contract |
 |---|---|---|
@@ -63,6 +63,9 @@ class PositionalEncoding(nn.Module):
     # True when ``bias(q_pos, k_pos)`` depends on ``q_pos - k_pos`` only (ALiBi, Kerple, T5): attention
     # then builds the bias of any block from one row of ``2N - 1`` distances.
     translation_invariant: ClassVar[bool] = False
+    # The registered name of the PE a paired comparison measures this one against (the report's
+    # significance table pairs each PE with its baseline): DAPE-X names X (docs/dape.md). None: none.
+    baseline: ClassVar[str | None] = None
 
     def __init__(self, ctx: PEContext, **options: Any) -> None:
         super().__init__()

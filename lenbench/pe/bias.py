@@ -539,7 +539,7 @@ class RandomizedALiBi(RandomizedPositions, ALiBi):
     - ``randomize="distances"`` (default; RPE ``NOISY_ALIBI`` exactly, docs/che.md §3.2, with RPE's
       ``randomize_both_sides=False``): draw sorted distinct ``s_1 < ... < s_{n-1}`` from ``[1, L)``,
       ``s_0 = 0``, and ``r = sign(i - j) s_{|i-j|}``.
-    - ``randomize="positions"`` (ours; DESIGN.md, docs/pe.md §16): ``r = p_i - p_j`` with sorted
+    - ``randomize="positions"`` (ours; docs/architecture.md, docs/pe.md §16): ``r = p_i - p_j`` with sorted
       positions ``p`` drawn from ``[0, L)``, as if the n tokens sat at those places of a longer text.
 
     Either way one draw per layer and forward. ``score_mod`` captures that draw, so it gives the

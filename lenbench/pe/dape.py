@@ -112,12 +112,13 @@ class DAPEKerple(DAPE):
 
     name = "dape-kerple"
     description = "DAPE (Zheng et al. 2024) over Kerple-log: S + B + MLP([S;B]) per layer"
+    baseline = "kerple"
     base_class = KerpleLog
 
 
 @PES.register("dape")
 class DAPEDefault(DAPEKerple):
-    """``dape`` is ``dape-kerple`` (DESIGN.md)."""
+    """``dape`` is ``dape-kerple`` (docs/architecture.md)."""
 
     name = "dape"
     description = "alias of dape-kerple"
@@ -129,6 +130,7 @@ class DAPEALiBi(DAPE):
 
     name = "dape-alibi"
     description = "DAPE (Zheng et al. 2024) over ALiBi: S + B + MLP([S;B]) per layer"
+    baseline = "alibi"
     base_class = ALiBi
 
 
@@ -165,6 +167,7 @@ class DAPEFIRE(_FIREBaseOption, DAPE):
 
     name = "dape-fire"
     description = "DAPE (Zheng et al. 2024) over FIRE (LeakyReLU MLP): S + B + MLP([S;B]) per layer"
+    baseline = "fire"
     base_class = LeakyFIRE
 
 
@@ -262,6 +265,7 @@ class DAPEV2Kerple(DAPEV2):
 
     name = "dape-v2-kerple"
     description = "DAPE V2 (1xk conv over keys, k=3) over Kerple-log, future entries zeroed"
+    baseline = "kerple"
     base_class = KerpleLog
 
 
@@ -271,6 +275,7 @@ class DAPEV2ALiBi(DAPEV2):
 
     name = "dape-v2-alibi"
     description = "DAPE V2 (1xk conv over keys, k=3) over ALiBi, future entries zeroed"
+    baseline = "alibi"
     base_class = ALiBi
 
 
@@ -282,6 +287,7 @@ class DAPEV2FIRE(_FIREBaseOption, DAPEV2):
 
     name = "dape-v2-fire"
     description = "DAPE V2 (1xk conv over keys, k=3) over FIRE (LeakyReLU MLP), future entries zeroed"
+    baseline = "fire"
     base_class = LeakyFIRE
 
 

@@ -27,7 +27,7 @@ def dape_neox_l0(cls: type, train_length: int) -> int:
     ``transformer.py`` passes ``neox_args.noise_seq_length`` as ``init_L``. Configs (125M, the only
     training length released, T = 512): V1 ``noise_seq_length: 128`` (``125M_fire.yml``,
     ``125M_fire_c.yml``) -> ``L0 = 64``; V2 ``noise_seq_length: 512`` (``125M_fire_capev2.yml``) ->
-    ``L0 = 256`` (dape.md §1.5, §2.2). Other T keep the released ratio (a reconstruction: DAPE ships no
+    ``L0 = 256`` (docs/dape.md §1.5, §2.2). Other T keep the released ratio (a reconstruction: DAPE ships no
     config for them): V1 ``(T // 4) // 2`` (16 at T = 128), V2 ``T // 2``.
     """
     from lenbench.pe.dape import DAPEV2

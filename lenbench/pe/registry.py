@@ -124,6 +124,17 @@ def canonical_pe_label(label: str) -> str:
     return name + sep + rest if name != head else label
 
 
+def pe_baseline(label: str) -> str | None:
+    """The registered name of the PE that ``label``'s class names as its baseline
+    (:attr:`~lenbench.pe.base.PositionalEncoding.baseline`; ``dape-alibi:hidden=64`` -> ``alibi``,
+    ``dape`` -> ``kerple``); None for a PE without one, and for a label no registered class carries
+    (a file plugin's declared name, a PE no longer registered)."""
+    name = canonical_pe_name(label.partition(":")[0].strip().lower())
+    if _is_path_spec(label) or name not in PES:
+        return None
+    return PES.get(name).baseline
+
+
 def parse_pe_list(text: str) -> list[PESpec]:
     """Split a comma-separated list of specs; ``k=v`` items attach to the preceding PE."""
     groups: list[str] = []
@@ -143,8 +154,12 @@ _FILE_MODULES: dict[tuple[str, str], ModuleType] = {}  # (resolved path, sha256 
 
 def file_sha256(path: Path) -> str:
     """sha256 (hex) of a file's bytes; a one-line error when it cannot be read."""
+    return hashlib.sha256(_read_plugin(path)).hexdigest()
+
+
+def _read_plugin(path: Path) -> bytes:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return path.read_bytes()
     except OSError as exc:
         raise LenbenchError(f"cannot read PE plugin file {path}: {exc.strerror or exc}") from exc
 
@@ -156,21 +171,27 @@ def _plugin_path(spec_name: str) -> Path:
     return path
 
 
-def _file_module(path: Path) -> ModuleType:
-    """The plugin file's module, executed once per process and file content (an edited file loads anew)."""
-    resolved, digest = str(path.resolve()), file_sha256(path)
+def _file_module(path: Path) -> tuple[ModuleType, str]:
+    """The plugin file's module and the sha256 of the bytes it was executed from.
+
+    The file is executed once per process and content: later calls read and hash it (cheap) and
+    return the cached module; an edited file loads anew, so a long-lived process never runs stale
+    code. The bytes hashed are the bytes executed, so a cell's identity names the code that ran.
+    """
+    source = _read_plugin(path)
+    resolved, digest = str(path.resolve()), hashlib.sha256(source).hexdigest()
     module = _FILE_MODULES.get((resolved, digest))
     if module is not None:
-        return module
+        return module, digest
     where = hashlib.sha256(resolved.encode()).hexdigest()[:12]
     module_name = f"lenbench_user_pe_{where}_{digest[:12]}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
+    if module_spec is None:
         raise LenbenchError(f"cannot load PE plugin file {path}")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     try:
-        module_spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec"), module.__dict__)  # the bytes hashed above, not a re-read
     except SyntaxError as exc:
         del sys.modules[module_name]
         raise LenbenchError(f"PE plugin {path} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
@@ -178,26 +199,29 @@ def _file_module(path: Path) -> ModuleType:
         del sys.modules[module_name]
         raise LenbenchError(f"PE plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
     _FILE_MODULES[(resolved, digest)] = module
-    return module
+    return module, digest
 
 
-def _load_from_file(spec_name: str) -> type[PositionalEncoding]:
+def _load_from_file(spec_name: str) -> tuple[type[PositionalEncoding], str]:
+    """A ``file.py:Class`` plugin's class and the sha256 of the file content it was loaded from."""
     from lenbench.pe.base import PositionalEncoding
 
     class_name = spec_name.partition(":")[2]
     path = _plugin_path(spec_name)
-    cls = getattr(_file_module(path), class_name, None)
+    module, digest = _file_module(path)
+    cls = getattr(module, class_name, None)
     if cls is None:
         raise LenbenchError(f"PE plugin {path} defines no {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, PositionalEncoding)):
         raise LenbenchError(f"{class_name} in {path} is not a lenbench.pe.PositionalEncoding subclass")
-    return cls
+    return cls, digest
 
 
 def pe_class(spec: PESpec) -> type[PositionalEncoding]:
-    """The class a spec names: a registered name or a ``file.py:Class`` plugin."""
+    """The class a spec names: a registered name or a ``file.py:Class`` plugin (executed once per
+    process and file content, :func:`_file_module`)."""
     if _is_path_spec(spec.name):
-        return _load_from_file(spec.name)
+        return _load_from_file(spec.name)[0]
     return PES.get(spec.name)
 
 
@@ -301,9 +325,10 @@ def constructor_defaults(cls: type) -> dict[str, Any]:
     return defaults
 
 
-def resolved_options(spec: PESpec) -> dict[str, Any]:
+def resolved_options(spec: PESpec, cls: type | None = None) -> dict[str, Any]:
     """The options a PE is built with: every constructor default, overridden by the spec's options."""
-    return {**constructor_defaults(pe_class(spec)), **{k: _plain(v) for k, v in spec.options.items()}}
+    defaults = constructor_defaults(cls if cls is not None else pe_class(spec))
+    return {**defaults, **{k: _plain(v) for k, v in spec.options.items()}}
 
 
 def _source_files(dist: metadata.Distribution) -> list[Path]:
@@ -329,22 +354,18 @@ def _entry_point_dist(name: str) -> metadata.Distribution | None:
     return None
 
 
-def plugin_code(spec: PESpec) -> dict[str, Any] | None:
-    """What identifies a plugin PE's code (None for lenbench's own PEs, whose code the manifest's
-    source hash covers): a file plugin's sha256; for an installed plugin its distribution's name,
-    version and file hashes, plus the sha256 of the class's own source file (an editable install
-    lists no source files)."""
-    if _is_path_spec(spec.name):
-        path = _plugin_path(spec.name)
-        return {"file": path.name, "sha256": file_sha256(path)}
-    cls = pe_class(spec)
+def _installed_code(name: str, cls: type[PositionalEncoding]) -> dict[str, Any] | None:
+    """What identifies a registered PE's code: None for lenbench's own PEs (the manifest's source
+    hash covers them); for an installed plugin its distribution's name, version and file hashes,
+    plus the sha256 of the class's own source file (an editable install lists no source files)."""
     if cls.__module__ == "lenbench" or cls.__module__.startswith("lenbench."):
         return None
     code: dict[str, Any] = {"module": cls.__module__}
-    dist = _entry_point_dist(spec.name)
+    dist = _entry_point_dist(name)
     if dist is not None:
-        name = dist.metadata["Name"]
-        code.update(distribution=name, version=dist.version, files_sha256=distribution_code(name, dist.version))
+        dist_name = dist.metadata["Name"]
+        code.update(distribution=dist_name, version=dist.version,
+                    files_sha256=distribution_code(dist_name, dist.version))
     source = inspect.getsourcefile(cls)
     if source is not None and Path(source).is_file():
         code["sha256"] = file_sha256(Path(source))
@@ -353,18 +374,27 @@ def plugin_code(spec: PESpec) -> dict[str, Any] | None:
 
 def pe_identity(spec: PESpec) -> dict[str, Any]:
     """What decides a PE's behaviour, stored in each cell's config (module docstring): display label,
-    class, every option resolved, a wrapped base class's defaults (DAPE), and a plugin's code."""
-    cls = pe_class(spec)
-    where = _plugin_path(spec.name).name if _is_path_spec(spec.name) else cls.__module__
+    class, every option resolved, a wrapped base class's defaults (DAPE), and a plugin's code.
+
+    A file plugin is loaded once here, so its class, defaults and code hash all come from the same
+    file content."""
+    code: dict[str, Any] | None
+    if _is_path_spec(spec.name):
+        cls, digest = _load_from_file(spec.name)
+        where = _plugin_path(spec.name).name
+        label = str(PESpec(plugin_name(cls), spec.options))
+        code = {"file": where, "sha256": digest}
+    else:
+        cls = PES.get(spec.name)
+        where, label, code = cls.__module__, spec.label, _installed_code(spec.name, cls)
     identity: dict[str, Any] = {
-        "label": spec.label,
+        "label": label,
         "class": f"{where}:{cls.__qualname__}",
-        "options": resolved_options(spec),
+        "options": resolved_options(spec, cls),
     }
     base = getattr(cls, "base_class", None)
     if isinstance(base, type):
         identity["base"] = {"class": f"{base.__module__}:{base.__qualname__}", "defaults": constructor_defaults(base)}
-    code = plugin_code(spec)
     if code is not None:
         identity["code"] = code
     return identity

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -170,27 +169,21 @@ def t_quantile(p_two_sided: float, df: float) -> float:
 
 
 def pe_name(label: str) -> str:
-    """The registry name of a PE label (options dropped); ``dape`` is ``dape-kerple``."""
-    name = label.split(":", 1)[0].strip().lower()
-    return "dape-kerple" if name == "dape" else name
+    """The registry name of a PE label (options dropped), an alias as the name it stands for
+    (``dape`` -> ``dape-kerple``, :func:`lenbench.pe.registry.canonical_pe_name`)."""
+    from lenbench.pe.registry import canonical_pe_name
 
-
-def dape_base(label: str) -> str | None:
-    """X for a DAPE-X label (``dape-alibi`` -> ``alibi``, ``dape`` -> ``kerple``), else None."""
-    parts = pe_name(label).split("-")
-    if not parts[0].startswith("dape"):
-        return None
-    rest = parts[1:]
-    if rest and re.fullmatch(r"v\d+|\d+x\d+", rest[0]):
-        rest = rest[1:]
-    return "-".join(rest) or "kerple"
+    return canonical_pe_name(label.split(":", 1)[0].strip().lower())
 
 
 def dape_pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
-    """Every (DAPE-X, X) pair among ``labels``."""
+    """Every (A, B) pair among ``labels`` where B is the PE that A's class names as its baseline
+    (DAPE-X and X, :func:`lenbench.pe.registry.pe_baseline`)."""
+    from lenbench.pe.registry import pe_baseline
+
     pairs = []
     for a in labels:
-        base = dape_base(a)
+        base = pe_baseline(a)
         if base is not None:
             pairs += [(a, b) for b in labels if b != a and pe_name(b) == base]
     return pairs
