@@ -17,7 +17,8 @@ from rich.table import Table
 from lenbench.errors import LenbenchError
 from lenbench.execute.grid import grid_options
 from lenbench.present.terminal import err, out, print_rows, print_table
-from lenbench.suites.commands import DEFAULT_SUITE, Services, suite_commands, suite_listings
+from lenbench.suites.commands import DEFAULT_SUITE, suite_commands, suite_listings
+from lenbench.suites.services import Services
 
 FORMATS = "md,csv,tex,html"
 

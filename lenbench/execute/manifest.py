@@ -1,9 +1,10 @@
 """Grid manifests: what ``lenbench run`` records in the results root so that ``lenbench status --out
 DIR`` lists every cell of the grids run there, pending ones included, without the run's flags.
 
-One JSON file per grid, ``<out>/<suite>/.grids/<hash>.json`` (a hidden folder, so never a cell), holding
-the suite file, the profile, the override tree and each cell's label and folder name; ``<hash>`` is
-that of the cell folders, so running the same grid again rewrites the same file. Written atomically
+One JSON file per grid, ``<out>/.grids/<suite>-<hash>.json`` (a hidden folder beside the suites'
+folders, so never a suite or a cell), holding the suite file, the profile, the override tree and each
+cell's label and folder name; ``<hash>`` is that of the cell folders, so running the same grid again
+rewrites the same file. Written atomically
 (:func:`lenbench.results.atomic_write_json`).
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lenbench.results import CellDir, ResultStore, atomic_write_json, config_hash
+from lenbench.results import CellDir, ResultStore, atomic_write_json, config_hash, slug
 
 FOLDER = ".grids"
 
@@ -41,9 +42,9 @@ def write_manifest(store: ResultStore, suite: str, suite_file: str, profile: str
                    cells: list[Any]) -> Path:
     """Record an expanded grid (``cells``: its :class:`~lenbench.suites.base.Cell` list) -> the file written."""
     ids = [store.cell(c.suite, c.label, c.config).cell_id for c in cells]
-    folder = store.root / suite / FOLDER
+    folder = store.root / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{config_hash({'cells': ids})}.json"
+    path = folder / f"{slug(suite)}-{config_hash({'cells': ids})}.json"
     atomic_write_json(path, {
         "suite": suite,
         "suite_file": str(Path(suite_file).resolve()),
@@ -68,9 +69,12 @@ def read_manifests(store: ResultStore, suite: str | None = None) -> tuple[list[G
     """The grids recorded under the results root (or one suite), oldest first, and a warning for
     each manifest that cannot be read (it is skipped)."""
     records, warnings = [], []
-    for path in sorted(store.root.glob(f"{suite or '*'}/{FOLDER}/*.json")):
+    for path in sorted((store.root / FOLDER).glob("*.json")):
         try:
-            records.append(_record(path))
+            record = _record(path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             warnings.append(f"grid manifest {path} is unreadable ({type(exc).__name__}); skipped")
+            continue
+        if suite is None or record.suite == suite:
+            records.append(record)
     return sorted(records, key=lambda r: (r.written, str(r.path))), warnings

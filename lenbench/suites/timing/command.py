@@ -3,7 +3,7 @@
 Expands the timing suite from its flags, estimates the run, times each group in this process with
 one overall progress bar, and prints the suite's tables through the one renderer
 (:func:`lenbench.present.terminal.print_table`). What it needs from above the suites (running cells,
-reading finished ones) comes in through the Typer context (:class:`lenbench.suites.commands.Services`).
+reading finished ones) comes in through the Typer context (:class:`lenbench.suites.services.Services`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def timing(
     from lenbench.report.tables import timing_report_tables
     from lenbench.results import ResultStore
     from lenbench.suites import load_suite_module
-    from lenbench.suites.commands import services as suite_services
+    from lenbench.suites.services import services as suite_services
     from lenbench.suites.timing.cost import fmt_duration, machine_rate, run_seconds
     from lenbench.suites.timing.run import reference_and_pes
 
