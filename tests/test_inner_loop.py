@@ -195,7 +195,7 @@ def test_rerun_moves_the_old_folder_aside(tmp_path: Path, capsys: pytest.Capture
     (moved,) = (out / "che" / ".superseded").iterdir()
     assert (moved / "DONE").stat().st_mtime_ns == stamp  # the old result, whole
     code, table, _ = run(["status", "--out", str(out)], capsys)
-    assert code == 0 and "1 cell folder(s)" in table and ".superseded" not in table
+    assert code == 0 and "1 cell(s) in" in table and ".superseded" not in table
 
 
 # ------------------------------------------------------------------ the hook contract
