@@ -266,17 +266,14 @@ def print_dry_run(cells: list[Any], store: Any, rerun: bool, executor: str) -> N
 
 @app.command("list")
 def list_things() -> None:
-    """Registered PEs, suite tasks, suites with their profiles, and model sizes.
-
-    Suite tasks and other per-suite tables come from the suites (:func:`lenbench.suites.commands.suite_listings`).
-    """
+    """Registered PEs, suite tasks, suites with their profiles, and model sizes."""
     from lenbench.config import load_suite, suite_files
     from lenbench.model.sizes import SIZES
     from lenbench.pe import PES
 
     print_rows("positional encodings (--pe)", ("name", "description"),
                [(name, cls.description) for name, cls in PES.items()])
-    for title, header, rows in suite_listings():
+    for title, header, rows in suite_listings():  # each suite's own tables, such as its tasks
         print_rows(title, header, rows)
     suites = [load_suite(name) for name in suite_files()]
     print_rows("suites (--suite) and profiles (--profile)", ("suite", "profiles", "description"),
