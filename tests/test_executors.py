@@ -186,7 +186,8 @@ def test_ddp_two_gloo_ranks_write_one_ordinary_cell(tmp_path: Path, monkeypatch:
     assert "data-parallel over 2 ranks (gloo)" in done.stderr
     assert done.stdout.count("trained at 32") == 1  # rank 0 alone prints
     assert main(["run", *PPL, "--out", str(tmp_path / "single")]) == 0
-    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["ppl"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [".grids", "ppl"]
+    assert len(list((tmp_path / "ddp" / ".grids").iterdir())) == 1  # the grid manifest, written by rank 0 alone
     (ddp,) = list((tmp_path / "ddp" / "ppl").iterdir())  # one cell folder, written by rank 0
     (single,) = list((tmp_path / "single" / "ppl").iterdir())
     assert ddp.name == single.name  # the same cell config, so the same folder name

@@ -195,7 +195,7 @@ def test_rerun_moves_the_old_folder_aside(tmp_path: Path, capsys: pytest.Capture
     (moved,) = (out / "che" / ".superseded").iterdir()
     assert (moved / "DONE").stat().st_mtime_ns == stamp  # the old result, whole
     code, table, _ = run(["status", "--out", str(out)], capsys)
-    assert code == 0 and "1 cell folder(s)" in table and ".superseded" not in table
+    assert code == 0 and "1 cell(s) in" in table and ".superseded" not in table
 
 
 # ------------------------------------------------------------------ the hook contract
@@ -547,5 +547,5 @@ def test_cli_details(capsys: pytest.CaptureFixture[str]) -> None:
     run_help = helps["run"]
     assert "(needs lenbench[tracking])" in run_help and "hf:<id>[:<config>][@<split>]" in run_help
     assert "bpe[:<V>]" in run_help
-    assert "[default: the suite's grid: che dape;" in run_help and "[default: the profile's: che quick 0," in run_help
+    assert "[default: the suite's grid]" in run_help and "[default: the profile's]" in run_help
     assert "--dry-run" in run_help and "--rerun" in run_help and "--force" in run_help

@@ -190,4 +190,4 @@ class SlurmArray:
         )
         console.print(f"logs: {self.log_folder(store)}/ (submitit) and <cell>/run.log under {store.root}/")
         squeue = f"; squeue -j {self.array_id()}" if self.cluster == "slurm" else ""
-        console.print(f"watch: lenbench status --out {store.root} (add the run's grid flags for pending cells){squeue}")
+        console.print(f"watch: lenbench status --out {store.root}{squeue}")

@@ -3,7 +3,8 @@
 A cell is ``done`` (``DONE`` exists), ``running`` (another process holds its lock), ``failed``
 (``FAILED`` exists; its reason and step), or ``pending``: not started, or stopped part-way and
 waiting to resume from its checkpoint. Pending cells without a folder are known only from the grid,
-so :func:`grid_states` takes the expanded cells; :func:`folder_states` lists what a results root holds.
+so :func:`grid_states` takes the expanded cells, :func:`recorded_states` the grids ``lenbench run``
+recorded (:mod:`lenbench.execute.manifest`); :func:`folder_states` lists what a results root holds.
 Nothing here writes: the lock is probed with a shared, non-blocking ``flock`` that is released at once.
 """
 
@@ -14,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from lenbench.execute.manifest import GridRecord
 from lenbench.results import CellDir, ResultStore
 from lenbench.suites.base import Cell
 
@@ -78,23 +80,21 @@ def _progress(cell_dir: CellDir, config: dict[str, Any] | None) -> str:
     return f"step {step}/{steps}" if steps else f"step {step}"
 
 
-def _done_detail(summary: Any) -> str:
-    if not isinstance(summary, dict):
+def _done_detail(cell_dir: CellDir, summary: Any) -> str:
+    """The suite's one-line result of a finished cell (its folder's parent names the suite)."""
+    from lenbench.suites import get_suite, suite_names
+
+    suite = cell_dir.path.parent.name
+    if not isinstance(summary, dict) or suite not in suite_names():
         return ""
-    if isinstance(summary.get("score"), (int, float)):
-        return f"score {100 * summary['score']:.1f}%"
-    ppl = summary.get("ppl_last256")
-    if isinstance(ppl, dict) and ppl:
-        longest = max(ppl, key=int)
-        return f"ppl_last256 {ppl[longest]:.2f} at L={longest}"
-    return ""
+    return get_suite(suite).summary_text(summary) or ""
 
 
 def describe(cell_dir: CellDir, name: str, config: dict[str, Any] | None = None) -> CellState:
     """The state of one cell folder (which may not exist yet)."""
     config = config if config is not None else cell_dir.read_config() if cell_dir.config_path.exists() else None
     if cell_dir.done_path.exists():
-        return CellState(name, cell_dir, "done", _done_detail(_json(cell_dir.done_path)))
+        return CellState(name, cell_dir, "done", _done_detail(cell_dir, _json(cell_dir.done_path)))
     if cell_dir.path.is_dir() and lock_held(cell_dir):
         return CellState(name, cell_dir, "running", _progress(cell_dir, config))
     if cell_dir.failed_path.exists():
@@ -116,6 +116,18 @@ def grid_states(cells: list[Cell], store: ResultStore) -> list[CellState]:
 def folder_states(store: ResultStore, suite: str | None = None) -> list[CellState]:
     """Every cell folder under the results root (or one suite): what has been started at least once."""
     return [describe(d, f"{d.path.parent.name}/{d.cell_id}") for d in store.cells(suite) if d.config_path.exists()]
+
+
+def recorded_states(store: ResultStore, records: list[GridRecord], suite: str | None = None) -> list[CellState]:
+    """Every cell of the recorded grids (each once, pending ones included), then the cell folders
+    under the root (or one suite) that no recorded grid names; named ``suite/folder``."""
+    states, seen = [], set()
+    for record in records:
+        for _, cell_dir in record.cell_dirs(store):
+            if cell_dir.path not in seen:
+                seen.add(cell_dir.path)
+                states.append(describe(cell_dir, f"{record.suite}/{cell_dir.cell_id}"))
+    return states + [s for s in folder_states(store, suite) if s.cell_dir.path not in seen]
 
 
 def counts(states: list[CellState]) -> dict[str, int]:

@@ -11,8 +11,10 @@ import importlib
 
 from lenbench.suites.base import SUITES, Cell, Reporter, RunContext, SilentReporter, Suite
 
-__all__ = ["SUITES", "SUITE_PACKAGES", "Cell", "Reporter", "RunContext", "SilentReporter", "Suite", "get_suite",
-           "registered", "suite_names"]
+__all__ = ["DEFAULT_SUITE", "SUITES", "SUITE_PACKAGES", "Cell", "Reporter", "RunContext", "SilentReporter", "Suite",
+           "get_suite", "registered", "suite_names"]
+
+DEFAULT_SUITE = "che"  # what ``lenbench run`` expands without --suite
 
 SUITE_PACKAGES = {  # suite name -> package holding its SUITE object
     "che": "lenbench.suites.che",

@@ -185,13 +185,8 @@ class Suite(Protocol):
     def listing(self) -> list[Listing]: ...
 
 
-@dataclass(frozen=True)
-class Listing:
-    """A table ``lenbench list`` prints for a suite (e.g. its tasks): title, header, rows of text."""
-
-    title: str
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
+Listing = tuple[str, tuple[str, ...], list[tuple[Any, ...]]]
+"""A table ``lenbench list`` prints for a suite (e.g. its tasks): (title, header, rows)."""
 
 
 class SuiteBase:

@@ -13,13 +13,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lenbench.suites.base import Cell, Comparison, Metric, RunContext, SuiteBase, Work
+from lenbench.suites.base import Cell, Comparison, Listing, Metric, RunContext, SuiteBase, Work
 from lenbench.suites.che import keys
-from lenbench.suites.che.config import expand, name
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from lenbench.config import SuiteFile
     from lenbench.present.table import Table
     from lenbench.results import CellDir
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class CheSuite(SuiteBase):
     """The :class:`lenbench.suites.base.Suite` of the Chomsky-hierarchy tasks."""
 
-    name = name
+    name = "che"
     title = "CHE: accuracy on longer inputs"
     metrics = (
         Metric("accuracy", True, "accuracy at one test length"),
@@ -42,7 +42,11 @@ class CheSuite(SuiteBase):
     table_group = tuple(keys.TABLE_GROUP)
     cell_identity = tuple(keys.CELL_IDENTITY)
     protocol_axes = tuple(keys.PROTOCOL_AXES)
-    expand = staticmethod(expand)
+
+    def expand(self, suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
+        from lenbench.suites.che.config import expand  # torch (PE registry): only when a grid expands
+
+        return expand(suite_file, profile, overrides)
 
     def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
         from lenbench.suites.che.run import run_cell  # torch: only when a cell runs
@@ -79,6 +83,15 @@ class CheSuite(SuiteBase):
         from lenbench.suites.che.tables import comparisons
 
         return comparisons(frame)
+
+    def summary_text(self, summary: Mapping[str, Any]) -> str | None:
+        score = summary.get("score")
+        return f"score {100 * score:.1f}%" if isinstance(score, int | float) else None
+
+    def listing(self) -> list[Listing]:
+        from lenbench.suites.che.listing import listing
+
+        return listing()
 
 
 SUITE = CheSuite()

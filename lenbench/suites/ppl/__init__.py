@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from lenbench.suites.base import Cell, Comparison, Metric, RunContext, SuiteBase, Work
 from lenbench.suites.ppl import keys
-from lenbench.suites.ppl.config import PplCellConfig, expand, name
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from lenbench.config import SuiteFile
     from lenbench.present.table import Table
     from lenbench.results import CellDir
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class PplSuite(SuiteBase):
     """The :class:`lenbench.suites.base.Suite` of perplexity extrapolation."""
 
-    name = name
+    name = "ppl"
     title = "Perplexity extrapolation"
     metrics = (
         Metric("ppl_last256", False, "perplexity of the last min(256, L) tokens (DAPE's protocol)"),
@@ -40,7 +40,11 @@ class PplSuite(SuiteBase):
     table_group = tuple(keys.TABLE_GROUP)
     cell_identity = tuple(keys.CELL_IDENTITY)
     protocol_axes = tuple(keys.PROTOCOL_AXES)
-    expand = staticmethod(expand)
+
+    def expand(self, suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
+        from lenbench.suites.ppl.config import expand  # torch (PE registry): only when a grid expands
+
+        return expand(suite_file, profile, overrides)
 
     def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
         from lenbench.suites.ppl.run import run_cell  # torch: only when a cell runs
@@ -80,8 +84,15 @@ class PplSuite(SuiteBase):
 
     def batch_split(self, cell: Cell) -> tuple[int, int | None]:
         """(global batch, micro batch) that a data-parallel run splits over its ranks."""
-        spec: PplCellConfig = cell.spec
+        spec = cell.spec  # a PplCellConfig
         return spec.train.batch_size, spec.train.micro_batch_size
+
+    def summary_text(self, summary: Mapping[str, Any]) -> str | None:
+        ppl = summary.get("ppl_last256")
+        if not isinstance(ppl, dict) or not ppl:
+            return None
+        longest = max(ppl, key=int)
+        return f"ppl_last256 {ppl[longest]:.2f} at L={longest}"
 
     def normalize(self, frame: pd.DataFrame) -> pd.DataFrame:
         return keys.normalize(frame)

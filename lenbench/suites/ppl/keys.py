@@ -13,11 +13,12 @@ protocol then.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL, fixed_window_length, span_length
+LEGACY_PROTOCOL = "documents"  # what a record without a ``protocol`` field was scored with
 
 POOLED = True  # a table cell pools its runs over seeds
 TABLE_GROUP = ("suite", "dataset", "train_len", "protocol")  # one set of tables (then one per fingerprint)
@@ -51,6 +52,8 @@ def window_signature(config: Mapping[str, Any]) -> str:
     lengths = [int(n) for n in ev.get("lengths") or []]
     if protocol != "fixed_targets" or not lengths:
         return protocol
+    from lenbench.suites.ppl.protocols import fixed_window_length, span_length  # numpy: only when needed
+
     last = int(ev.get("last_tokens", 256))
     width = fixed_window_length(lengths, last)
     return f"fixed_targets W={width} S={span_length(lengths, last)} samples={ev.get('samples')}"

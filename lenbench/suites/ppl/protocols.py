@@ -38,7 +38,6 @@ from lenbench.errors import LenbenchError
 
 PROTOCOLS = ("fixed_targets", "dape", "documents")
 DEFAULT_PROTOCOL = "fixed_targets"
-LEGACY_PROTOCOL = "documents"  # what a record without a ``protocol`` field was scored with
 EVAL_SEED = 0  # the evaluation windows are the same for every cell
 PROTOCOL_TEXT = {  # one line per protocol, for report notes
     "fixed_targets": "fixed_targets protocol: the same target tokens at every L (the last 256 tokens of fixed "

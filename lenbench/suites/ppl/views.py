@@ -23,7 +23,7 @@ from lenbench.present.cells import (
 from lenbench.present.conditions import run_conditions
 from lenbench.present.population import NOT_CHOSEN, SeedStats, choose_lr
 from lenbench.results import slug
-from lenbench.suites.ppl.protocols import LEGACY_PROTOCOL
+from lenbench.suites.ppl.keys import LEGACY_PROTOCOL
 
 
 def ppl_frames(frame: pd.DataFrame, metric: str = "ppl_last256") -> tuple[pd.DataFrame, pd.DataFrame]:

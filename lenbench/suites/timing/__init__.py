@@ -11,17 +11,17 @@ what the registry holds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lenbench.suites.base import Cell, Metric, RunContext, SuiteBase
 from lenbench.suites.timing import keys
-from lenbench.suites.timing.config import expand, name
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from lenbench.config import SuiteFile
     from lenbench.present.table import Table
     from lenbench.results import CellDir
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class TimingSuite(SuiteBase):
     """The :class:`lenbench.suites.base.Suite` of time cost."""
 
-    name = name
+    name = "timing"
     title = "Time cost"
     metrics = (
         Metric("ms_fwd", False, "milliseconds per forward at batch 1"),
@@ -39,7 +39,11 @@ class TimingSuite(SuiteBase):
     table_group = tuple(keys.TABLE_GROUP)
     cell_identity = tuple(keys.CELL_IDENTITY)
     protocol_axes = tuple(keys.PROTOCOL_AXES)
-    expand = staticmethod(expand)
+
+    def expand(self, suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
+        from lenbench.suites.timing.config import expand  # torch (PE registry): only when a grid expands
+
+        return expand(suite_file, profile, overrides)
 
     def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
         from lenbench.suites.timing.run import run_cell  # torch: only when a cell runs
@@ -66,6 +70,13 @@ class TimingSuite(SuiteBase):
         from lenbench.suites.timing.tables import warnings
 
         return warnings(frame)
+
+    @property
+    def commands(self) -> tuple[Callable[..., None], ...]:  # type: ignore[override]
+        """``lenbench timing`` (DAPE Table 1's layout, with progress and an estimate)."""
+        from lenbench.suites.timing.command import timing
+
+        return (timing,)
 
 
 SUITE = TimingSuite()
