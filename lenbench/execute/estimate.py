@@ -93,12 +93,13 @@ def estimate(cells: list[Cell], modules: dict[str, Any], on_shape: Callable[[int
         if on_shape is not None:
             on_shape(i, len(groups))
         module = modules[members[0].suite]
-        if not (hasattr(module, "workload") and hasattr(module, "probe")):
+        work = module.workload(members[0])
+        if work is None:
             for cell in members:
                 seconds[cell.label], why[cell.label] = None, f"suite {cell.suite!r} gives no workload to measure"
             continue
         try:
-            value: float | None = fit_seconds(module.workload(members[0]), module.probe(members[0]))
+            value: float | None = fit_seconds(work, module.probe(members[0]))
             reason = ""
         except (LenbenchError, RuntimeError, MemoryError) as exc:
             value, reason = None, f"probe failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"

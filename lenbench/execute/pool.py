@@ -216,9 +216,10 @@ def _drain(events: Any, view: GridProgress | None, pids: dict[str, int]) -> None
 def _detail(outcome: Outcome) -> str:
     if outcome.status in ("failed", "busy"):
         return outcome.reason
-    score = outcome.summary.get("score")
+    from lenbench.suites import get_suite
+
     seconds = outcome.summary.get("train_seconds_this_run")
-    parts = [f"score {100 * score:.1f}%" if isinstance(score, float) else ""]
+    parts = [get_suite(outcome.cell.suite).summary_text(outcome.summary) or ""]
     parts.append(f"trained {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
     return ", ".join(p for p in parts if p)
 

@@ -260,7 +260,7 @@ def _supersede(out: pd.DataFrame, suite: Suite, configs: dict[str, dict[str, Any
         out.loc[out["cell"].isin(old), "superseded"] = True
         differ = varying_keys(flatten(configs[c]) for c in order["cell"])
         named = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True)
-                          if k in ("task", "dataset", "pe", "lr", "seed") and not _blank(v))
+                          if k not in ("suite", "fingerprint") and not _blank(v))
         warnings.append(f"{len(group)} result folders for {suite.name} {named} under one protocol"
                         f" (differ in {', '.join(differ) or 'nothing'}): the newest ({newest}) is used, not pooled")
 

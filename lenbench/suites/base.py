@@ -8,6 +8,8 @@ satisfies :class:`Suite`; ``lenbench/suites/__init__.py`` registers it with one 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +226,73 @@ class SuiteBase:
 
     def listing(self) -> list[Listing]:
         return []
+
+    def workload(self, cell: Cell) -> list[Work] | None:
+        return None  # no estimate for ``run --dry-run``
+
+    def probe(self, cell: Cell) -> Callable[[Work], None]:
+        raise NotImplementedError(f"suite {cell.suite!r} has no probe")
+
+
+class PackageSuite(SuiteBase):
+    """A suite whose package keeps the usual rooms, each imported on first use (torch, pandas and
+    matplotlib load only when needed): ``config.expand``; ``run.run_cell`` (and ``run.workload``,
+    ``run.probe`` if present); ``keys.cell_keys`` (and ``keys.protocol_extra``, ``keys.normalize``);
+    ``tables.suite_tables`` (and ``tables.comparisons``, ``tables.warnings``); ``plots.figures``;
+    ``listing.listing``. A room or function that is absent takes :class:`SuiteBase`'s default."""
+
+    package: str  # e.g. "lenbench.suites.che"
+
+    def _room(self, room: str) -> Any:
+        name = f"{self.package}.{room}"
+        return importlib.import_module(name) if importlib.util.find_spec(name) is not None else None
+
+    def _part(self, room: str, attr: str) -> Any:
+        return getattr(self._room(room), attr, None)
+
+    def expand(self, suite_file: Any, profile: str, overrides: dict[str, Any]) -> list[Cell]:
+        return self._part("config", "expand")(suite_file, profile, overrides)
+
+    def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
+        return self._part("run", "run_cell")(cell, cell_dir, ctx)
+
+    def workload(self, cell: Cell) -> list[Work] | None:
+        found = self._part("run", "workload")
+        return found(cell) if found is not None else None
+
+    def probe(self, cell: Cell) -> Callable[[Work], None]:
+        found = self._part("run", "probe")
+        return found(cell) if found is not None else super().probe(cell)
+
+    def cell_keys(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return self._part("keys", "cell_keys")(config)
+
+    def protocol_extra(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        found = self._part("keys", "protocol_extra")
+        return found(config) if found is not None else {}
+
+    def normalize(self, frame: pd.DataFrame) -> pd.DataFrame:
+        found = self._part("keys", "normalize")
+        return found(frame) if found is not None else frame
+
+    def tables(self, frame: pd.DataFrame, options: Mapping[str, Any]) -> tuple[list[Table], pd.DataFrame]:
+        return self._part("tables", "suite_tables")(frame, options)
+
+    def comparisons(self, frame: pd.DataFrame) -> list[Comparison]:
+        found = self._part("tables", "comparisons")
+        return found(frame) if found is not None else []
+
+    def warnings(self, frame: pd.DataFrame) -> list[str]:
+        found = self._part("tables", "warnings")
+        return found(frame) if found is not None else []
+
+    def figures(self, frame: pd.DataFrame, plots_dir: Path) -> list[tuple[str, list[Path]]]:
+        found = self._part("plots", "figures")
+        return found(frame, plots_dir) if found is not None else []
+
+    def listing(self) -> list[Listing]:
+        found = self._part("listing", "listing")
+        return found() if found is not None else []
 
 
 

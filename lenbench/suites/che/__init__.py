@@ -9,24 +9,17 @@ The package: :mod:`~lenbench.suites.che.config` (profile dataclasses, :func:`exp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-from lenbench.suites.base import Cell, Comparison, Listing, Metric, RunContext, SuiteBase, Work
+from lenbench.suites.base import Metric, PackageSuite
 from lenbench.suites.che import keys
 
-if TYPE_CHECKING:
-    import pandas as pd
 
-    from lenbench.config import SuiteFile
-    from lenbench.present.table import Table
-    from lenbench.results import CellDir
-
-
-class CheSuite(SuiteBase):
+class CheSuite(PackageSuite):
     """The :class:`lenbench.suites.base.Suite` of the Chomsky-hierarchy tasks."""
 
+    package = __name__
     name = "che"
     title = "CHE: accuracy on longer inputs"
     metrics = (
@@ -43,55 +36,9 @@ class CheSuite(SuiteBase):
     cell_identity = tuple(keys.CELL_IDENTITY)
     protocol_axes = tuple(keys.PROTOCOL_AXES)
 
-    def expand(self, suite_file: SuiteFile, profile: str, overrides: dict[str, Any]) -> list[Cell]:
-        from lenbench.suites.che.config import expand  # torch (PE registry): only when a grid expands
-
-        return expand(suite_file, profile, overrides)
-
-    def run_cell(self, cell: Cell, cell_dir: CellDir, ctx: RunContext) -> dict[str, Any]:
-        from lenbench.suites.che.run import run_cell  # torch: only when a cell runs
-
-        return run_cell(cell, cell_dir, ctx)
-
-    def workload(self, cell: Cell) -> list[Work]:
-        from lenbench.suites.che.run import workload
-
-        return workload(cell)
-
-    def probe(self, cell: Cell) -> Callable[[Work], None]:
-        from lenbench.suites.che.run import probe
-
-        return probe(cell)
-
-    def cell_keys(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return keys.cell_keys(config)
-
-    def protocol_extra(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return keys.protocol_extra(config)
-
-    def tables(self, frame: pd.DataFrame, options: Mapping[str, Any]) -> tuple[list[Table], pd.DataFrame]:
-        from lenbench.suites.che.tables import suite_tables
-
-        return suite_tables(frame, options)
-
-    def figures(self, frame: pd.DataFrame, plots_dir: Path) -> list[tuple[str, list[Path]]]:
-        from lenbench.suites.che.plots import figures  # matplotlib: only when figures are drawn
-
-        return figures(frame, plots_dir)
-
-    def comparisons(self, frame: pd.DataFrame) -> list[Comparison]:
-        from lenbench.suites.che.tables import comparisons
-
-        return comparisons(frame)
-
     def summary_text(self, summary: Mapping[str, Any]) -> str | None:
         score = summary.get("score")
         return f"score {100 * score:.1f}%" if isinstance(score, int | float) else None
-
-    def listing(self) -> list[Listing]:
-        from lenbench.suites.che.listing import listing
-
-        return listing()
 
 
 SUITE = CheSuite()

@@ -105,7 +105,7 @@ class CheCellConfig:
 
 # Named task sets for ``--task``/``tasks:`` besides ``all`` (Ruoss et al.'s 15).
 TASK_GROUPS: dict[str, tuple[str, ...]] = {
-    # DAPE's CHE table (NeurIPS 2024, Table 2 / Table 4; dape.md §3(a)): 14 tasks, Ruoss et al.'s 15
+    # DAPE's CHE table (NeurIPS 2024, Table 2 / Table 4; docs/dape.md §3(a)): 14 tasks, Ruoss et al.'s 15
     # without binary_multiplication ("14 tasks", "11 permutation-variant" in its prose).
     "dape": (
         "even_pairs", "modular_arithmetic", "parity_check", "cycle_navigation",

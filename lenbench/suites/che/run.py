@@ -1,6 +1,6 @@
 """The CHE suite: train an encoder per (task, PE, seed) at lengths 1..40, test at every length.
 
-Protocol (docs/che.md §2; DESIGN.md): one length per batch drawn uniformly from the training range,
+Protocol (docs/che.md §2; docs/architecture.md): one length per batch drawn uniformly from the training range,
 unmasked cross-entropy, Adam with global-norm clipping; each test length gets ``samples`` fresh
 samples in sub-batches, per-sub-batch accuracy pooled over masked tokens, per-length accuracy the
 mean over sub-batches, and the cell's score the mean over test lengths. Dropout stays **on** at
@@ -201,7 +201,7 @@ def evaluate(
 
 
 def summarize(results: dict[int, LengthResult]) -> tuple[float, float, float]:
-    """(score, its SE, majority score): means over lengths (che_stats module doc)."""
+    """(score, its SE, majority score): means over lengths (:mod:`lenbench.suites.che.stats`)."""
     values = list(results.values())
     score = float(np.mean([r.accuracy for r in values]))
     return score, score_se([r.se for r in values]), float(np.mean([r.majority for r in values]))

@@ -56,7 +56,7 @@ class PplTrain:
 @dataclass(frozen=True)
 class PplEval:
     lengths: str | list[int] = "128,256,512,1024,2048,4096,8192"
-    protocol: str = DEFAULT_PROTOCOL  # fixed_targets | dape | documents (ppl_protocols.py)
+    protocol: str = DEFAULT_PROTOCOL  # fixed_targets | dape | documents (protocols.py)
     samples: int = 64  # at most this many fixed windows (fixed_targets) or sequences per length
     min_sequences: int = 8  # documents protocol: fewer long-enough documents -> concatenate documents
     last_tokens: int = 256  # ppl_last256 counts the last min(last_tokens, L) tokens

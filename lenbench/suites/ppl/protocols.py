@@ -5,7 +5,7 @@ labels ``row[1:]``) and, per row, how many of its last labels are the scored tar
 perplexity ``ppl_last256`` is ``exp(mean CE)`` over exactly those targets (``perplexity`` in
 :mod:`lenbench.suites.ppl`). With ``K = eval.last_tokens`` (256):
 
-- ``fixed_targets`` (the default; DESIGN.md "the same target tokens at every evaluation length"):
+- ``fixed_targets`` (the default; docs/statistics.md §7: the same target tokens at every evaluation length):
   ``samples`` windows of ``W`` tokens at fixed positions of the packed validation stream
   (documents joined by the separator, cut into consecutive non-overlapping blocks of ``W``; a
   seeded choice of blocks shared by every cell). The targets are the last ``S = min(K, max L)``

@@ -1,6 +1,6 @@
 """The perplexity-extrapolation suite: train a causal LM at one length, report perplexity at many.
 
-Protocol (docs/dape.md §4.2, §3(d); DESIGN.md): a pre-LN GPT decoder (``model/`` blocks, causal
+Protocol (docs/dape.md §4.2, §3(d); docs/architecture.md): a pre-LN GPT decoder (``model/`` blocks, causal
 attention, GELU, final LN, N(0, 0.02) init) trained with AdamW (betas 0.9/0.95, weight decay 0.1
 on weights only), warmup then cosine decay to 0.1 x lr, gradient clipping 1.0, on windows of
 ``train_length + 1`` tokens drawn uniformly from the contiguous token stream of the training split

@@ -18,8 +18,8 @@ group; an interrupted group is measured again from its start (its rounds only me
 together, so there is no partial result to resume); a different PE list or setting is a different
 group with its own folder; and a report rebuilds every ratio from the stored records alone.
 
-Ratio (:func:`timing_tables`): per round, the PE's time divided by the reference PE's time in the
-same round; shown as the median over rounds with a bootstrap 95% interval
+Ratio (:func:`lenbench.suites.timing.ratios.timing_tables`): per round, the PE's time divided by the
+reference PE's time in the same round; shown as the median over rounds with a bootstrap 95% interval
 (:func:`lenbench.bench.ratio_stat`), always from measured times of the timed slice or model, never
 from the full-model estimate. The reference is ``--reference-pe`` (default: dape-kerple when it
 was timed). Identical-work control (``control``; default ``rope`` and ``rope:base=10001``, which
