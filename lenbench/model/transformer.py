@@ -46,6 +46,16 @@ class ModelConfig:
     max_length: int = 2048
     attention_backend: str = "auto"
 
+    @staticmethod
+    def gpt(vocab_size: int, dim: int, layers: int, heads: int, dropout: float, train_length: int,
+            max_length: int, attention_backend: str = "auto") -> ModelConfig:
+        """The GPT-style causal decoder of the LM protocol (docs/dape.md §3(d)): pre-LN blocks,
+        GELU, a final LayerNorm, N(0, 0.02) init, unscaled embeddings, the vocabulary as output."""
+        return ModelConfig(vocab_size=vocab_size, out_size=vocab_size, dim=dim, layers=layers, heads=heads,
+                           dropout=dropout, causal=True, prenorm=True, activation="gelu", embed_scale=False,
+                           final_norm=True, init="gpt2", train_length=train_length, max_length=max_length,
+                           attention_backend=attention_backend)
+
 
 class Block(nn.Module):
     """Attention + feed-forward with residuals; post-LN (CHE) or pre-LN (GPT)."""

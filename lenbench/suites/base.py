@@ -239,7 +239,8 @@ class PackageSuite(SuiteBase):
     matplotlib load only when needed): ``config.expand``; ``run.run_cell`` (and ``run.workload``,
     ``run.probe`` if present); ``keys.cell_keys`` (and ``keys.protocol_extra``, ``keys.normalize``);
     ``tables.suite_tables`` (and ``tables.comparisons``, ``tables.warnings``); ``plots.figures``;
-    ``listing.listing``. A room or function that is absent takes :class:`SuiteBase`'s default."""
+    ``listing.listing``; the filing constants ``keys.POOLED``, ``TABLE_GROUP``, ``CELL_IDENTITY``,
+    ``PROTOCOL_AXES``. A room or function that is absent takes :class:`SuiteBase`'s default."""
 
     package: str  # e.g. "lenbench.suites.che"
 
@@ -249,6 +250,23 @@ class PackageSuite(SuiteBase):
 
     def _part(self, room: str, attr: str) -> Any:
         return getattr(self._room(room), attr, None)
+
+    @property
+    def pooled(self) -> bool:  # type: ignore[override]
+        """``keys.POOLED``: table cells pool runs over seeds."""
+        return bool(getattr(self._room("keys"), "POOLED", False))
+
+    @property
+    def table_group(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(getattr(self._room("keys"), "TABLE_GROUP", SuiteBase.table_group))
+
+    @property
+    def cell_identity(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(getattr(self._room("keys"), "CELL_IDENTITY", ()))
+
+    @property
+    def protocol_axes(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(getattr(self._room("keys"), "PROTOCOL_AXES", ()))
 
     def expand(self, suite_file: Any, profile: str, overrides: dict[str, Any]) -> list[Cell]:
         return self._part("config", "expand")(suite_file, profile, overrides)

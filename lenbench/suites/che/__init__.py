@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from lenbench.suites.base import Metric, PackageSuite
-from lenbench.suites.che import keys
 
 
 class CheSuite(PackageSuite):
@@ -31,10 +30,6 @@ class CheSuite(PackageSuite):
         Metric("train_majority_score", True, "the majority baseline on the training lengths"),
     )
     comparison_notes = ("CHE: score in %, higher is better", "below the majority baseline (CHE)")
-    pooled = keys.POOLED
-    table_group = tuple(keys.TABLE_GROUP)
-    cell_identity = tuple(keys.CELL_IDENTITY)
-    protocol_axes = tuple(keys.PROTOCOL_AXES)
 
     def summary_text(self, summary: Mapping[str, Any]) -> str | None:
         score = summary.get("score")

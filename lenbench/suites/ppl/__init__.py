@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from lenbench.suites.base import Cell, Metric, PackageSuite
-from lenbench.suites.ppl import keys
 
 
 class PplSuite(PackageSuite):
@@ -29,10 +28,6 @@ class PplSuite(PackageSuite):
     )
     comparison_notes = ("ppl: ppl_last256, lower is better", "worse than the unigram model (ppl)")
     data_parallel = True
-    pooled = keys.POOLED
-    table_group = tuple(keys.TABLE_GROUP)
-    cell_identity = tuple(keys.CELL_IDENTITY)
-    protocol_axes = tuple(keys.PROTOCOL_AXES)
 
     def batch_split(self, cell: Cell) -> tuple[int, int | None]:
         """(global batch, micro batch) that a data-parallel run splits over its ranks."""

@@ -90,22 +90,8 @@ EVAL_FIELDS = ("protocol", "n_sequences", "n_targets", "concatenated", "long_doc
 def model_config(shape: PplShape, length: int, eval_lengths: Sequence[int], vocab_size: int) -> ModelConfig:
     """The GPT-style decoder of the LM protocol (docs/dape.md §3(d)): ``shape`` trained at ``length``
     tokens and evaluated up to ``max(eval_lengths)``."""
-    return ModelConfig(
-        vocab_size=vocab_size,
-        out_size=vocab_size,
-        dim=shape.dim,
-        layers=shape.layers,
-        heads=shape.heads,
-        dropout=shape.dropout,
-        causal=True,
-        prenorm=True,
-        activation="gelu",
-        embed_scale=False,
-        final_norm=True,
-        init="gpt2",
-        train_length=length,
-        max_length=max([length, *eval_lengths]),
-    )
+    return ModelConfig.gpt(vocab_size, shape.dim, shape.layers, shape.heads, shape.dropout, length,
+                           max([length, *eval_lengths]))
 
 
 def sample_windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, length: int) -> torch.Tensor:

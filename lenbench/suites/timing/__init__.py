@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lenbench.suites.base import Metric, PackageSuite
-from lenbench.suites.timing import keys
 
 
 class TimingSuite(PackageSuite):
@@ -27,10 +26,6 @@ class TimingSuite(PackageSuite):
         Metric("ms_fwd", False, "milliseconds per forward at batch 1"),
         Metric("ms_train", False, "milliseconds per forward + backward at batch 1"),
     )
-    pooled = keys.POOLED
-    table_group = tuple(keys.TABLE_GROUP)
-    cell_identity = tuple(keys.CELL_IDENTITY)
-    protocol_axes = tuple(keys.PROTOCOL_AXES)
 
     @property
     def commands(self) -> tuple[Callable[..., None], ...]:  # type: ignore[override]

@@ -56,23 +56,8 @@ def estimate_full_ms(k_layer_ms: float, layers: int, layers_timed: int, embed_he
 
 def model_config(cfg: TimingCellConfig, layers: int) -> ModelConfig:
     """The LM decoder of the cell's shape (GPT-2 style, no dropout), attention per its backend policy."""
-    return ModelConfig(
-        attention_backend=attention_backend(cfg.backend_policy),
-        vocab_size=cfg.vocab_size,
-        out_size=cfg.vocab_size,
-        dim=cfg.dim,
-        layers=layers,
-        heads=cfg.heads,
-        dropout=0.0,
-        causal=True,
-        prenorm=True,
-        activation="gelu",
-        embed_scale=False,
-        final_norm=True,
-        init="gpt2",
-        train_length=cfg.train_len,
-        max_length=max(cfg.eval_len, cfg.train_len),
-    )
+    return ModelConfig.gpt(cfg.vocab_size, cfg.dim, layers, cfg.heads, 0.0, cfg.train_len,
+                           max(cfg.eval_len, cfg.train_len), attention_backend(cfg.backend_policy))
 
 
 class EmbedHead(nn.Module):
