@@ -99,11 +99,6 @@ def grid_options(after: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorate
 
 
-def given(grid: dict[str, Any], defaults: bool = False) -> dict[str, Any]:
-    """The grid options that were given (not None); ``--profile`` counts only when ``defaults``."""
-    return {k: v for k, v in grid.items() if v is not None and (defaults or k != "profile")}
-
-
 def _set(target: dict[str, Any], path: str, value: Any) -> None:
     keys = path.split(".")
     for key in keys[:-1]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -23,19 +24,22 @@ from lenbench.present.stats import ALPHA, PairedTest, dape_pairs, holm, paired_t
 from lenbench.present.table import Section, Table, TCell
 
 
-class Compared(Protocol):
-    """What the table needs of one comparison (the suites' ``Comparison``): ``cells`` maps a PE label
-    to (its runs at its chosen rate, that rate)."""
+@dataclass(frozen=True)
+class Comparison:
+    """One place where the significance table compares PEs over paired seeds (a suite's
+    ``comparisons(frame)`` gives them): ``cells`` maps a PE label to ``(SeedStats or None, chosen
+    learning rate)``, ``higher`` the metric's direction, ``baseline`` a chance/majority value
+    (None: none)."""
 
     suite: str
     scope: str
     cells: Mapping[str, tuple[SeedStats | None, Any]]
     higher: bool
-    baseline: float | None
+    baseline: float | None = None
 
 
 def significance_table(
-    comparisons: Sequence[Compared],
+    comparisons: Sequence[Comparison],
     compare: tuple[str, str] | None = None,
     suite_notes: Sequence[tuple[str, str]] = (),
     known: Sequence[str] | None = None,

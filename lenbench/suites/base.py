@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # annotations only: the suites' tables and frames are built above this module
     import pandas as pd
 
+    from lenbench.present.significance import Comparison
     from lenbench.present.table import Table
     from lenbench.results import CellDir
     from lenbench.train.parallel import DataParallel
@@ -113,20 +114,6 @@ class RunContext:
 
     reporter: Reporter
     parallel: DataParallel | None = None
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One place where the significance table compares PEs over paired seeds: ``cells`` maps a PE
-    label to ``(SeedStats or None, chosen learning rate)`` (:class:`lenbench.present.population.SeedStats`,
-    at the rate the tables chose), ``higher`` the metric's direction, ``baseline`` a chance/majority
-    value (None: none)."""
-
-    suite: str
-    scope: str
-    cells: Mapping[str, Any]
-    higher: bool
-    baseline: float | None = None
 
 
 class Suite(Protocol):
@@ -245,8 +232,12 @@ class PackageSuite(SuiteBase):
     package: str  # e.g. "lenbench.suites.che"
 
     def _room(self, room: str) -> Any:
-        name = f"{self.package}.{room}"
-        return importlib.import_module(name) if importlib.util.find_spec(name) is not None else None
+        """The package's module ``room`` (None when the package has none), looked up once."""
+        rooms = self.__dict__.setdefault("_rooms", {})
+        if room not in rooms:
+            name = f"{self.package}.{room}"
+            rooms[room] = importlib.import_module(name) if importlib.util.find_spec(name) is not None else None
+        return rooms[room]
 
     def _part(self, room: str, attr: str) -> Any:
         return getattr(self._room(room), attr, None)

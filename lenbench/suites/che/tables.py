@@ -37,8 +37,8 @@ from lenbench.present.cells import (
 )
 from lenbench.present.conditions import run_conditions
 from lenbench.present.population import NOT_CHOSEN
+from lenbench.present.significance import Comparison
 from lenbench.present.table import Section, Table, TCell
-from lenbench.suites.base import Comparison
 from lenbench.suites.che.views import LEVELS, CheView, che_views, level_rank, task_info
 
 # what the significance table compares for this suite, and what its † means here

@@ -30,8 +30,8 @@ from lenbench.present.cells import (
     title_suffix,
 )
 from lenbench.present.population import NOT_CHOSEN
+from lenbench.present.significance import Comparison
 from lenbench.present.table import Section, Table, TCell
-from lenbench.suites.base import Comparison
 from lenbench.suites.ppl.protocols import PROTOCOL_TEXT
 from lenbench.suites.ppl.views import ppl_views
 

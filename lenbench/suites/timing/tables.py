@@ -19,18 +19,12 @@ import pandas as pd
 from lenbench.present.cells import FAILED, MISSING, blank, pe_order
 from lenbench.present.table import Section, Table, TCell
 from lenbench.results import slug
-from lenbench.suites.base import Comparison
 
 
 def suite_tables(frame: pd.DataFrame, options: Mapping[str, Any] | None = None) -> tuple[list[Table], pd.DataFrame]:
     """The suite's report tables and tidy summary; ``options["reference_pe"]``: the Ratio's
     denominator (None: DAPE-Kerple when timed)."""
     return timing_report_tables(frame, (options or {}).get("reference_pe"))
-
-
-def comparisons(frame: pd.DataFrame) -> list[Comparison]:
-    """None: timing cells are not seeds of a population."""
-    return []
 
 
 def warnings(frame: pd.DataFrame) -> list[str]:
